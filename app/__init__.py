@@ -1,0 +1,1 @@
+"""CLIP Microscope web app and store. Importable without torch or open_clip."""

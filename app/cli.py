@@ -1,0 +1,68 @@
+"""The `microscope` command: database, server, demo and (lazily, with torch) the worker."""
+import typer
+
+from app.settings import Settings
+
+cli = typer.Typer(help="CLIP Microscope: precompute neuron pages with the worker, browse them with the server.",
+                  no_args_is_help=True)
+db_cli = typer.Typer(help="Create and migrate the store.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: str = "head"):
+    """Create or migrate the store's schema (SQLite file or DATABASE_URL)."""
+    from app.migrate import upgrade
+
+    settings = Settings()
+    upgrade(settings.db_url, revision)
+    typer.echo(f"store at {settings.db_url} is at {revision}")
+
+
+@db_cli.command("downgrade")
+def db_downgrade(revision: str = typer.Argument(..., help="target revision, e.g. base")):
+    """Migrate the store's schema down (drops data of removed tables)."""
+    from app.migrate import downgrade
+
+    downgrade(Settings().db_url, revision)
+
+
+@cli.command()
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option(1, min=1),
+          reload: bool = False):
+    """Serve the store over HTTP (several worker processes with --workers)."""
+    import uvicorn
+
+    from app.migrate import upgrade
+
+    upgrade(Settings().db_url)
+    typer.echo(f"serving on http://{host}:{port}")
+    uvicorn.run("app.asgi:app", host=host, port=port, workers=workers, reload=reload,
+                log_level="warning", proxy_headers=True)
+
+
+@cli.command()
+def demo(host: str = "127.0.0.1", port: int = 8000, serve_after: bool = typer.Option(True, "--serve/--no-serve"),
+         workers: int = 1):
+    """Build the demo store on the embedded default model (reusing what exists), then serve it."""
+    from worker.demo.build import build_demo
+
+    build_demo(Settings())
+    if serve_after:
+        serve(host=host, port=port, workers=workers, reload=False)
+
+
+def _add_worker() -> None:
+    from worker.cli import worker_cli
+
+    cli.add_typer(worker_cli, name="worker")
+    try:
+        from worker.demo.cli import demo_cli
+    except ImportError:  # the demo's train/evaluate commands arrive with the embedded model
+        return
+    cli.add_typer(demo_cli, name="demo-model")
+
+
+def main() -> None:
+    _add_worker()
+    cli()

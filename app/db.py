@@ -1,0 +1,325 @@
+"""The store: SQLAlchemy tables, engine and sessions. SQLite (WAL) by default, PostgreSQL in production.
+
+Only the worker writes the compute tables; the web app writes only the curated ones
+(labels, families, studies). A neuron is identified by (model.name, layer.name, unit.index).
+"""
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict: JSON, list: JSON}
+
+
+class Model(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)  # URL slug
+    arch: Mapped[str] = mapped_column(String(128))  # open_clip architecture name
+    weights: Mapped[str | None] = mapped_column(String(512))  # open_clip tag or checkpoint path
+    image_size: Mapped[int] = mapped_column(Integer, default=224)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    layers: Mapped[list["Layer"]] = relationship(back_populates="model", order_by="Layer.position")
+
+
+class Layer(Base):
+    __tablename__ = "layers"
+    __table_args__ = (UniqueConstraint("model_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))  # e.g. layer4, resblocks.11.mlp
+    module: Mapped[str] = mapped_column(String(256))  # dotted path inside the open_clip model
+    n_units: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32), default="conv")  # conv | mlp
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    model: Mapped[Model] = relationship(back_populates="layers")
+
+
+class Unit(Base):
+    __tablename__ = "units"
+    __table_args__ = (UniqueConstraint("layer_id", "index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    layer: Mapped[Layer] = relationship()
+
+
+class Run(Base):
+    """One worker run: what was computed, with which model, weights, settings and code version."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stage: Mapped[str] = mapped_column(String(64), index=True)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    layer: Mapped[str | None] = mapped_column(String(128))
+    weights: Mapped[str | None] = mapped_column(String(512))
+    settings: Mapped[dict] = mapped_column(default=dict)
+    code_version: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | done | failed
+    report: Mapped[dict] = mapped_column(default=dict)  # counts: images seen, skipped by reason …
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class UnitStats(Base):
+    __tablename__ = "unit_stats"
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+    mean: Mapped[float] = mapped_column(Float)
+    std: Mapped[float] = mapped_column(Float)
+    min: Mapped[float] = mapped_column(Float)
+    max: Mapped[float] = mapped_column(Float)
+    quantiles: Mapped[dict] = mapped_column(default=dict)  # {"0.01": v, "0.5": v, ...}
+    histogram: Mapped[dict] = mapped_column(default=dict)  # {"edges": [...], "counts": [...]}
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+
+
+class Image(Base):
+    __tablename__ = "images"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    source: Mapped[str] = mapped_column(String(512), default="")  # path / manifest entry / package
+    caption: Mapped[str] = mapped_column(Text, default="")
+    width: Mapped[int] = mapped_column(Integer, default=0)
+    height: Mapped[int] = mapped_column(Integer, default=0)
+    path: Mapped[str] = mapped_column(String(256))  # cache-relative, content-addressed
+    thumb: Mapped[str | None] = mapped_column(String(256))
+
+
+class DatasetExample(Base):
+    __tablename__ = "dataset_examples"
+    __table_args__ = (UniqueConstraint("unit_id", "sign", "rank"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), index=True)
+    sign: Mapped[str] = mapped_column(String(8))  # top | bottom
+    rank: Mapped[int] = mapped_column(Integer)
+    activation: Mapped[float] = mapped_column(Float)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    heatmap: Mapped[list] = mapped_column(default=list)  # small HxW activation map, row-major
+    heatmap_image: Mapped[str | None] = mapped_column(String(256))  # cache path of the overlay
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    image: Mapped[Image] = relationship()
+
+
+class Word(Base):
+    __tablename__ = "words"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(String(128), unique=True)
+    rank: Mapped[int] = mapped_column(Integer, default=0)  # frequency rank
+
+
+class WordScore(Base):
+    __tablename__ = "word_scores"
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    word_id: Mapped[int] = mapped_column(ForeignKey("words.id", ondelete="CASCADE"), primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    sign: Mapped[str] = mapped_column(String(8))  # top | bottom
+    rank: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    word: Mapped[Word] = relationship()
+
+
+class FeatureVis(Base):
+    __tablename__ = "featurevis"
+    __table_args__ = (UniqueConstraint("unit_id", "kind", "settings_hash"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(64))  # plain | diversity-0.. | facet:<name>
+    image: Mapped[str] = mapped_column(String(256))
+    thumb: Mapped[str | None] = mapped_column(String(256))
+    objective: Mapped[float] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    settings_hash: Mapped[str] = mapped_column(String(64), default="")
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+
+
+class FacetProbe(Base):
+    __tablename__ = "facet_probes"
+    __table_args__ = (UniqueConstraint("model_id", "facet", "layer"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    facet: Mapped[str] = mapped_column(String(64))
+    layer: Mapped[str] = mapped_column(String(128))
+    weights: Mapped[str] = mapped_column(String(256))  # cache path of the .npy probe vector
+    accuracy: Mapped[float] = mapped_column(Float)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+
+
+class MapActivation(Base):
+    __tablename__ = "map_activations"
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    grid: Mapped[list] = mapped_column(default=list)  # activation over the map, rows x cols
+    overlay: Mapped[str | None] = mapped_column(String(256))  # cache path of the heat overlay image
+    choropleth: Mapped[str | None] = mapped_column(String(256))  # cache path of the country/city plot
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+
+
+class PlaceScore(Base):
+    __tablename__ = "place_scores"
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # country | city
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    code: Mapped[str] = mapped_column(String(16), default="")
+    lat: Mapped[float | None] = mapped_column(Float)
+    lon: Mapped[float | None] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+
+
+class Family(Base):
+    __tablename__ = "families"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class UnitFamily(Base):
+    """Membership of a neuron in a family; source human or auto, never mixed."""
+
+    __tablename__ = "unit_families"
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    family_id: Mapped[int] = mapped_column(ForeignKey("families.id", ondelete="CASCADE"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(8), primary_key=True)  # human | auto
+    author: Mapped[str] = mapped_column(String(128), default="")
+    score: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    family: Mapped[Family] = relationship()
+
+
+class Label(Base):
+    """Append-only label history: the newest version per (unit, source) is the current label."""
+
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("unit_id", "source", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(8))  # human | auto
+    version: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(String(200))
+    author: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class UnitText(Base):
+    """One searchable document per neuron (labels, families, top words), kept by whoever writes them."""
+
+    __tablename__ = "unit_text"
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    document: Mapped[str] = mapped_column(Text, default="")
+
+
+class Artifact(Base):
+    """A named per-model or per-layer file in the cache (word matrix .npy, attribution matrix, atlas …)."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("model_id", "layer", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    layer: Mapped[str] = mapped_column(String(128), default="")
+    name: Mapped[str] = mapped_column(String(128))
+    path: Mapped[str] = mapped_column(String(256))
+    meta: Mapped[dict] = mapped_column(default=dict)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+
+
+class Study(Base):
+    """A conditional-probability study of one neuron: stimuli sampled per activation bucket."""
+
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    categories: Mapped[list] = mapped_column(default=list)
+    n_buckets: Mapped[int] = mapped_column(Integer)
+    per_bucket: Mapped[int] = mapped_column(Integer)
+    author: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class StudyItem(Base):
+    __tablename__ = "study_items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    activation: Mapped[float] = mapped_column(Float)
+    bucket: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)  # shuffled display order
+    image: Mapped[Image] = relationship()
+
+
+class StudyLabel(Base):
+    __tablename__ = "study_labels"
+    item_id: Mapped[int] = mapped_column(ForeignKey("study_items.id", ondelete="CASCADE"), primary_key=True)
+    labeller: Mapped[str] = mapped_column(String(128), primary_key=True)
+    category: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class ActivationSample(Base):
+    """A compact sample of (image, activation) per unit, for bucketed studies and plots."""
+
+    __tablename__ = "activation_samples"
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    activation: Mapped[float] = mapped_column(Float)
+
+
+class Blob(Base):
+    """Small binary side-data (e.g. worker checkpoints kept transactionally with the results)."""
+
+    __tablename__ = "blobs"
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str, **kw) -> Engine:
+    """An engine for the store: SQLite gets WAL and a busy timeout, Postgres a connection pool."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kw)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    kw.setdefault("pool_size", 10)
+    kw.setdefault("max_overflow", 20)
+    kw.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kw)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)

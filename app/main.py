@@ -1,0 +1,70 @@
+"""The app factory. No module-level engine: everything hangs off `create_app(settings)`."""
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.cache import Cache
+from app.db import make_engine, make_sessionmaker
+from app.keys import KeyError_
+from app.lookup import NotFound
+from app.settings import Settings
+from app.web import ROOT, JsonSuffixMiddleware, error_page
+
+CACHE_HEADERS = {"Cache-Control": "public, max-age=31536000, immutable"}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(title="CLIP Microscope", version="0.1.0")
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.db_url)
+    app.state.sessions = make_sessionmaker(app.state.engine)
+    app.state.cache = Cache(settings.cache_root)
+
+    app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
+    add_cache_route(app)
+    add_error_handlers(app)
+    for router in routers():
+        app.include_router(router)
+    app.add_middleware(JsonSuffixMiddleware)
+    return app
+
+
+def routers():
+    from app.views import browse
+
+    return [browse.router]
+
+
+def add_cache_route(app: FastAPI) -> None:
+    @app.get("/cache/{path:path}", include_in_schema=False)
+    def cache_file(path: str, request: Request):
+        file = request.app.state.cache.resolve(path)
+        if file is None:
+            return error_page(request, 404, f"No cached file {path!r}.")
+        return FileResponse(file, headers=CACHE_HEADERS)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound):
+        links = [{"text": t, "url": u} for t, u in exc.links]
+        return error_page(request, 404, exc.message, links=links)
+
+    @app.exception_handler(KeyError_)
+    async def bad_key(request: Request, exc: KeyError_):
+        return error_page(request, 422, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return error_page(request, 422, "Invalid request: " + "; ".join(reasons), details=reasons)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "Error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"No page at {request.url.path}. Start from the home page."
+        return error_page(request, exc.status_code, message, links=[{"text": "home", "url": "/"}])

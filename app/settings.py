@@ -1,0 +1,30 @@
+"""Settings from the environment (prefix MICROSCOPE_) or a .env file."""
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MICROSCOPE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("MICROSCOPE_DATABASE_URL", "DATABASE_URL")
+    )
+    cache_dir: Path | None = None
+    editor_token: str | None = None
+    page_size: int = 64
+    site_name: str = "CLIP Microscope"
+    public_url: str = ""  # absolute base for share links / OpenGraph; empty = from the request
+
+    @cached_property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'microscope.db').resolve()}"
+
+    @cached_property
+    def cache_root(self) -> Path:
+        return (self.cache_dir or self.data_dir / "cache").resolve()

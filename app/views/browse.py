@@ -1,0 +1,121 @@
+"""Home, model, layer grid and neuron pages: the hierarchy that stable URLs mirror."""
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import RedirectResponse
+from sqlalchemy import func, select
+
+from app import urls
+from app.db import FeatureVis, Label, Layer, Model, Unit, UnitStats
+from app.deps import SessionDep, SettingsDep
+from app.keys import UnitKey, parse_unit
+from app.lookup import NotFound, get_layer, get_model, get_unit, unit_range_text
+from app.sections import UnitContext, all_sections
+from app.web import respond
+
+router = APIRouter()
+
+
+@router.get("/", name="home")
+def home(request: Request, session: SessionDep):
+    models = session.scalars(select(Model).order_by(Model.name)).all()
+    data = {"models": [
+        {"name": m.name, "arch": m.arch, "weights": m.weights, "description": m.description,
+         "url": urls.model(m.name), "layers": [{"name": la.name, "n_units": la.n_units} for la in m.layers]}
+        for m in models
+    ]}
+    return respond(request, "home.html", data)
+
+
+@router.get("/models/{model}", name="model")
+def model_page(request: Request, session: SessionDep, model: str):
+    m = get_model(session, model)
+    data = {"model": {"name": m.name, "arch": m.arch, "weights": m.weights, "image_size": m.image_size,
+                      "description": m.description},
+            "layers": [{"name": la.name, "module": la.module, "n_units": la.n_units, "kind": la.kind,
+                        "is_default": la.is_default, "url": urls.layer(m.name, la.name)} for la in m.layers]}
+    return respond(request, "model.html", data)
+
+
+def thumbs_for(session, unit_ids: list[int]) -> dict[int, str]:
+    rows = session.execute(
+        select(FeatureVis.unit_id, FeatureVis.thumb, FeatureVis.image)
+        .where(FeatureVis.unit_id.in_(unit_ids), FeatureVis.kind == "plain").order_by(FeatureVis.id)
+    ).all()
+    return {uid: urls.cache(thumb or image) for uid, thumb, image in rows}
+
+
+def labels_for(session, unit_ids: list[int]) -> dict[int, dict]:
+    rows = session.execute(
+        select(Label.unit_id, Label.source, Label.text).where(Label.unit_id.in_(unit_ids))
+        .order_by(Label.version)
+    ).all()
+    out: dict[int, dict] = {}
+    for uid, source, text in rows:
+        out.setdefault(uid, {})[source] = text  # later versions overwrite earlier ones
+    return {uid: {"text": d.get("human") or d.get("auto"), "auto": "human" not in d} for uid, d in out.items()}
+
+
+@router.get("/models/{model}/{layer}", name="layer")
+def layer_page(request: Request, session: SessionDep, settings: SettingsDep, model: str, layer: str,
+               page: int = Query(1, ge=1), unit: str | None = None):
+    la = get_layer(session, model, layer)
+    if unit is not None:  # the jump-to-unit form
+        key = UnitKey(model, layer, parse_unit(unit.strip()))
+        return RedirectResponse(urls.neuron(key), status_code=303)
+    size = settings.page_size
+    total = session.scalar(select(func.count()).select_from(Unit).where(Unit.layer_id == la.id)) or 0
+    pages = max(1, -(-total // size))
+    if page > pages:
+        raise NotFound(f"{la.model.name} {la.name} has {pages} page(s) of {size} units; no page {page}.",
+                       [("first page", urls.layer(model, layer))])
+    units = session.scalars(
+        select(Unit).where(Unit.layer_id == la.id).order_by(Unit.index).offset((page - 1) * size).limit(size)
+    ).all()
+    ids = [u.id for u in units]
+    thumbs, labels = thumbs_for(session, ids), labels_for(session, ids)
+    data = {
+        "model": model, "layer": {"name": la.name, "n_units": la.n_units, "module": la.module},
+        "page": page, "pages": pages, "total": total,
+        "prev": urls.layer(model, layer, page - 1) if page > 1 else None,
+        "next": urls.layer(model, layer, page + 1) if page < pages else None,
+        "units": [{"unit": u.index, "url": urls.neuron(UnitKey(model, layer, u.index)),
+                   "thumb": thumbs.get(u.id), "label": labels.get(u.id, {}).get("text"),
+                   "label_auto": labels.get(u.id, {}).get("auto", False)} for u in units],
+    }
+    return respond(request, "layer.html", data)
+
+
+@router.get("/models/{model}/{layer}/{unit}", name="neuron")
+def neuron_page(request: Request, session: SessionDep, settings: SettingsDep, model: str, layer: str, unit: str):
+    la, u = get_unit(session, model, layer, unit)
+    key = UnitKey(la.model.name, la.name, u.index)
+    ctx = UnitContext(la.model, la, u, key, session.get(UnitStats, u.id))
+    sections = []
+    for sec in all_sections():
+        sections.append({"name": sec.name, "title": sec.title, "template": sec.template,
+                         "empty": sec.empty, "data": sec.load(session, ctx)})
+    by_name = {s["name"]: s["data"] for s in sections}
+    base = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
+    data = {
+        "key": key.path, "model": key.model, "layer": key.layer, "unit": key.unit,
+        "title": neuron_title(key, by_name.get("labels")),
+        "url": urls.neuron(key), "share_url": base + urls.neuron(key),
+        "prev": urls.neuron(UnitKey(model, layer, u.index - 1)) if u.index > 0 else None,
+        "next": urls.neuron(UnitKey(model, layer, u.index + 1)) if u.index + 1 < la.n_units else None,
+        "layer_url": urls.layer(model, layer, page=u.index // settings.page_size + 1),
+        "range": unit_range_text(la),
+        "og_image": og_image(base, by_name),
+        "sections": {s["name"]: s["data"] for s in sections},
+    }
+    return respond(request, "neuron.html", data, section_list=sections)
+
+
+def neuron_title(key: UnitKey, labels: dict | None) -> str:
+    label = labels and ((labels.get("human") or {}).get("text") or (labels.get("auto") or {}).get("text"))
+    return f"{key.model} {key.layer} unit {key.unit}" + (f" — {label}" if label else "")
+
+
+def og_image(base: str, sections: dict) -> str | None:
+    fv = sections.get("featurevis") or {}
+    ex = sections.get("examples") or {}
+    url = (fv.get("plain") or {}).get("url") or next((e["image"] for e in ex.get("top", [])), None)
+    return base + url if url else None

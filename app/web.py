@@ -1,0 +1,56 @@
+"""Rendering: every page is a template plus a dict, and the same dict is its JSON twin."""
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.templating import Jinja2Templates
+
+from app import urls
+
+ROOT = Path(__file__).resolve().parent.parent
+templates = Jinja2Templates(directory=str(ROOT / "templates"))
+templates.env.globals["urls"] = urls
+
+
+def wants_json(request: Request) -> bool:
+    if request.scope.get("state", {}).get("want_json"):
+        return True
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def respond(request: Request, template: str, data: dict[str, Any], status_code: int = 200, **view: Any):
+    """HTML for browsers, the same data as JSON for `.json` URLs or `Accept: application/json`.
+
+    `view` holds template-only helpers (never part of the JSON twin)."""
+    if wants_json(request):
+        return JSONResponse(jsonable_encoder(data), status_code=status_code)
+    settings = request.app.state.settings
+    ctx = {"request": request, "site_name": settings.site_name, "data": data, **data, **view}
+    return templates.TemplateResponse(request, template, ctx, status_code=status_code)
+
+
+class JsonSuffixMiddleware:
+    """`/a/b.json` is served by the `/a/b` route with JSON output; `/index.json` is the home page."""
+
+    SKIP = ("/static/", "/cache/", "/openapi.json")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.endswith(".json") and not path.startswith(self.SKIP):
+            path = path[: -len(".json")]
+            if path == "/index":
+                path = "/"
+            scope = dict(scope, path=path, raw_path=path.encode())
+            scope["state"] = {**scope.get("state", {}), "want_json": True}
+        await self.app(scope, receive, send)
+
+
+def error_page(request: Request, status_code: int, message: str, **extra) -> HTMLResponse | JSONResponse:
+    data = {"error": message, "status": status_code, **extra}
+    return respond(request, "error.html", data, status_code=status_code)

@@ -1,0 +1,85 @@
+"""Shared fixtures: a real SQLite file per test, a real Postgres database per session, the real app."""
+import os
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from app.main import create_app
+from app.migrate import upgrade
+from app.settings import Settings
+from worker.store import LayerSpec, open_store, register_model
+
+PG_ADMIN_URL = os.environ.get("MICROSCOPE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh Postgres database for this test session, dropped afterwards."""
+    name = f"microscope_test_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is required for the store tests: {e}")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+def _reset_pg(url: str) -> None:
+    eng = create_engine(url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    eng.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """The store URL on both backends: a real SQLite file, and the real local Postgres."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url = request.getfixturevalue("pg_url")
+    _reset_pg(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+def make_settings(tmp_path, url: str, **kw) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=url, cache_dir=tmp_path / "cache", **kw)
+
+
+@pytest.fixture
+def settings(tmp_path, db_url):
+    upgrade(db_url)
+    return make_settings(tmp_path, db_url, editor_token="test-token")
+
+
+@pytest.fixture
+def store(settings):
+    return open_store(settings)
+
+
+@pytest.fixture
+def toy_model(store):
+    """A registered model 'toy' with a 10-unit layer4 (no compute)."""
+    with store.sessions.begin() as s:
+        register_model(s, "toy", "RN50", None, 224, [LayerSpec("layer4", "visual.layer4", 10, is_default=True)])
+    return store
+
+
+@pytest.fixture
+def client(settings):
+    app = create_app(settings)
+    with TestClient(app) as c:
+        yield c
+    app.state.engine.dispose()

@@ -1,0 +1,1 @@
+"""The embedded default: a probe corpus from registry data and a small CLIP the project trains."""

@@ -1,0 +1,71 @@
+"""The worker's side of the store: open it (migrated), register models and layers, record runs."""
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.cache import Cache
+from app.db import Layer, Model, Run, Unit, make_engine, make_sessionmaker, now
+from app.migrate import upgrade
+from app.settings import Settings
+from worker import code_version
+
+
+@dataclass
+class Store:
+    sessions: sessionmaker
+    cache: Cache
+    settings: Settings
+
+
+def open_store(settings: Settings | None = None) -> Store:
+    settings = settings or Settings()
+    upgrade(settings.db_url)
+    return Store(make_sessionmaker(make_engine(settings.db_url)), Cache(settings.cache_root), settings)
+
+
+@dataclass
+class LayerSpec:
+    name: str
+    module: str
+    n_units: int
+    kind: str = "conv"
+    is_default: bool = False
+
+
+def register_model(session: Session, name: str, arch: str, weights: str | None, image_size: int,
+                   layers: list[LayerSpec], description: str = "") -> Model:
+    """Create or update a model and its layers, with one unit row per neuron."""
+    model = session.scalar(select(Model).where(Model.name == name))
+    if model is None:
+        model = Model(name=name, arch=arch, weights=weights, image_size=image_size, description=description)
+        session.add(model)
+        session.flush()
+    model.arch, model.weights, model.image_size = arch, weights, image_size
+    model.description = description or model.description
+    existing = {la.name: la for la in model.layers}
+    for pos, spec in enumerate(layers):
+        layer = existing.get(spec.name)
+        if layer is None:
+            layer = Layer(model_id=model.id, name=spec.name, module=spec.module, n_units=spec.n_units)
+            session.add(layer)
+            session.flush()
+        layer.module, layer.n_units, layer.kind = spec.module, spec.n_units, spec.kind
+        layer.position, layer.is_default = pos, spec.is_default
+        have = set(session.scalars(select(Unit.index).where(Unit.layer_id == layer.id)))
+        session.add_all(Unit(layer_id=layer.id, index=i) for i in range(spec.n_units) if i not in have)
+    session.flush()
+    session.refresh(model)
+    return model
+
+
+def start_run(session: Session, stage: str, model: Model | None, settings: dict, layer: str | None = None) -> Run:
+    run = Run(stage=stage, model_id=model.id if model else None, layer=layer,
+              weights=model.weights if model else None, settings=settings, code_version=code_version())
+    session.add(run)
+    session.flush()
+    return run
+
+
+def finish_run(session: Session, run: Run, report: dict, status: str = "done") -> None:
+    run.report, run.status, run.finished_at = report, status, now()
