@@ -83,3 +83,29 @@ def client(settings):
     with TestClient(app) as c:
         yield c
     app.state.engine.dispose()
+
+
+CONFIG_DIR = __import__("pathlib").Path(__file__).parent / "model_configs"
+
+
+def _tiny(arch: str):
+    import torch
+
+    from worker.models import load_model, revive_random_resnet
+
+    torch.manual_seed(0)
+    loaded = load_model(arch, config_dirs=(CONFIG_DIR,))
+    revive_random_resnet(loaded.model)
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def tiny_rn():
+    """A tiny random-init open_clip ModifiedResNet CLIP (64 px, layer4 = 512 units), bn3 revived."""
+    return _tiny("tiny-rn")
+
+
+@pytest.fixture(scope="session")
+def tiny_vit():
+    """A tiny random-init open_clip ViT CLIP (32 px, 2 blocks of 256 MLP units)."""
+    return _tiny("tiny-vit")

@@ -4,7 +4,7 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import func, select
 
 from app import urls
-from app.db import FeatureVis, Label, Layer, Model, Unit, UnitStats
+from app.db import FeatureVis, Label, Model, Unit, UnitStats
 from app.deps import SessionDep, SettingsDep
 from app.keys import UnitKey, parse_unit
 from app.lookup import NotFound, get_layer, get_model, get_unit, unit_range_text
