@@ -1,12 +1,11 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-28 09:33:18.535219
 """
 import sqlalchemy as sa
 from alembic import op
-
 
 revision = '0001'
 down_revision = None
