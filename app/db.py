@@ -195,6 +195,7 @@ class Family(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
+    position: Mapped[int] = mapped_column(Integer, default=0)  # display order (the paper's figure 1 order)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
@@ -233,6 +234,19 @@ class UnitText(Base):
     document: Mapped[str] = mapped_column(Text, default="")
 
 
+class CurationEvent(Base):
+    """Who changed a family or a neuron's membership, and when (label changes live in `labels`)."""
+
+    __tablename__ = "curation_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    unit_id: Mapped[int | None] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), index=True)
+    family: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(32))  # family-add | family-remove | family-create | family-edit
+    detail: Mapped[str] = mapped_column(Text, default="")
+    author: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
 class Artifact(Base):
     """A named per-model or per-layer file in the cache (word matrix .npy, attribution matrix, atlas …)."""
 
@@ -257,6 +271,10 @@ class Study(Base):
     categories: Mapped[list] = mapped_column(default=list)
     n_buckets: Mapped[int] = mapped_column(Integer)
     per_bucket: Mapped[int] = mapped_column(Integer)
+    act_min: Mapped[float | None] = mapped_column(Float)  # bucket range: min..max of the samples
+    act_max: Mapped[float | None] = mapped_column(Float)
+    std: Mapped[float | None] = mapped_column(Float)  # UnitStats.std when created (x axis in σ)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
     author: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
