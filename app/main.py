@@ -2,34 +2,43 @@
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
-from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.gzip import GZipMiddleware
 
 from app.cache import Cache
 from app.db import make_engine, make_sessionmaker
+from app.headers import SecurityHeadersMiddleware
+from app.httpcache import CachedStaticFiles, ConditionalGetMiddleware, cache_file_headers
 from app.keys import KeyError_
 from app.lookup import NotFound
 from app.settings import Settings
 from app.web import ROOT, JsonSuffixMiddleware, error_page
 
-CACHE_HEADERS = {"Cache-Control": "public, max-age=31536000, immutable"}
-
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(title="CLIP Microscope", version="0.1.0")
+    # no /docs or /redoc: their pages load scripts from a CDN and inline; /openapi.json stays
+    app = FastAPI(title="CLIP Microscope", version="0.1.0", docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.engine = make_engine(settings.db_url)
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.cache = Cache(settings.cache_root)
 
-    app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
+    app.mount("/static", CachedStaticFiles(directory=str(ROOT / "static")), name="static")
     add_cache_route(app)
     add_error_handlers(app)
     for router in routers():
         app.include_router(router)
     app.add_middleware(JsonSuffixMiddleware)
+    add_serving_middleware(app)
     return app
+
+
+def add_serving_middleware(app: FastAPI) -> None:
+    """Outermost first: security headers, compression, then ETag / conditional GET."""
+    app.add_middleware(ConditionalGetMiddleware)
+    app.add_middleware(GZipMiddleware, minimum_size=500, compresslevel=6)
+    app.add_middleware(SecurityHeadersMiddleware)
 
 
 def routers():
@@ -44,7 +53,7 @@ def add_cache_route(app: FastAPI) -> None:
         file = request.app.state.cache.resolve(path)
         if file is None:
             return error_page(request, 404, f"No cached file {path!r}.")
-        return FileResponse(file, headers=CACHE_HEADERS)
+        return FileResponse(file, headers=cache_file_headers(path))
 
 
 def add_error_handlers(app: FastAPI) -> None:
