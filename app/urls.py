@@ -1,4 +1,6 @@
 """The one place that builds every link, so URLs stay stable and consistent."""
+import hashlib
+from functools import cache as cache_fn
 from urllib.parse import quote, urlencode
 
 from app.keys import UnitKey
@@ -27,6 +29,21 @@ def neuron(key: UnitKey) -> str:
 
 def cache(path: str | None) -> str | None:
     return f"/cache/{path}" if path else None
+
+
+def static(name: str) -> str:
+    """A /static URL versioned by the file's content, so it can be cached as immutable."""
+    return f"/static/{quote(name)}?v={_static_version(name)}"
+
+
+@cache_fn
+def _static_version(name: str) -> str:
+    from app.web import ROOT
+
+    try:
+        return hashlib.blake2b((ROOT / "static" / name).read_bytes(), digest_size=6).hexdigest()
+    except OSError:
+        return "0"
 
 
 def search(q: str = "", **params) -> str:
