@@ -8,10 +8,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 
 from app import urls
+from app.security import csrf_field, current_editor
 
 ROOT = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=str(ROOT / "templates"))
 templates.env.globals["urls"] = urls
+templates.env.globals.update(current_editor=current_editor, csrf_field=csrf_field)  # edit forms
 
 
 def wants_json(request: Request) -> bool:
