@@ -40,7 +40,9 @@ class Model(Base):
     image_size: Mapped[int] = mapped_column(Integer, default=224)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
-    layers: Mapped[list["Layer"]] = relationship(back_populates="model", order_by="Layer.position")
+    layers: Mapped[list["Layer"]] = relationship(
+        back_populates="model", order_by="Layer.position", cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class Layer(Base):

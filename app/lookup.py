@@ -51,7 +51,9 @@ def get_unit(session: Session, model_name: str, layer_name: str, unit_text: str)
         index = parse_unit(unit_text)
     except KeyError_ as e:
         raise KeyError_(f"{e}. {unit_range_text(layer)}.") from None
-    unit = session.scalar(select(Unit).where(Unit.layer_id == layer.id, Unit.index == index))
+    unit = None
+    if index < layer.n_units:
+        unit = session.scalar(select(Unit).where(Unit.layer_id == layer.id, Unit.index == index))
     if unit is None:
         raise NotFound(
             f"No unit {index}: {unit_range_text(layer)}.",
