@@ -42,9 +42,9 @@ def add_serving_middleware(app: FastAPI) -> None:
 
 
 def routers():
-    from app.views import browse
+    from app.views import browse, families, labels, login, studies
 
-    return [browse.router]
+    return [browse.router, login.router, labels.router, families.router, studies.router]
 
 
 def add_cache_route(app: FastAPI) -> None:

@@ -55,3 +55,67 @@ def as_json(url: str) -> str:
     if path == "/":
         path = "/index"
     return f"{path}.json{sep}{query}"
+
+
+def login(next_url: str | None = None) -> str:
+    return "/login" + _q(next=next_url)
+
+
+def logout() -> str:
+    return "/logout"
+
+
+def families() -> str:
+    return "/families"
+
+
+def family(name: str, page: int | None = None) -> str:
+    return f"/families/{quote(name)}" + _q(page=page if page and page > 1 else None)
+
+
+def neuron_labels(key: UnitKey) -> str:
+    return neuron(key) + "/labels"
+
+
+def neuron_families(key: UnitKey) -> str:
+    return neuron(key) + "/families"
+
+
+def neuron_studies(key: UnitKey) -> str:
+    return neuron(key) + "/studies"
+
+
+def study(study_id: int) -> str:
+    return f"/studies/{study_id}"
+
+
+def study_label(study_id: int, labeller: str | None = None, review: bool = False) -> str:
+    return f"/studies/{study_id}/label" + _q(labeller=labeller, review=1 if review else None)
+
+
+def study_results(study_id: int, labeller: str | None = None) -> str:
+    return f"/studies/{study_id}/results" + _q(labeller=labeller)
+
+
+def study_csv(study_id: int, labeller: str | None = None) -> str:
+    return f"/studies/{study_id}/results.csv" + _q(labeller=labeller)
+
+
+def study_plot(study_id: int, labeller: str | None = None, fmt: str = "svg") -> str:
+    return f"/studies/{study_id}/plot.{fmt}" + _q(labeller=labeller)
+
+
+def emotions(model_name: str) -> str:
+    return f"/models/{quote(model_name)}/emotions"
+
+
+def emotion(model_name: str, word: str) -> str:
+    return f"{emotions(model_name)}/{quote(word, safe='')}"
+
+
+def attacks(model_name: str) -> str:
+    return f"/models/{quote(model_name)}/attacks"
+
+
+def attack_lab(model_name: str) -> str:
+    return f"{attacks(model_name)}/try"

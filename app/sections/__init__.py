@@ -41,7 +41,7 @@ class Section:
 
 
 def all_sections() -> list[Section]:
-    from app.sections import examples, featurevis, labels, places, stats, words
+    from app.sections import examples, featurevis, labels, places, stats, studies, words
 
     return [
         labels.SECTION,
@@ -50,4 +50,5 @@ def all_sections() -> list[Section]:
         examples.SECTION,
         words.SECTION,
         places.SECTION,
+        studies.SECTION,
     ]

@@ -1,34 +1,46 @@
+"""The neuron card's labels: current human and automatic labels, families, and the full history."""
 from sqlalchemy import select
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import Session
 
-from app.db import Label, UnitFamily
+from app import urls
+from app.db import Family, Label
+from app.families import unit_events, unit_families
+from app.keys import UnitKey
 from app.sections import Section, UnitContext
 
 
-def current_labels(session, unit_id: int) -> dict[str, Label]:
-    rows = session.scalars(select(Label).where(Label.unit_id == unit_id).order_by(Label.version.desc())).all()
-    out: dict[str, Label] = {}
-    for r in rows:
-        out.setdefault(r.source, r)
-    return out
+def label_json(r: Label | None) -> dict | None:
+    if r is None:
+        return None
+    return {"text": r.text, "source": r.source, "author": r.author, "version": r.version, "at": r.created_at}
+
+
+def label_data(session: Session, unit_id: int, key: UnitKey) -> dict:
+    """Current labels, families (human and suggested), every label version and family change."""
+    history = list(session.scalars(
+        select(Label).where(Label.unit_id == unit_id).order_by(Label.created_at.desc(), Label.version.desc())))
+    current: dict[str, Label] = {}
+    for r in sorted(history, key=lambda r: r.version, reverse=True):
+        current.setdefault(r.source, r)
+    fams = unit_families(session, unit_id)
+    events = unit_events(session, unit_id)
+    human = current.get("human")
+    return {
+        "human": label_json(human),
+        "auto": label_json(current.get("auto")),
+        "families": [{"name": f.family.name, "source": f.source, "url": urls.family(f.family.name),
+                      "author": f.author, "score": f.score} for f in fams],
+        "history": [label_json(r) for r in history],
+        "events": [{"action": e.action, "family": e.family, "author": e.author, "at": e.created_at,
+                    "detail": e.detail} for e in events],
+        "edit": {"labels_url": urls.neuron_labels(key), "families_url": urls.neuron_families(key),
+                 "based_on": human.version if human else None,
+                 "families_available": list(session.scalars(select(Family.name).order_by(Family.position)))},
+    }
 
 
 def load(session, ctx: UnitContext):
-    labels = current_labels(session, ctx.unit.id)
-    fams = session.scalars(
-        select(UnitFamily).options(joinedload(UnitFamily.family)).where(UnitFamily.unit_id == ctx.unit.id)
-    ).all()
-    if not labels and not fams:
-        return None
-
-    def lab(r):
-        return {"text": r.text, "author": r.author, "version": r.version, "at": r.created_at} if r else None
-
-    return {
-        "human": lab(labels.get("human")),
-        "auto": lab(labels.get("auto")),
-        "families": [{"name": f.family.name, "source": f.source} for f in fams],
-    }
+    return label_data(session, ctx.unit.id, ctx.key)
 
 
 SECTION = Section("labels", "Labels and families", load, "No label yet.")
