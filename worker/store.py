@@ -1,4 +1,6 @@
 """The worker's side of the store: open it (migrated), register models and layers, record runs."""
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -69,3 +71,24 @@ def start_run(session: Session, stage: str, model: Model | None, settings: dict,
 
 def finish_run(session: Session, run: Run, report: dict, status: str = "done") -> None:
     run.report, run.status, run.finished_at = report, status, now()
+
+
+@contextmanager
+def recorded_run(store: Store, stage: str, model_name: str, settings: dict,
+                 layer: str | None = None) -> Iterator[dict]:
+    """A `runs` row for a stage that computes first and writes at the end: started now, marked failed if
+    the body raises. The body fills the yielded report dict; the row is committed done when it returns."""
+    from app.lookup import get_model
+
+    with store.sessions.begin() as session:
+        run_id = start_run(session, stage, get_model(session, model_name), settings, layer=layer).id
+    report: dict = {"run_id": run_id}
+    try:
+        yield report
+    except BaseException:
+        with store.sessions.begin() as session:
+            finish_run(session, session.get(Run, run_id), {"error": "interrupted or failed"}, status="failed")
+        raise
+    with store.sessions.begin() as session:
+        finish_run(session, session.get(Run, run_id), report)
+
