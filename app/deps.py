@@ -3,6 +3,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.cache import Cache
@@ -11,7 +12,19 @@ from app.settings import Settings
 
 def get_session(request: Request) -> Iterator[Session]:
     with request.app.state.sessions() as session:
+        if request.method in ("GET", "HEAD"):
+            read_snapshot(session)
         yield session
+
+
+def read_snapshot(session: Session) -> None:
+    """Make all of this session's reads see one snapshot of the store, so a page never shows part of a
+    neuron from before a worker's commit and part from after it (reads only: SQLite takes no write lock)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        session.execute(text("BEGIN"))  # pysqlite itself would run each SELECT in its own snapshot
+    elif dialect == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
 def get_settings(request: Request) -> Settings:

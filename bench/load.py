@@ -1,0 +1,265 @@
+"""Load driver: the real server (`microscope serve`, uvicorn) on loopback over a populated synthetic store.
+
+Phases, all against the same server in one run:
+  mixed @C    neuron pages, JSON twins, layer grids and search (when /search exists) at C clients
+  neuron @C   neuron pages only, and static @C: one static file from the same server (the ceiling)
+  neuron @4 / static @4   latency at low concurrency
+With --writer a separate process rewrites neurons (one transaction each) during the whole run, and every
+neuron JSON twin read is checked to show one whole write (worker.synthetic.neuron_generation).
+
+    .venv/bin/python bench/load.py                          # 10,000 requests per phase, SQLite
+    .venv/bin/python bench/load.py --backend postgres --writer
+    .venv/bin/python bench/load.py --requests 1000 --low-requests 300   # quick
+"""
+import asyncio
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import typer
+from sqlalchemy import create_engine, text
+
+from app import urls
+from app.liveserver import LiveServer
+from app.migrate import upgrade
+from app.settings import Settings
+from worker.store import open_store
+from worker.synthetic import TornNeuron, keep_writing, neuron_generation, populate
+
+PG_ADMIN_URL = os.environ.get("MICROSCOPE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MODEL = "synth"
+
+
+@dataclass
+class Result:
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    torn: list[str] = field(default_factory=list)
+    generations: set[int] = field(default_factory=set)
+    seconds: float = 0.0
+
+    def error(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+    @property
+    def n_errors(self) -> int:
+        return sum(self.errors.values()) + len(self.torn)
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if len(self.latencies) < 2:
+            return self.latencies[0] * 1000 if self.latencies else float("nan")
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1] * 1000
+
+    def line(self) -> str:
+        return (f"{self.name:<14} {len(self.latencies):>7} req {self.rps:>8.0f} req/s  p50 {self.pct(50):>7.1f} ms"
+                f"  p99 {self.pct(99):>7.1f} ms  errors {self.n_errors}")
+
+
+async def fetch(client: httpx.AsyncClient, url: str, result: Result) -> None:
+    start = time.perf_counter()
+    try:
+        response = await client.get(url)
+    except httpx.HTTPError as e:
+        result.error(type(e).__name__)
+        return
+    result.latencies.append(time.perf_counter() - start)
+    if response.status_code != 200:
+        result.error(f"HTTP {response.status_code} {url}")
+    elif url.endswith(".json") and "/models/" in url and url.count("/") == 4:
+        try:
+            gen = neuron_generation(response.json())
+        except TornNeuron as e:
+            result.torn.append(str(e))
+        else:
+            if gen is not None:
+                result.generations.add(gen)
+
+
+async def drive(base: str, paths: list[str], clients: int, name: str) -> Result:
+    """Fetch every path once, `clients` requests in flight at a time, over keep-alive connections."""
+    result = Result(name)
+    queue = iter(paths)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+
+        async def one_client():
+            for path in queue:
+                await fetch(client, path, result)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def neuron_paths(layers: dict[str, int], n: int, rng: random.Random, json: bool = False) -> list[str]:
+    names = list(layers)
+    out = []
+    for _ in range(n):
+        layer = rng.choice(names)
+        path = f"/models/{MODEL}/{layer}/{rng.randrange(layers[layer])}"
+        out.append(path + ".json" if json else path)
+    return out
+
+
+def mixed_paths(layers: dict[str, int], n: int, rng: random.Random, page_size: int, search: bool) -> list[str]:
+    """40% neuron pages, 25% JSON twins, 20% layer grids, 15% search (shares go to pages without search)."""
+    kinds = ["neuron"] * 40 + ["json"] * 25 + ["grid"] * 20 + (["search"] * 15 if search else ["neuron"] * 15)
+    words = ["dog", "apple", "forest", "guitar", "kite", "unit", "harbor"]
+    out = []
+    for _ in range(n):
+        kind = rng.choice(kinds)
+        if kind in ("neuron", "json"):
+            out += neuron_paths(layers, 1, rng, json=kind == "json")
+        elif kind == "grid":
+            layer = rng.choice(list(layers))
+            pages = -(-layers[layer] // page_size)
+            out.append(urls.layer(MODEL, layer, rng.randrange(pages) + 1))
+        else:
+            out.append(urls.search(rng.choice(words)))
+    return out
+
+
+@contextmanager
+def temp_store(backend: str):
+    """Settings for a fresh store on `backend` in a temp folder (Postgres: a temp database, dropped after)."""
+    with tempfile.TemporaryDirectory(prefix="microscope-load-") as tmp:
+        if backend == "sqlite":
+            yield Settings(data_dir=Path(tmp), database_url=f"sqlite:///{tmp}/store.db", cache_dir=Path(tmp) / "cache")
+            return
+        name = f"microscope_load_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+            yield Settings(data_dir=Path(tmp), database_url=url, cache_dir=Path(tmp) / "cache")
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            admin.dispose()
+
+
+def has_search(base: str) -> bool:
+    try:
+        return httpx.get(base + urls.search("dog"), timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def log_problems(log: str) -> dict[str, int]:
+    return {"database is locked": log.count("database is locked"), "Traceback": log.count("Traceback")}
+
+
+class Writer:
+    """worker.synthetic.keep_writing in its own process, from start until stop()."""
+
+    def __init__(self, db_url: str, pause: float = 0.0, seconds: float = 3600):
+        ctx = multiprocessing.get_context("spawn")
+        self.results, self.stop_event, ready = ctx.Queue(), ctx.Event(), ctx.Event()
+        self.proc = ctx.Process(target=keep_writing, daemon=True,
+                                args=(db_url, MODEL, seconds, pause, self.results, self.stop_event, ready))
+        self.proc.start()
+        ready.wait(120)  # its first commit: from here on, reads overlap writes
+
+    def stop(self) -> dict:
+        self.stop_event.set()
+        self.proc.join(120)
+        if self.results.empty():
+            return {"commits": 0, "errors": {f"writer process exited with {self.proc.exitcode}": 1}}
+        return self.results.get(timeout=10)
+
+
+def run_load(settings: Settings, layers: dict[str, int], requests: int, clients: int, low_requests: int,
+             workers: int, writer: bool = False, writer_pause: float = 0.0,
+             phases: tuple[str, ...] = ("mixed", "neuron", "static", "low"), seed: int = 0) -> dict:
+    """Populate the store, start the server, run the phases (with a writer process when `writer`);
+    returns results by phase, the writer's report and problems found in the server's log."""
+    upgrade(settings.db_url)
+    populate(open_store(settings), MODEL, layers)
+    rng = random.Random(seed)
+    out: dict = {"results": {}}
+    with LiveServer(settings, workers=workers) as server:
+        static = urls.static("style.css")
+        search = has_search(server.url)
+        out["search"] = search
+        writing = Writer(settings.db_url, writer_pause) if writer else None
+        plan = {
+            "mixed": (mixed_paths(layers, requests, rng, settings.page_size, search), clients),
+            "neuron": (neuron_paths(layers, requests, rng), clients),
+            "static": ([static] * requests, clients),
+            "low": None,
+        }
+        for phase in phases:
+            if phase == "low":
+                low = {"neuron": neuron_paths(layers, low_requests, rng), "static": [static] * low_requests}
+                for name, paths in low.items():
+                    out["results"][f"{name} @4"] = asyncio.run(drive(server.url, paths, 4, f"{name} @4"))
+                continue
+            paths, c = plan[phase]
+            out["results"][f"{phase} @{c}"] = asyncio.run(drive(server.url, paths, c, f"{phase} @{c}"))
+        if writing:
+            out["writer"] = writing.stop()
+        out["log"] = log_problems(server.log())
+    return out
+
+
+def print_report(out: dict, backend: str, workers: int) -> int:
+    print(f"backend {backend}, {workers} server process(es), search {'on' if out['search'] else 'absent (no /search)'}")
+    res = out["results"]
+    for r in res.values():
+        print(r.line())
+        for what, n in list(r.errors.items())[:5]:
+            print(f"    {n} × {what}")
+        for t in r.torn[:5]:
+            print(f"    torn: {t}")
+    neuron = res.get(next((k for k in res if k.startswith("neuron @") and k != "neuron @4"), ""))
+    static = res.get(next((k for k in res if k.startswith("static @") and k != "static @4"), ""))
+    if neuron and static and static.rps:
+        print(f"neuron pages / static file req/s at {neuron.name.split('@')[1]} clients: {neuron.rps / static.rps:.2f}×"
+              f" (target ≥ 0.5×)")
+    if "neuron @4" in res:
+        print(f"neuron page p99 at 4 clients: {res['neuron @4'].pct(99):.1f} ms (target ≤ 50 ms)")
+    gens = set().union(*(r.generations for r in res.values()))
+    if "writer" in out:
+        w = out["writer"]
+        print(f"writer: {w['commits']} neuron commits, errors {w['errors'] or 'none'}; readers saw "
+              f"{len(gens)} generations, torn neurons {sum(len(r.torn) for r in res.values())}")
+    print(f"server log: {out['log']}")
+    failures = sum(r.n_errors for r in res.values()) + sum(out["log"].values())
+    failures += sum(out.get("writer", {}).get("errors", {}).values())
+    print("ZERO ERRORS" if failures == 0 else f"{failures} ERRORS")
+    return failures
+
+
+def main(requests: int = typer.Option(10_000, help="requests per phase at --clients"),
+         clients: int = 32, low_requests: int = typer.Option(2_000, help="requests per phase at 4 clients"),
+         backend: str = typer.Option("sqlite", help="sqlite | postgres"),
+         workers: int = typer.Option(2, help="server processes (microscope serve --workers)"),
+         units: int = typer.Option(256, help="units in each of the two layers"),
+         writer: bool = typer.Option(False, help="a process rewrites neurons during the whole run"),
+         writer_pause: float = typer.Option(0.0, help="seconds between the writer's commits")):
+    """Run the load phases against the real server and print req/s, p50/p99, ratios and errors."""
+    layers = {"layer4": units, "layer3": units // 2}
+    with temp_store(backend) as settings:
+        out = run_load(settings, layers, requests, clients, low_requests, workers, writer, writer_pause)
+    sys.exit(1 if print_report(out, backend, workers) else 0)
+
+
+if __name__ == "__main__":
+    typer.run(main)
