@@ -2,3 +2,79 @@
 import typer
 
 worker_cli = typer.Typer(help="Precompute neuron data into the store (torch + open_clip).", no_args_is_help=True)
+
+
+from worker.options import Arch, ConfigDirs, Device, ModelName, Weights  # noqa: E402
+
+
+# -- model frame and dataset examples (shared model options: worker/options.py) ---------------------
+@worker_cli.command("layers")
+def layers_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, device: Device = "cpu"):
+    """List the model's neuron layers with their unit counts (the default layer is marked *)."""
+    from worker.layers import catalogue
+    from worker.options import open_model
+
+    loaded = open_model(arch, weights, config_dir, device)
+    specs = catalogue(loaded)
+    width = max(len(s.name) for s in specs)
+    typer.echo(f"{loaded.arch} ({loaded.image_size} px)")
+    for s in specs:
+        typer.echo(f"{'*' if s.is_default else ' '} {s.name:<{width}}  {s.n_units:>6} units  {s.kind:<4}  {s.module}")
+
+
+@worker_cli.command("register")
+def register_cmd(arch: Arch, name: ModelName = None, weights: Weights = None, config_dir: ConfigDirs = None,
+                 description: str = typer.Option("", help="shown on the model's page")):
+    """Register a model, its layers and unit rows in the store (no compute)."""
+    from app.settings import Settings
+    from worker.layers import catalogue
+    from worker.options import model_name_for, open_model
+    from worker.store import open_store, register_model
+
+    loaded = open_model(arch, weights, config_dir, "cpu")
+    model_name = name or model_name_for(arch, weights)
+    store = open_store(Settings())
+    with store.sessions.begin() as session:
+        model = register_model(session, model_name, loaded.arch, weights, loaded.image_size, catalogue(loaded),
+                               description)
+        typer.echo(f"registered {model.name} ({loaded.arch}, weights {weights or 'random'}): "
+                   f"{len(model.layers)} layers, {sum(la.n_units for la in model.layers)} units")
+
+
+@worker_cli.command("examples")
+def examples_cmd(
+    arch: Arch,
+    corpus: str = typer.Option(..., help="image folder (recursive; .tar shards inside are read too), a .tar "
+                                         "shard, or a .csv/.jsonl manifest with path[,caption]"),
+    weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None, device: Device = "auto",
+    layer: list[str] = typer.Option([], help="layer name (repeatable; default: the penultimate layer)"),
+    k: int = typer.Option(64, min=1, help="examples kept per unit and sign"),
+    reduce: str = typer.Option("mean", help="spatial reduction: mean | max (the bottom then uses min)"),
+    batch_size: int = typer.Option(64, min=1),
+    workers: int = typer.Option(2, min=0, help="DataLoader worker processes decoding images"),
+    shard: str = typer.Option(None, help="i/N: process the images whose content hash is i mod N"),
+    samples: int = typer.Option(256, min=0, help="activation samples kept per unit (for studies)"),
+    checkpoint_every: float = typer.Option(60.0, min=0, help="seconds between checkpoints"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Top-K and most-negative-K dataset examples with heatmaps, activation statistics and samples."""
+    from app.settings import Settings
+    from worker.corpus import Shard
+    from worker.examples import REDUCTIONS, ExampleOptions, run_examples
+    from worker.options import clean_errors, fail, model_name_for, open_model
+    from worker.store import open_store
+
+    if reduce not in REDUCTIONS:
+        fail(f"--reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
+    with clean_errors():
+        opts = ExampleOptions(k=k, reduce=reduce, batch_size=batch_size, workers=workers, shard=Shard.parse(shard),
+                              checkpoint_seconds=checkpoint_every, samples=samples, progress=progress)
+    loaded = open_model(arch, weights, config_dir, device)
+    model_name = name or model_name_for(arch, weights)
+    with clean_errors():
+        report = run_examples(open_store(Settings()), loaded, model_name, corpus, layer or None, opts)
+    skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
+    typer.echo(f"{model_name}: {report['images']} images ({report['duplicates']} duplicates, skipped: {skipped}) "
+               f"in {report['timing']['seconds']:.1f} s, {report['timing']['images_per_s']:.1f} img/s")
+    if report.get("waiting_for_shards"):
+        typer.echo(f"shard {report['shard']} saved; the last shard to finish writes the store")

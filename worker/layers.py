@@ -15,6 +15,10 @@ from worker.models import LoadedModel
 from worker.store import LayerSpec
 
 
+class UnknownLayer(ValueError):
+    """No layer of that name in the model's catalogue."""
+
+
 @dataclass(frozen=True)
 class Family:
     """How to enumerate one kind of image tower's neuron layers."""
@@ -71,7 +75,7 @@ def layer_spec(loaded: LoadedModel, name: str | None = None) -> LayerSpec:
     for spec in specs:
         if spec.name == name or (name is None and spec.is_default):
             return spec
-    raise ValueError(f"{loaded.arch} has no layer {name!r}; layers: {', '.join(s.name for s in specs)}")
+    raise UnknownLayer(f"{loaded.arch} has no layer {name!r}; layers: {', '.join(s.name for s in specs)}")
 
 
 def to_grid(x: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
@@ -104,7 +108,7 @@ def capture(loaded: LoadedModel, names: list[str], pre_relu: bool = False,
     paths = {spec.name: spec.module.removeprefix("visual.") for spec in catalogue(loaded)}
     missing = [n for n in names if n not in paths]
     if missing:
-        raise ValueError(f"unknown layers {missing}; layers: {', '.join(paths)}")
+        raise UnknownLayer(f"unknown layers {missing}; layers: {', '.join(paths)}")
     batch_first = getattr(getattr(visual, "transformer", None), "batch_first", True)
     acts: dict[str, torch.Tensor] = {}
     handles = []

@@ -1,0 +1,480 @@
+"""Dataset examples: per unit of the chosen layers, the K corpus images that excite it most and the K
+that drive it most negative, each with its spatial map (heatmap JSON + overlay PNG), plus activation
+statistics (mean, std, min, max, quantiles, histogram) and a sample spread over the activation range.
+
+Signal: a ResNet layer is read before its final ReLU (the input of `layer[-1].act3`), so one scalar per
+(image, unit) covers both directions: the top-K are the largest, the bottom-K the most negative, and
+the statistics, histogram and sample span the whole range (pages show values in σ from zero). A ViT
+MLP layer is read at its GELU output. Spatial reduction `mean` ranks both ends by the mean over
+positions; `max` ranks the top by the max and the bottom by the min.
+
+Compute streams the corpus once with memory O(units × K). `--shard i/N` takes the images whose content
+hash is i mod N. State is checkpointed to a file every `checkpoint_seconds`, so a killed run resumes
+where it stopped. Shard states go into `blobs`; the shard that finds all N there merges them and
+writes. Writing replaces whole units per transaction, and is idempotent.
+"""
+import hashlib
+import io
+import json
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitStats, now
+from app.keys import UnitKey
+from worker.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, Shard, survey
+from worker.images import store_images
+from worker.layers import activations, catalogue, family_of, layer_spec
+from worker.models import LoadedModel
+from worker.stats import QUANTILES, Moments, Samples, Sketch, restore, spread, state_of
+from worker.store import LayerSpec, Store, finish_run, register_model, start_run
+from worker.topk import TopK
+
+STAGE = "examples"
+REDUCTIONS = {"mean": ("mean", "mean"), "max": ("amax", "amin")}  # (top, bottom) over positions
+HEAT_COLOURS = {"top": (255, 110, 0), "bottom": (0, 110, 255)}
+UNITS_PER_TRANSACTION = 32  # whole units only: a reader never sees half a neuron
+
+
+@dataclass
+class ExampleOptions:
+    k: int = 64
+    reduce: str = "mean"
+    batch_size: int = 64
+    workers: int = 2
+    shard: Shard = field(default_factory=Shard)
+    checkpoint_seconds: float = 60.0
+    samples: int = 256  # activation samples per unit (for conditional-probability studies)
+    max_pixels: int = MAX_PIXELS
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.reduce not in REDUCTIONS:
+            raise ValueError(f"--reduce must be one of {', '.join(REDUCTIONS)}, got {self.reduce!r}")
+        if self.k < 1 or self.batch_size < 1 or self.samples < 0 or self.workers < 0:
+            raise ValueError("--k and --batch-size must be >= 1, --samples and --workers >= 0")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a run computes; its fingerprint names checkpoints and shard states."""
+
+    model: str
+    arch: str
+    weights: str | None
+    corpus: str
+    corpus_digest: str
+    entries: int
+    layers: tuple[str, ...]
+    k: int
+    reduce: str
+    batch_size: int
+    samples: int
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
+
+    def settings(self, shard: Shard, signal: str) -> dict:
+        return {"corpus": self.corpus, "entries": self.entries, "layers": list(self.layers), "k": self.k,
+                "reduce": self.reduce, "batch_size": self.batch_size, "samples": self.samples,
+                "shard": str(shard), "signal": signal, "fingerprint": self.fingerprint}
+
+
+class LayerState:
+    """Everything kept about one layer while streaming: top/bottom-K, moments, sketch, samples."""
+
+    def __init__(self, units: int, k: int, grid: tuple[int, int], device: str | torch.device = "cpu"):
+        size = grid[0] * grid[1]
+        self.grid = grid
+        self.top, self.bottom = TopK(units, k, size, 1, device), TopK(units, k, size, -1, device)
+        self.moments, self.sketch, self.samples = Moments(units, device), Sketch(units, device), Samples(units, device)
+
+    def update(self, acts: torch.Tensor, hashes: torch.Tensor, entries: torch.Tensor, reduce: str) -> None:
+        """acts (B, U, H, W) for de-duplicated images."""
+        maps = acts.flatten(2).float()
+        top_op, bottom_op = REDUCTIONS[reduce]
+        high, low = getattr(maps, top_op)(2), getattr(maps, bottom_op)(2)
+        self.top.update(high, hashes, entries, maps)
+        self.bottom.update(low, hashes, entries, maps)
+        self.moments.update(high)
+        self.sketch.update(high)
+        self.samples.update(high, hashes, entries)
+
+    def merge(self, other: "LayerState") -> None:
+        for part in ("top", "bottom", "moments", "sketch", "samples"):
+            getattr(self, part).merge(getattr(other, part))
+
+    def state_dict(self) -> dict:
+        return {"grid": list(self.grid), "top": self.top.state_dict(), "bottom": self.bottom.state_dict(),
+                "moments": state_of(self.moments), "sketch": state_of(self.sketch),
+                "samples": state_of(self.samples)}
+
+    @classmethod
+    def from_state(cls, state: dict, device: str | torch.device = "cpu") -> "LayerState":
+        layer = cls.__new__(cls)
+        layer.grid = tuple(state["grid"])
+        layer.top, layer.bottom = TopK.from_state(state["top"], device), TopK.from_state(state["bottom"], device)
+        layer.moments = restore(Moments, state["moments"], device)
+        layer.sketch = restore(Sketch, state["sketch"], device)
+        layer.samples = restore(Samples, state["samples"], device)
+        return layer
+
+
+@dataclass
+class Progress:
+    """A run's whole state: per-layer states, the next batch number, dedup set and counts."""
+
+    layers: dict[str, LayerState]
+    seen: SeenHashes = field(default_factory=SeenHashes)
+    cursor: int = 0
+    counts: Counter = field(default_factory=Counter)  # images, duplicates, skipped:<reason>
+
+    def absorb(self, batch: Batch, forward, reduce: str, device: torch.device) -> None:
+        """Fold one decoded batch in: drop duplicates, run the model, update every layer."""
+        fresh = self.seen.first_seen(batch.hashes)
+        self.counts["images"] += int(fresh.sum())
+        self.counts["duplicates"] += int((~fresh).sum())
+        for reason, n in batch.skipped.items():
+            self.counts[f"skipped:{reason}"] += n
+        if fresh.any():
+            acts = forward(batch.pixels[fresh])
+            hashes, entries = batch.hashes[fresh].to(device), batch.entries[fresh].to(device)
+            for name, state in self.layers.items():
+                state.update(acts[name], hashes, entries, reduce)
+        self.cursor = batch.number + 1
+
+    def merge(self, other: "Progress") -> None:
+        for name, state in self.layers.items():
+            state.merge(other.layers[name])
+        self.counts.update(other.counts)
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor, "counts": dict(self.counts), "seen": self.seen.tensor(),
+                "layers": {name: s.state_dict() for name, s in self.layers.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict, device: str | torch.device = "cpu") -> "Progress":
+        return cls({n: LayerState.from_state(s, device) for n, s in state["layers"].items()},
+                   SeenHashes(state["seen"]), state["cursor"], Counter(state["counts"]))
+
+
+def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str | Path,
+                 layers: list[str] | None = None, options: ExampleOptions | None = None) -> dict:
+    """Compute and store dataset examples and statistics for `layers` (default: the penultimate layer).
+
+    Resumes from its checkpoint if a previous identical run was killed. Returns the run's report.
+    """
+    opts = options or ExampleOptions()
+    opts.check()
+    specs = list({s.name: s for s in (layer_spec(loaded, n) for n in (layers or [None]))}.values())
+    register(store, loaded, model_name)
+    n_entries, digest = survey(corpus)
+    job = Job(model_name, loaded.arch, loaded.weights, str(Path(corpus).expanduser().resolve()), digest,
+              n_entries, tuple(s.name for s in specs), opts.k, opts.reduce, opts.batch_size, opts.samples)
+    signal = "pre-relu" if family_of(loaded).pre_relu else "output"
+    run_id = open_run(store, job, opts.shard, signal)
+    checkpoint = checkpoint_path(store, job, opts.shard)
+    progress = load_shard_state(store, job, opts.shard, loaded.device) or load_checkpoint(checkpoint, loaded.device)
+    if progress is None:
+        progress = Progress({s.name: LayerState(s.n_units, opts.k, grid, loaded.device)
+                             for s, grid in zip(specs, probe_grids(loaded, specs), strict=True)})
+    started = time.monotonic()
+    done_before = progress.counts["images"]
+    stream(loaded, job.corpus, job.entries, progress, opts, lambda p: save_checkpoint(checkpoint, p))
+    seconds = time.monotonic() - started
+    timing = {"seconds": round(seconds, 3),
+              "images_per_s": round((progress.counts["images"] - done_before) / max(seconds, 1e-9), 2)}
+    if opts.shard.count > 1:
+        save_shard_state(store, job, opts.shard, progress)
+        checkpoint.unlink(missing_ok=True)
+        merged = merged_shards(store, job, opts.shard.count, loaded.device)
+        if merged is None:
+            report = make_report(job, progress, opts, timing) | {"waiting_for_shards": True}
+            close_run(store, run_id, report)
+            return report
+        progress = merged
+    report = make_report(job, progress, opts, timing)
+    report["vanished"] = write_results(store, job, specs, progress, opts, run_id, signal)
+    close_run(store, run_id, report)
+    checkpoint.unlink(missing_ok=True)
+    if opts.shard.count > 1:
+        drop_shard_states(store, job)
+    return report
+
+
+def register(store: Store, loaded: LoadedModel, model_name: str) -> None:
+    """Create (or update) the model, all its catalogued layers and their unit rows."""
+    with store.sessions.begin() as session:
+        register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded))
+
+
+def probe_grids(loaded: LoadedModel, specs: list[LayerSpec]) -> list[tuple[int, int]]:
+    """Each layer's spatial grid (H, W), from one blank image."""
+    blank = torch.zeros(1, 3, loaded.image_size, loaded.image_size, device=loaded.device)
+    with torch.inference_mode():
+        acts = activations(loaded, blank, [s.name for s in specs], pre_relu=True)
+    return [tuple(acts[s.name].shape[2:]) for s in specs]
+
+
+def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opts: ExampleOptions,
+           save) -> None:
+    """Run the corpus through the model from `progress.cursor` on, checkpointing as it goes."""
+    device = loaded.device
+    loaded.model.to(memory_format=torch.channels_last)
+    names = list(progress.layers)
+    per_batch = opts.batch_size * opts.shard.count  # each shard keeps about batch_size images per batch
+    dataset = CorpusBatches(corpus, loaded.preprocess, per_batch, progress.cursor, opts.shard, opts.max_pixels)
+    loader = DataLoader(dataset, batch_size=None, num_workers=opts.workers, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if opts.workers else None)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+
+    def forward(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = pixels.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast:
+            return activations(loaded, x, names, pre_relu=True)
+
+    last_save = time.monotonic()
+    with tqdm(total=total, initial=min(total, progress.cursor * per_batch), unit="img", desc="examples",
+              disable=not opts.progress, smoothing=0.1) as bar, torch.inference_mode():
+        for batch in loader:
+            if batch.number != progress.cursor:
+                raise RuntimeError(f"corpus batches out of order: got {batch.number}, expected {progress.cursor}")
+            progress.absorb(batch, forward, opts.reduce, device)
+            bar.update(batch.n_entries)
+            bar.set_postfix(images=progress.counts["images"], refresh=False)
+            if time.monotonic() - last_save >= opts.checkpoint_seconds:
+                save(progress)
+                last_save = time.monotonic()
+    save(progress)  # a kill during the write phase resumes straight into writing
+
+
+# -- checkpoints and shard states -------------------------------------------------------------------
+
+def checkpoint_path(store: Store, job: Job, shard: Shard) -> Path:
+    return store.settings.data_dir / "checkpoints" / f"{STAGE}-{job.fingerprint}-{shard.index}of{shard.count}.pt"
+
+
+def _dumps(progress: Progress) -> bytes:
+    buf = io.BytesIO()
+    torch.save(progress.state_dict(), buf)
+    return buf.getvalue()
+
+
+def _loads(data: bytes, device) -> Progress:
+    return Progress.from_state(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), device)
+
+
+def save_checkpoint(path: Path, progress: Progress) -> None:
+    """Atomically replace the checkpoint file (a kill mid-write leaves the previous one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(_dumps(progress))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device="cpu") -> Progress | None:
+    if not path.is_file():
+        return None
+    return _loads(path.read_bytes(), device)
+
+
+def _shard_key(job: Job, shard: Shard) -> str:
+    return f"{STAGE}/{job.fingerprint}/shard-{shard.index}-of-{shard.count}"
+
+
+def save_shard_state(store: Store, job: Job, shard: Shard, progress: Progress) -> None:
+    with store.sessions.begin() as session:
+        session.merge(Blob(key=_shard_key(job, shard), data=_dumps(progress), updated_at=now()))
+
+
+def load_shard_state(store: Store, job: Job, shard: Shard, device) -> Progress | None:
+    if shard.count == 1:
+        return None
+    with store.sessions() as session:
+        blob = session.get(Blob, _shard_key(job, shard))
+        return _loads(blob.data, device) if blob else None
+
+
+def merged_shards(store: Store, job: Job, count: int, device) -> Progress | None:
+    """All N shard states merged, or None while some shard has not finished."""
+    keys = [_shard_key(job, Shard(i, count)) for i in range(count)]
+    with store.sessions() as session:
+        if len(session.scalars(select(Blob.key).where(Blob.key.in_(keys))).all()) < count:
+            return None
+        merged: Progress | None = None
+        for key in keys:  # one at a time: memory stays at two states whatever N is
+            blob = session.get(Blob, key)
+            if blob is None:  # another shard merged, wrote and cleaned up meanwhile
+                return None
+            part = _loads(blob.data, device)
+            session.expunge(blob)
+            if merged is None:
+                merged = part
+            else:
+                merged.merge(part)
+    return merged
+
+
+def drop_shard_states(store: Store, job: Job) -> None:
+    with store.sessions.begin() as session:
+        session.execute(delete(Blob).where(Blob.key.like(f"{STAGE}/{job.fingerprint}/%")))
+
+
+# -- runs and reports -------------------------------------------------------------------------------
+
+def open_run(store: Store, job: Job, shard: Shard, signal: str) -> int:
+    """The `runs` row of this job: a killed run's row is taken over, so a resumed run leaves one row."""
+    with store.sessions.begin() as session:
+        model = session.scalar(select(Model).where(Model.name == job.model))
+        running = session.scalars(select(Run).where(Run.stage == STAGE, Run.model_id == model.id,
+                                                    Run.status == "running").order_by(Run.id))
+        for run in running:
+            if run.settings.get("fingerprint") == job.fingerprint and run.settings.get("shard") == str(shard):
+                return run.id
+        layer = job.layers[0] if len(job.layers) == 1 else None
+        return start_run(session, STAGE, model, job.settings(shard, signal), layer=layer).id
+
+
+def close_run(store: Store, run_id: int, report: dict) -> None:
+    with store.sessions.begin() as session:
+        finish_run(session, session.get(Run, run_id), report)
+
+
+def make_report(job: Job, progress: Progress, opts: ExampleOptions, timing: dict) -> dict:
+    skipped = {k.split(":", 1)[1]: v for k, v in sorted(progress.counts.items()) if k.startswith("skipped:")}
+    return {"entries": job.entries, "images": progress.counts["images"],
+            "duplicates": progress.counts["duplicates"], "skipped": skipped, "layers": list(job.layers),
+            "units": sum(s.top.values.shape[0] for s in progress.layers.values()), "k": job.k,
+            "shard": str(opts.shard), "timing": timing}
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+def write_results(store: Store, job: Job, specs: list[LayerSpec], progress: Progress, opts: ExampleOptions,
+                  run_id: int, signal: str) -> int:
+    """Store the images every unit shows, then each unit's examples, stats and sample in one transaction.
+    Returns how many kept images could not be read back (changed or removed since they were seen)."""
+    wanted: set[int] = set()
+    for state in progress.layers.values():
+        for part in (state.top, state.bottom):
+            wanted.update(e for e in part.entries.flatten().tolist() if e >= 0)
+        for unit in range(state.top.values.shape[0]):
+            wanted.update(e for _, e in unit_sample(state, unit, opts))
+    image_ids = store_images(store, job.corpus, wanted, threads=max(1, opts.workers))
+    for spec in specs:
+        write_layer(store, job.model, spec.name, progress.layers[spec.name], image_ids, opts, run_id)
+    return len(wanted) - len(image_ids)
+
+
+def unit_sample(state: LayerState, unit: int, opts: ExampleOptions) -> list[tuple[float, int]]:
+    """The activation sample of one unit: (value, entry) spread over its range."""
+    candidates = state.samples.candidates(unit) + [(v, e) for v, e, _ in state.top.rows(unit)]
+    if opts.reduce == "mean":  # the bottom examples' scalar is then the same one
+        candidates += [(v, e) for v, e, _ in state.bottom.rows(unit)]
+    return spread(candidates, opts.samples) if opts.samples else []
+
+
+def write_layer(store: Store, model_name: str, layer_name: str, state: LayerState, image_ids: dict[int, int],
+                opts: ExampleOptions, run_id: int) -> None:
+    """Write a layer's units, UNITS_PER_TRANSACTION whole units per transaction (overlays drawn in threads)."""
+    if state.moments.n == 0:
+        return
+    with store.sessions() as session:
+        unit_ids = dict(session.execute(
+            select(Unit.index, Unit.id).join(Layer, Unit.layer_id == Layer.id).join(Model, Layer.model_id == Model.id)
+            .where(Model.name == model_name, Layer.name == layer_name)).tuples().all())
+    stats = unit_stats(state, run_id)
+    units = len(stats)
+
+    def rows(unit: int) -> tuple[dict, list[dict], list[dict]]:
+        uid, key = unit_ids[unit], UnitKey(model_name, layer_name, unit)
+        examples = [row | {"unit_id": uid, "run_id": run_id}
+                    for sign, part in (("top", state.top), ("bottom", state.bottom))
+                    for row in example_rows(store, key, sign, part.rows(unit), state.grid, image_ids)]
+        samples = [{"unit_id": uid, "image_id": image_ids[e], "activation": v}
+                   for v, e in unit_sample(state, unit, opts) if e in image_ids]
+        return stats[unit] | {"unit_id": uid}, examples, samples
+
+    with ThreadPoolExecutor(max(2, opts.workers)) as pool, \
+            tqdm(total=units, desc=f"write {layer_name}", unit="unit", disable=not opts.progress) as bar:
+        for start in range(0, units, UNITS_PER_TRANSACTION):
+            group = range(start, min(units, start + UNITS_PER_TRANSACTION))
+            write_units(store, [unit_ids[u] for u in group], list(pool.map(rows, group)))
+            bar.update(len(group))
+
+
+def unit_stats(state: LayerState, run_id: int) -> list[dict]:
+    """Each unit's UnitStats row (without unit_id): moments, sketch quantiles and a 40-bin histogram."""
+    m = state.moments
+    lo, hi, std = m.min.cpu(), m.max.cpu(), m.std.cpu().tolist()
+    quantiles = state.sketch.quantiles(lo, hi).cpu().tolist()
+    counts = state.sketch.histogram(lo, hi).cpu().tolist()
+    out = []
+    for unit, mean in enumerate(m.mean.cpu().tolist()):
+        low, high = float(lo[unit]), float(hi[unit])
+        out.append({"n": m.n, "mean": mean, "std": std[unit], "min": low, "max": high, "run_id": run_id,
+                    "quantiles": {str(q): v for q, v in zip(QUANTILES, quantiles[unit], strict=True)},
+                    "histogram": {"edges": np.linspace(low, high, len(counts[unit]) + 1).tolist(),
+                                  "counts": counts[unit]}})
+    return out
+
+
+def example_rows(store: Store, key: UnitKey, sign: str, rows, grid: tuple[int, int],
+                 image_ids: dict[int, int]) -> list[dict]:
+    out = []
+    for value, entry, flat in rows:
+        if entry not in image_ids:
+            continue
+        rank = len(out)
+        heat = flat.reshape(grid)
+        overlay = store.cache.put_unit_image(key, f"examples-{sign}-{rank:03d}", heat_overlay(heat, sign))
+        out.append({"sign": sign, "rank": rank, "activation": value, "image_id": image_ids[entry],
+                    "heatmap": [[float(f"{v:.4g}") for v in row] for row in heat.tolist()],
+                    "heatmap_image": overlay})
+    return out
+
+
+def heat_overlay(heat: torch.Tensor, sign: str) -> PILImage.Image:
+    """A tiny RGBA image (one pixel per position; browsers scale it smoothly): opacity = the positive
+    (top) or negative (bottom) part of the map relative to its peak."""
+    part = (heat if sign == "top" else -heat).clamp_min(0)
+    peak = float(part.max())
+    alpha = (part / peak * 230).round() if peak > 0 else torch.zeros_like(part)
+    rgba = np.zeros((*heat.shape, 4), dtype=np.uint8)
+    rgba[..., :3] = HEAT_COLOURS[sign]
+    rgba[..., 3] = alpha.numpy().astype(np.uint8)
+    return PILImage.fromarray(rgba, "RGBA")
+
+
+def write_units(store: Store, unit_ids: list[int], rows: list[tuple[dict, list[dict], list[dict]]]) -> None:
+    """Replace whole units' examples, stats and samples in one transaction (retried once if a concurrent
+    writer of the same units got in between)."""
+    for attempt in range(2):
+        try:
+            with store.sessions.begin() as session:
+                for table in (DatasetExample, ActivationSample, UnitStats):
+                    session.execute(delete(table).where(table.unit_id.in_(unit_ids)))
+                session.execute(insert(UnitStats), [stats for stats, _, _ in rows])
+                examples = [e for _, unit_examples, _ in rows for e in unit_examples]
+                samples = [s for _, _, unit_samples in rows for s in unit_samples]
+                if examples:
+                    session.execute(insert(DatasetExample), examples)
+                if samples:
+                    session.execute(insert(ActivationSample), samples)
+            return
+        except IntegrityError:
+            if attempt:
+                raise

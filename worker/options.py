@@ -1,0 +1,93 @@
+"""Options every `microscope worker …` command that loads a model shares, so all stages take a model the
+same way. Importing this module does not import torch.
+
+Use them in a stage's command like this::
+
+    from worker.options import Arch, ConfigDirs, Device, ModelName, Weights, model_name_for, open_model
+
+    @worker_cli.command("mystage")
+    def mystage_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None,
+                    name: ModelName = None, device: Device = "auto"):
+        with clean_errors():                      # known failures: one line on stderr, exit code 2
+            loaded = open_model(arch, weights, config_dir, device)
+            ...
+        model_name = name or model_name_for(arch, weights)
+
+`open_model` already prints WeightsMissing / UnknownModel / a missing config dir as one line and exits 2.
+"""
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from app.keys import KeyError_, check_name
+
+Arch = Annotated[str, typer.Argument(
+    help="open_clip architecture: RN50, RN50x4, RN101, ViT-B-32 … or a config name from --config-dir",
+    show_default=False)]
+Weights = Annotated[str | None, typer.Option(
+    "--weights", "-w", help="open_clip weights tag found offline (e.g. openai) or a local .pt/.safetensors "
+                            "checkpoint; omit for random init")]
+ConfigDirs = Annotated[list[Path] | None, typer.Option(
+    "--config-dir", help="directory of extra open_clip model JSON configs (repeatable)")]
+ModelName = Annotated[str | None, typer.Option(
+    "--name", help="the model's name in the store and in URLs (default: from arch and weights)")]
+Device = Annotated[str, typer.Option("--device", help="cuda | cpu | auto (cuda when there is one)")]
+
+EXIT_USAGE = 2
+
+
+def fail(message: str) -> NoReturn:
+    """One clean line on stderr and exit code 2 (no traceback)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+@contextmanager
+def clean_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Turn the worker's known input errors (and `extra` ones) into `fail`."""
+    from worker.corpus import CorpusError
+    from worker.layers import UnknownLayer
+    from worker.models import UnknownModel, WeightsMissing
+
+    try:
+        yield
+    except (WeightsMissing, UnknownModel, UnknownLayer, CorpusError, KeyError_, FileNotFoundError, *extra) as e:
+        fail(str(e))
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cuda", "cpu") and not device.startswith("cuda:"):
+        fail(f"--device must be cuda, cpu or auto, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda asked for, but torch sees no CUDA device here; use --device cpu")
+    return device
+
+
+def open_model(arch: str, weights: str | None = None, config_dirs: list[Path] | None = None,
+               device: str = "auto"):
+    """`worker.models.load_model` for a command: a bad name, missing weights or config dir exit 2."""
+    from worker.models import load_model
+
+    with clean_errors():
+        return load_model(arch, weights, resolve_device(device), tuple(config_dirs or ()))
+
+
+def model_name_for(arch: str, weights: str | None) -> str:
+    """The default store name: the architecture, plus the weights tag or checkpoint file stem."""
+    if not weights:
+        name = arch
+    else:
+        tag = Path(weights).stem if ("/" in weights or "." in weights) else weights
+        name = f"{arch}_{tag}"
+    name = "".join(c if c.isalnum() or c in "_.@+-" else "_" for c in name)[:128]
+    try:
+        return check_name(name, "model")
+    except KeyError_:
+        fail(f"cannot make a model name from {arch!r} and {weights!r}; pass --name")
