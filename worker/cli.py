@@ -78,3 +78,26 @@ def examples_cmd(
                f"in {report['timing']['seconds']:.1f} s, {report['timing']['images_per_s']:.1f} img/s")
     if report.get("waiting_for_shards"):
         typer.echo(f"shard {report['shard']} saved; the last shard to finish writes the store")
+
+
+@worker_cli.command("suggest")
+def suggest_cmd(model: str = typer.Argument(..., help="model name in the store"),
+                layer: str = typer.Option(None, help="layer name (default: the model's default layer)"),
+                top_words: int = typer.Option(5, min=1, help="top rendered words that vote on the family"),
+                threshold: float = typer.Option(0.6, min=0.01, max=1.0, help="share of them that must agree"),
+                captions: int = typer.Option(10, min=0, help="top dataset-example captions used for the label"),
+                label_terms: int = typer.Option(3, min=1, help="terms in the short label")):
+    """Automatic family guesses and short labels (source "auto"), from top words and example captions."""
+    from app.settings import Settings
+    from worker.store import open_store
+    from worker.suggest import SuggestOptions, run_suggest
+
+    opts = SuggestOptions(top_words, threshold, captions, label_terms)
+    try:
+        report = run_suggest(open_store(Settings()), model, layer, opts)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    families = ", ".join(f"{f} {n}" for f, n in sorted(report["families"].items())) or "none"
+    typer.echo(f"{model}: {report['units']} units, {report['no_data']} without words or captions, "
+               f"{report['labels_changed']} new labels; families: {families}")
