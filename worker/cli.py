@@ -7,6 +7,87 @@ worker_cli = typer.Typer(help="Precompute neuron data into the store (torch + op
 from worker.options import Arch, ConfigDirs, Device, ModelName, Weights  # noqa: E402
 
 
+# -- the text side: emotion composition, typographic attacks, Stroop (worker/emotions.py, typographic.py, stroop.py)
+def _store_with(loaded, arch: str, weights: str | None, name: str | None):
+    """The store, with the model registered (or updated) under its name; returns (store, name)."""
+    from app.settings import Settings
+    from worker.layers import catalogue
+    from worker.options import model_name_for
+    from worker.store import open_store, register_model
+
+    store, model_name = open_store(Settings()), name or model_name_for(arch, weights)
+    with store.sessions.begin() as session:
+        register_model(session, model_name, loaded.arch, weights, loaded.image_size, catalogue(loaded))
+    return store, model_name
+
+
+@worker_cli.command("emotions")
+def emotions_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+                 device: Device = "auto",
+                 feelings: str = typer.Option("", help="feeling-wheel file (default: worker/wordlists/feelings.txt)"),
+                 method: str = typer.Option("lasso", help="sparse code: lasso | logistic (the paper's footnote 41)"),
+                 neurons: int = typer.Option(6, min=1, help="at most this many neurons per word"),
+                 factors: int = typer.Option(7, min=2, help="NMF factors colouring the atlas")):
+    """Emotion composition: "I feel {word}" attribution vectors, sparse codes per word, an NMF atlas."""
+    from worker.emotions import FEELINGS, emotions_stage
+    from worker.options import clean_errors, open_model
+
+    loaded = open_model(arch, weights, config_dir, device)
+    store, model_name = _store_with(loaded, arch, weights, name)
+    with clean_errors(ValueError):
+        data = emotions_stage(store, model_name, loaded, feelings or FEELINGS, method, neurons, factors)
+    quality = [w["quality"] for w in data["words"]]
+    typer.echo(f"{model_name}: {len(quality)} words, mean {data['quality_name']} "
+               f"{sum(quality) / len(quality):.3f}; atlas at {data['atlas']}")
+
+
+@worker_cli.command("typographic")
+def typographic_cmd(arch: Arch,
+                    images: str = typer.Option(..., help="folder of class folders, or a .csv/.jsonl manifest "
+                                                         "with path and label columns"),
+                    weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+                    device: Device = "auto",
+                    attack: list[str] = typer.Option([], help="TEXT or TEXT=CLASS (repeatable). Default: every "
+                                                              "label of the image set attacks as itself"),
+                    extra_label: list[str] = typer.Option([], help="another class for the zero-shot label set"),
+                    template: str = typer.Option("a photo of a {}", help="zero-shot prompt with one {}")):
+    """Typographic attack lab: attack text at 8 fixed positions; success rate and pixel cover."""
+    from worker.options import clean_errors, fail, open_model
+    from worker.typographic import Attack, attack_stage, labelled_images
+
+    if template.count("{}") != 1:
+        fail(f"--template must hold exactly one {{}}, got {template!r}")
+    with clean_errors(ValueError):
+        attacks = [Attack.parse(a) for a in attack] or [
+            Attack(label, label) for label in dict.fromkeys(label for _, label in labelled_images(images) if label)]
+    loaded = open_model(arch, weights, config_dir, device)
+    store, model_name = _store_with(loaded, arch, weights, name)
+    with clean_errors(ValueError):
+        report = attack_stage(store, model_name, loaded, images, attacks, template, extra_label)
+    skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
+    typer.echo(f"{model_name}: {report['n_images']} images (skipped: {skipped}), "
+               f"clean accuracy {report['clean_accuracy']:.3f}")
+    for a in report["attacks"]:
+        rate = "n/a" if a["success_rate"] is None else f"{a['success_rate']:.1%}"
+        typer.echo(f"  {a['text']!r} -> {a['target']}: success {rate} of {a['eligible']}, "
+                   f"pixel cover {a['pixel_cover']:.2%}")
+
+
+@worker_cli.command("stroop")
+def stroop_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+               device: Device = "auto"):
+    """Stroop test: colour words drawn in colours, zero-shot ink colour, congruent vs incongruent accuracy."""
+    from worker.options import clean_errors, open_model
+    from worker.stroop import stroop_stage
+
+    loaded = open_model(arch, weights, config_dir, device)
+    store, model_name = _store_with(loaded, arch, weights, name)
+    with clean_errors(ValueError):
+        s = stroop_stage(store, model_name, loaded)["scores"]
+    typer.echo(f"{model_name}: congruent accuracy {s['congruent_accuracy']:.3f} ({s['congruent']}), incongruent "
+               f"{s['incongruent_accuracy']:.3f} ({s['incongruent']}), read the word {s['read_word_rate']:.3f}")
+
+
 # -- model frame and dataset examples (shared model options: worker/options.py) ---------------------
 @worker_cli.command("layers")
 def layers_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, device: Device = "cpu"):
