@@ -23,7 +23,7 @@ def conditional_probabilities(study: Study, items: list[StudyItem], answers: dic
         lo, hi = float(edges[b]), float(edges[b + 1])
         rows.append({
             "bucket": b, "lo": lo, "hi": hi, "lo_sigma": lo / std, "hi_sigma": hi / std,
-            "center_sigma": (lo + hi) / 2 / std, "items": len(in_bucket), "labelled": len(given),
+            "center_sigma": (lo + hi) / 2 / std, "n_items": len(in_bucket), "labelled": len(given),
             "counts": counts, "p": {c: (n / len(given) if given else None) for c, n in counts.items()},
         })
     return rows
@@ -57,7 +57,7 @@ def agreement(study: Study, labels: dict[str, dict[int, str]]) -> list[dict]:
         a = [labels[first][i] for i in shared]
         b = [labels[second][i] for i in shared]
         same = sum(x == y for x, y in zip(a, b, strict=True))
-        out.append({"labellers": [first, second], "items": len(shared),
+        out.append({"labellers": [first, second], "n_items": len(shared),
                     "percent": 100.0 * same / len(shared) if shared else None,
                     "kappa": cohen_kappa(a, b, study.categories)})
     return out
@@ -83,11 +83,11 @@ def results_csv(res: dict) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["bucket", "lo_activation", "hi_activation", "lo_sigma", "hi_sigma", "center_sigma",
-                     "items", "labelled", *[_cell(f"n_{c}") for c in cats], *[_cell(f"p_{c}") for c in cats]])
+                     "images", "labelled", *[_cell(f"count_{c}") for c in cats], *[_cell(f"p_{c}") for c in cats]])
     for r in res["buckets"]:
         p = ["" if r["p"][c] is None else f"{r['p'][c]:.6g}" for c in cats]
         writer.writerow([r["bucket"], f"{r['lo']:.6g}", f"{r['hi']:.6g}", f"{r['lo_sigma']:.6g}",
-                         f"{r['hi_sigma']:.6g}", f"{r['center_sigma']:.6g}", r["items"], r["labelled"],
+                         f"{r['hi_sigma']:.6g}", f"{r['center_sigma']:.6g}", r["n_items"], r["labelled"],
                          *[r["counts"][c] for c in cats], *p])
     return buf.getvalue()
 

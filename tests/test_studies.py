@@ -170,6 +170,7 @@ def test_labelling_resumes_and_plot_data_matches_the_answers(site, toy_model):
     assert res["buckets"][-1]["hi"] == pytest.approx(site.acts.max())
     table = list(csv.DictReader(io.StringIO(site.get(f"/studies/{sid}/results.csv").text)))
     assert [int(row["labelled"]) for row in table] == [b["labelled"] for b in res["buckets"]]
+    assert [int(row["count_face"]) for row in table] == [b["counts"]["face"] for b in res["buckets"]]
     assert [float(row["p_flag"]) for row in table] == pytest.approx([b["p"]["flag"] for b in res["buckets"]])
 
 
@@ -192,7 +193,9 @@ def test_plot_images_and_neuron_page(site, toy_model):
     html = site.get(NEURON).text
     assert f'src="/studies/{sid}/plot.svg"' in html and "P(category | activation) of toy/layer4/2" in html
     results_html = site.get(f"/studies/{sid}/results").text
-    assert "Stacked bars" in results_html and "flag" in results_html
+    assert "Stacked bars" in results_html and "flag" in results_html and "built-in method" not in results_html
+    first_row = re.search(r"<tr><th scope=\"row\">[^<]*</th><td>(\d+)</td><td>(\d+)</td>", results_html)
+    assert first_row and int(first_row.group(1)) == sum(r.bucket == 0 for r in rows)
 
 
 def test_second_labeller_agreement(site, toy_model):
@@ -208,7 +211,7 @@ def test_second_labeller_agreement(site, toy_model):
     res = site.get(f"/studies/{study['id']}/results.json?labeller=bob").json()
     assert res["labeller"] == "bob" and res["labellers"] == ["ann", "bob"]
     (pair,) = res["agreement"]
-    assert pair["labellers"] == ["ann", "bob"] and pair["items"] == 10
+    assert pair["labellers"] == ["ann", "bob"] and pair["n_items"] == 10
     assert pair["percent"] == pytest.approx(80.0) and pair["kappa"] == pytest.approx(0.6)
     assert "0.600" in site.get(f"/studies/{study['id']}/results").text
     assert site.get(f"/studies/{study['id']}/results.json?labeller=eve").status_code == 404
