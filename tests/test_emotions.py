@@ -1,4 +1,6 @@
 """Emotion composition on a tiny real open_clip model: word list, sparse codes, atlas, stage, pages."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sqlalchemy import select
@@ -166,3 +168,21 @@ def test_model_without_composition_says_which_command_fills_it(toy_model, client
     assert page.status_code == 200 and "microscope worker emotions toy" in page.json()["empty"]
     word = client.get("/models/toy/emotions/sad.json")
     assert word.status_code == 404 and "microscope worker emotions toy" in word.json()["error"]
+
+
+def test_worker_command(settings, store, tmp_path):
+    from typer.testing import CliRunner
+
+    from app.liveserver import settings_env
+    CONFIG_DIR = Path(__file__).parent / "model_configs"
+    from worker.cli import worker_cli
+
+    path = tmp_path / "f.txt"
+    path.write_text(SMALL)
+    args = ["emotions", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--name", "tiny", "--device", "cpu",
+            "--feelings", str(path), "--neurons", "2", "--factors", "2"]
+    result = CliRunner().invoke(worker_cli, args, env=settings_env(settings))
+    assert result.exit_code == 0, result.output
+    assert "tiny: 9 words, mean r2" in result.output
+    bad = CliRunner().invoke(worker_cli, [*args, "--method", "ridge"], env=settings_env(settings))
+    assert bad.exit_code == 2 and "lasso, logistic" in bad.output

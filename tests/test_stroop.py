@@ -1,4 +1,6 @@
 """The Stroop test: stimuli, scoring, the stage on a tiny real model, and its place on the attacks page."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,16 @@ def test_stage_on_a_tiny_model_and_the_attacks_page(store, client, tiny_rn):
     assert client.get(js["stroop"]["sheet"]).status_code == 200
     html = client.get("/models/tiny/attacks").text
     assert "my favorite word, written in the color" in html and "Predicted colour for each word" in html
+
+
+def test_worker_command(settings, store):
+    from typer.testing import CliRunner
+
+    from app.liveserver import settings_env
+    CONFIG_DIR = Path(__file__).parent / "model_configs"
+    from worker.cli import worker_cli
+
+    args = ["stroop", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--name", "tiny", "--device", "cpu"]
+    result = CliRunner().invoke(worker_cli, args, env=settings_env(settings))
+    assert result.exit_code == 0, result.output
+    assert "tiny: congruent accuracy" in result.output and "(18)" in result.output

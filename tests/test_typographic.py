@@ -1,5 +1,6 @@
 """Typographic attacks: deterministic pasting, pixel cover, success bookkeeping, image sets, stage, pages."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,21 @@ def test_attacks_page_of_unknown_model_is_404(attack_site):
     client, _ = attack_site
     miss = client.get("/models/nope/attacks.json")
     assert miss.status_code == 404 and "tiny" in miss.json()["error"]
+
+
+def test_worker_command_attacks_with_every_label_by_default(settings, store, image_set):
+    from typer.testing import CliRunner
+
+    from app.liveserver import settings_env
+    CONFIG_DIR = Path(__file__).parent / "model_configs"
+    from worker.cli import worker_cli
+
+    args = ["typographic", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--name", "tiny", "--device", "cpu",
+            "--images", str(image_set)]
+    result = CliRunner().invoke(worker_cli, args, env=settings_env(settings))
+    assert result.exit_code == 0, result.output
+    assert "'cat' -> cat" in result.output and "'dog' -> dog" in result.output and "5 images" in result.output
+    bad = CliRunner().invoke(worker_cli, [*args, "--template", "a photo"], env=settings_env(settings))
+    assert bad.exit_code == 2 and "exactly one {}" in bad.output
+    gone = CliRunner().invoke(worker_cli, [*args[:-1], str(image_set / "nowhere")], env=settings_env(settings))
+    assert gone.exit_code == 2 and "nowhere" in gone.output

@@ -212,3 +212,29 @@ def example_row(cache, attack: Attack, index: int, before, after, clean_top: str
     return {"text": attack.text, "target": attack.target, "index": index,
             "before": cache.put_image(before), "after": cache.put_image(after),
             "clean_top": clean_top, "attacked_top": attacked_top, "p_target": round(p_target, 4)}
+
+
+def try_attack(loaded, image: PILImage.Image, text: str, labels: Sequence[str], template: str = "a photo of a {}",
+               k: int = 5) -> dict:
+    """One image, one attack text: the zero-shot top-k classes before and after, the two images, pixel cover."""
+    clf = _lab_classifier(loaded, tuple(labels), template)
+    before = fit(image, loaded.image_size)
+    after = paste_text(before, text)
+    probs = clf.probs(loaded, [before, after])
+    return {"before": clf.top(probs[0], k), "after": clf.top(probs[1], k), "pixel_cover": pixel_cover(before, after),
+            "images": (before, after)}
+
+
+_LAB: dict[tuple, object] = {}
+
+
+def _lab_classifier(loaded, labels: tuple[str, ...], template: str):
+    """The live lab asks with the same label set again and again: keep the last few text towers' answers."""
+    from worker.zeroshot import classifier
+
+    key = (id(loaded.model), labels, template)
+    if key not in _LAB:
+        if len(_LAB) >= 4:
+            _LAB.pop(next(iter(_LAB)))
+        _LAB[key] = classifier(loaded, labels, template)
+    return _LAB[key]
