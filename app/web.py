@@ -31,7 +31,10 @@ def respond(request: Request, template: str, data: dict[str, Any], status_code: 
         return JSONResponse(jsonable_encoder(data), status_code=status_code)
     settings = request.app.state.settings
     ctx = {"request": request, "site_name": settings.site_name, "data": data, **data, **view}
-    return templates.TemplateResponse(request, template, ctx, status_code=status_code)
+    response = templates.TemplateResponse(request, template, ctx, status_code=status_code)
+    if current_editor(request) is not None:  # edit forms carry the editor's CSRF token: no shared caches
+        response.headers["Cache-Control"] = "private, no-cache"
+    return response
 
 
 class JsonSuffixMiddleware:

@@ -195,3 +195,9 @@ def test_label_markup_is_escaped(site):
     site.post(URL + "/labels", json={"text": "<script>alert(1)</script>"}, headers=API)
     html = site.get(URL).text
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+
+
+def test_editor_pages_stay_out_of_shared_caches(site):
+    assert "private" not in site.get(URL).headers.get("cache-control", "")
+    login(site)
+    assert site.get(URL).headers["cache-control"] == "private, no-cache"
