@@ -182,3 +182,20 @@ def suggest_cmd(model: str = typer.Argument(..., help="model name in the store")
     families = ", ".join(f"{f} {n}" for f, n in sorted(report["families"].items())) or "none"
     typer.echo(f"{model}: {report['units']} units, {report['no_data']} without words or captions, "
                f"{report['labels_changed']} new labels; families: {families}")
+
+
+@worker_cli.command("attribution")
+def attribution_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+                    device: Device = "cpu"):
+    """Text → neuron read-out (worker/attribution.py): a .npy in the cache that the text probe and search use."""
+    from worker.attribution import store_readout
+    from worker.options import clean_errors, fail, open_model
+
+    if not weights:
+        fail("attribution needs --weights: the server re-creates the text tower from them (random init can't be)")
+    loaded = open_model(arch, weights, config_dir, device)
+    store, model_name = _store_with(loaded, arch, weights, name)
+    with clean_errors(ValueError):
+        art = store_readout(store, model_name, loaded, config_dir or ())
+    typer.echo(f"{model_name}: read-out {art.meta['units']} units × {art.meta['embed_dim']} dims "
+               f"of {art.layer} at {art.path}")
