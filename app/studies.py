@@ -113,7 +113,8 @@ def create_study(session: Session, unit_id: int, name: str, categories: list[str
 
 
 def get_study(session: Session, study_id: int) -> Study:
-    study = session.get(Study, study_id)
+    # an id past the integer column's range is simply absent (SQLite/Postgres would raise on it)
+    study = session.get(Study, study_id) if 0 < study_id < 2**31 else None
     if study is None:
         recent = session.scalars(select(Study).order_by(Study.id.desc()).limit(20)).all()
         have = ", ".join(f"{s.id} ({s.name})" for s in recent) or "none yet"
@@ -152,9 +153,9 @@ def next_items(session: Session, study: Study, labeller: str | None, limit: int,
                review: bool = False) -> list[StudyItem]:
     """The labeller's next unlabelled items in display order (every item when reviewing)."""
     items = study_items(session, study)
-    if review or not labeller:
-        return items[:limit] if not review else items
-    done = study_labels(session, study).get(labeller, {})
+    if review:
+        return items
+    done = study_labels(session, study).get(labeller, {}) if labeller else {}
     return [it for it in items if it.id not in done][:limit]
 
 
