@@ -1,11 +1,14 @@
-"""Security headers on every response, and no unsafe request from another site.
+"""Security headers on every response; hostile requests refused before any handler runs.
 
 The Content-Security-Policy allows scripts only from our own /static (no inline script, no CDN),
 forbids framing, plugins and foreign form targets. Writes (see app.security for the editor token and
-CSRF tokens) are additionally refused when the browser itself says the request is cross-site.
+CSRF tokens) are additionally refused when the browser itself says the request is cross-site. A NUL
+character in a URL is refused with 422 (no name contains one, and Postgres text cannot hold one), and a
+value the store cannot hold (a number past its integer range …) is a 422, not a 500.
 """
 from urllib.parse import urlsplit
 
+from sqlalchemy.exc import DataError
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
 
@@ -43,9 +46,13 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] not in SAFE_METHODS and is_cross_site(Headers(scope=scope)):
-            message = "Cross-site requests may not change this microscope."
-            await error_page(Request(scope, receive), 403, message)(scope, receive, self.with_headers(send))
+        refusal = None
+        if has_nul(scope):
+            refusal = 422, "Invalid request: the URL contains a NUL character (%00)."
+        elif scope["method"] not in SAFE_METHODS and is_cross_site(Headers(scope=scope)):
+            refusal = 403, "Cross-site requests may not change this microscope."
+        if refusal:
+            await error_page(Request(scope, receive), *refusal)(scope, receive, self.with_headers(send))
             return
         await self.app(scope, receive, self.with_headers(send))
 
@@ -61,6 +68,10 @@ class SecurityHeadersMiddleware:
         return send_with_headers
 
 
+def has_nul(scope) -> bool:
+    return "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b"")
+
+
 def is_cross_site(headers: Headers) -> bool:
     """What the browser says (Sec-Fetch-Site, else Origin); clients that send neither are not browsers
     acting on someone's behalf, and still need the editor token for any write."""
@@ -71,3 +82,14 @@ def is_cross_site(headers: Headers) -> bool:
     if origin is None:
         return False
     return origin == "null" or urlsplit(origin).netloc != headers.get("host", "")
+
+
+def add_input_guards(app) -> None:
+    """Values the store cannot hold are the request's fault: 422 with the reason, never a 500."""
+
+    async def unstorable(request: Request, exc: Exception):
+        reason = getattr(exc, "orig", exc)
+        return error_page(request, 422, f"Invalid request: a value cannot be stored or looked up ({reason}).")
+
+    app.add_exception_handler(DataError, unstorable)
+    app.add_exception_handler(OverflowError, unstorable)

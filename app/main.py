@@ -7,7 +7,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from app.cache import Cache
 from app.db import make_engine, make_sessionmaker
-from app.headers import SecurityHeadersMiddleware
+from app.headers import SecurityHeadersMiddleware, add_input_guards
 from app.httpcache import CachedStaticFiles, ConditionalGetMiddleware, cache_file_headers
 from app.keys import KeyError_
 from app.lookup import NotFound
@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def add_serving_middleware(app: FastAPI) -> None:
     """Outermost first: security headers, compression, then ETag / conditional GET."""
+    add_input_guards(app)
     app.add_middleware(ConditionalGetMiddleware)
     app.add_middleware(GZipMiddleware, minimum_size=500, compresslevel=6)
     app.add_middleware(SecurityHeadersMiddleware)
