@@ -1,0 +1,131 @@
+"""Production serving: ETags and 304s on pages and JSON twins, Cache-Control rules, gzip, several server
+processes (`microscope serve --workers 2`) and pooled Postgres connections."""
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import _reset_pg, make_settings
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from app.db import Image
+from app.liveserver import LiveServer
+from app.main import create_app
+from worker.store import open_store
+from worker.synthetic import populate, write_unit
+
+
+@pytest.fixture
+def material(store):
+    return populate(store, "synth", {"layer4": 8})
+
+
+@pytest.fixture
+def site(material, client):
+    return client
+
+
+@pytest.mark.parametrize("url", ["/", "/models/synth", "/models/synth/layer4", "/models/synth/layer4/3",
+                                 "/models/synth/layer4/3.json", "/index.json"])
+def test_pages_and_twins_answer_304_when_unchanged(site, url):
+    first = site.get(url)
+    etag = first.headers["etag"]
+    assert first.status_code == 200 and etag.startswith('W/"')
+    assert first.headers["cache-control"] == "public, no-cache"  # kept, but revalidated: the worker may write
+    assert "accept" in first.headers["vary"].lower()  # a page and its JSON twin share a URL
+    again = site.get(url, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    assert site.get(url, headers={"If-None-Match": 'W/"other"'}).status_code == 200
+
+
+def test_a_worker_write_changes_the_etag(site, store, material):
+    before = site.get("/models/synth/layer4/3.json")
+    uid, key = next(u for u in material.units if u[1].unit == 3)
+    with store.sessions.begin() as s:
+        write_unit(s, material, uid, key, gen=7)
+    after = site.get("/models/synth/layer4/3.json", headers={"If-None-Match": before.headers["etag"]})
+    assert after.status_code == 200 and after.headers["etag"] != before.headers["etag"]
+    assert after.json()["sections"]["stats"]["n"] == 7
+
+
+def test_errors_and_writes_are_not_cached_as_pages(site):
+    missing = site.get("/models/nope")
+    assert missing.status_code == 404 and "etag" not in missing.headers
+    write = site.post("/models/synth/layer4/3/labels", data={"text": "x"})
+    assert write.status_code in (401, 403) and write.headers["cache-control"] == "no-store"
+
+
+def test_static_and_cache_headers(site, store):
+    html = site.get("/").text
+    css = next(part.split('"')[0] for part in html.split('href="') if part.startswith("/static/style.css"))
+    versioned = site.get(css)
+    assert "?v=" in css and versioned.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert site.get("/static/style.css").headers["cache-control"] == "public, no-cache"
+    etag = versioned.headers["etag"]
+    assert site.get(css, headers={"If-None-Match": etag}).status_code == 304
+    with store.sessions() as s:
+        image = s.query(Image).first()
+    content_addressed = site.get(f"/cache/{image.path}")
+    assert content_addressed.status_code == 200
+    assert content_addressed.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert site.get(f"/cache/{image.path}", headers={"If-None-Match": content_addressed.headers["etag"]}
+                    ).status_code == 304
+    render = site.get("/cache/units/synth/layer4/3/plain.png")  # rewritten in place when featurevis reruns
+    assert render.status_code == 200 and render.headers["cache-control"] == "public, no-cache"
+
+
+def test_gzip_for_pages_not_for_images(site, store):
+    page = site.get("/models/synth/layer4/3", headers={"Accept-Encoding": "gzip"})
+    assert page.headers["content-encoding"] == "gzip" and "<h1>" in page.text  # the client decodes it
+    plain = site.get("/models/synth/layer4/3", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    png = site.get("/cache/units/synth/layer4/3/plain.png", headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in png.headers
+
+
+def children_of(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_serve_with_several_worker_processes(sqlite_url, tmp_path):
+    settings = make_settings(tmp_path, sqlite_url)
+    populate(open_store(settings), "synth", {"layer4": 8})
+    with LiveServer(settings, workers=2) as server:
+        assert len(children_of(server.proc.pid)) >= 2  # uvicorn's supervisor and its worker processes
+        with httpx.Client(base_url=server.url) as c:
+            assert all(c.get(f"/models/synth/layer4/{i % 8}").status_code == 200 for i in range(20))
+        assert "Traceback" not in server.log()
+
+
+@pytest.mark.postgres
+def test_postgres_connections_are_pooled(pg_url, tmp_path):
+
+    _reset_pg(pg_url)
+    settings = make_settings(tmp_path, pg_url)
+    store = open_store(settings)
+    populate(store, "synth", {"layer4": 8})
+    store.sessions.kw["bind"].dispose()  # only the app's pool stays connected
+    app = create_app(settings)
+    database = pg_url.rsplit("/", 1)[1]
+    admin = create_engine(pg_url.rsplit("/", 1)[0] + "/test", isolation_level="AUTOCOMMIT")
+
+    def connections() -> int:
+        with admin.connect() as conn:
+            return conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"), {"d": database})
+
+    with TestClient(app) as client:
+        for i in range(30):
+            assert client.get(f"/models/synth/layer4/{i % 8}").status_code == 200
+        assert app.state.engine.pool.size() == 10
+        open_now = connections()
+        assert 1 <= open_now <= 3  # sequential requests reuse a pooled connection instead of opening 30
+    app.state.engine.dispose()
+    admin.dispose()
