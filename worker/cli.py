@@ -161,6 +161,12 @@ def examples_cmd(
         typer.echo(f"shard {report['shard']} saved; the last shard to finish writes the store")
 
 
+# -- feature visualization (worker/featurevis/) -------------------------------------------------------
+from worker.featurevis.cli import featurevis_cmd  # noqa: E402
+
+worker_cli.command("featurevis")(featurevis_cmd)
+
+
 @worker_cli.command("suggest")
 def suggest_cmd(model: str = typer.Argument(..., help="model name in the store"),
                 layer: str = typer.Option(None, help="layer name (default: the model's default layer)"),

@@ -1,3 +1,4 @@
+"""The neuron card's feature visualizations: the plain image, one per facet, and the diversity strip."""
 from sqlalchemy import select
 
 from app import urls
@@ -5,25 +6,35 @@ from app.db import FeatureVis
 from app.sections import Section, UnitContext
 
 
+def _item(r: FeatureVis) -> dict:
+    return {"kind": r.kind, "url": urls.cache(r.image), "thumb": urls.cache(r.thumb or r.image),
+            "objective": r.objective, "steps": r.steps, "size": r.size, "seed": r.seed,
+            "settings_hash": r.settings_hash}
+
+
+def _strip_position(r: FeatureVis) -> int:
+    tail = r.kind.removeprefix("diversity-")
+    return int(tail) if tail.isdigit() else 0
+
+
 def load(session, ctx: UnitContext):
     rows = session.scalars(
-        select(FeatureVis).where(FeatureVis.unit_id == ctx.unit.id).order_by(FeatureVis.kind, FeatureVis.id.desc())
+        select(FeatureVis).where(FeatureVis.unit_id == ctx.unit.id).order_by(FeatureVis.id.desc())
     ).all()
     if not rows:
         return None
-    latest: dict[str, FeatureVis] = {}
+    newest: dict[str, FeatureVis] = {}
     for row in rows:
-        latest.setdefault(row.kind, row)
-
-    def item(r: FeatureVis):
-        return {"kind": r.kind, "url": urls.cache(r.image), "thumb": urls.cache(r.thumb or r.image),
-                "objective": r.objective, "steps": r.steps, "size": r.size, "seed": r.seed}
-
-    items = [item(r) for r in latest.values()]
+        newest.setdefault(row.kind, row)
+    # a strip is the images of one render (one settings hash), never a mix of two runs
+    strip = next((r for r in rows if r.kind.startswith("diversity-")), None)
+    diversity = sorted((r for r in rows if strip and r.kind.startswith("diversity-")
+                        and r.settings_hash == strip.settings_hash), key=_strip_position)
+    facets = sorted((r for k, r in newest.items() if k.startswith("facet:")), key=lambda r: r.kind)
     return {
-        "plain": next((i for i in items if i["kind"] == "plain"), None),
-        "diversity": [i for i in items if i["kind"].startswith("diversity")],
-        "facets": [dict(i, facet=i["kind"].removeprefix("facet:")) for i in items if i["kind"].startswith("facet:")],
+        "plain": _item(newest["plain"]) if "plain" in newest else None,
+        "diversity": [_item(r) for r in diversity],
+        "facets": [dict(_item(r), facet=r.kind.removeprefix("facet:")) for r in facets],
     }
 
 
