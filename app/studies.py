@@ -10,7 +10,7 @@ import re
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from app import urls
 from app.db import ActivationSample, Study, StudyItem, StudyLabel, UnitStats
@@ -127,8 +127,8 @@ def unit_studies(session: Session, unit_id: int) -> list[Study]:
 
 
 def study_items(session: Session, study: Study) -> list[StudyItem]:
-    return list(session.scalars(select(StudyItem).where(StudyItem.study_id == study.id)
-                                .order_by(StudyItem.position)))
+    return list(session.scalars(select(StudyItem).options(joinedload(StudyItem.image))
+                                .where(StudyItem.study_id == study.id).order_by(StudyItem.position)))
 
 
 def study_labels(session: Session, study: Study) -> dict[str, dict[int, str]]:

@@ -66,14 +66,16 @@ def family_json(f: Family) -> dict:
 @router.get("/families", name="families")
 def families_page(request: Request, session: SessionDep):
     counts = member_counts(session)
-    out = []
-    for f in list_families(session):
+    families = list_families(session)
+    previews: dict[int, list[Member]] = {}
+    for f in families:  # editors' members first; the worker's suggestions when there are none
         n = counts.get(f.id, {"human": 0, "auto": 0})
-        preview, _ = members(session, f, "human", limit=PREVIEW)
-        if not preview:
-            preview, _ = members(session, f, "auto", limit=PREVIEW)
-        out.append({**family_json(f), "members": n["human"], "suggested": n["auto"],
-                    "preview": member_cards(session, preview)})
+        source = "human" if n["human"] else ("auto" if n["auto"] else None)
+        previews[f.id] = members(session, f, source, limit=PREVIEW)[0] if source else []
+    cards = iter(member_cards(session, [m for f in families for m in previews[f.id]]))
+    out = [{**family_json(f), "members": counts.get(f.id, {}).get("human", 0),
+            "suggested": counts.get(f.id, {}).get("auto", 0),
+            "preview": [next(cards) for _ in previews[f.id]]} for f in families]
     return respond(request, "families.html", {"families": out})
 
 
