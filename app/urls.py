@@ -119,3 +119,28 @@ def attacks(model_name: str) -> str:
 
 def attack_lab(model_name: str) -> str:
     return f"{attacks(model_name)}/try"
+
+
+def words_index() -> str:
+    return "/words"
+
+
+def word(text: str) -> str:
+    return f"/words/{quote(text, safe='')}"
+
+
+def embeddings(model_name: str, layer_name: str, **params) -> str:
+    return f"/embeddings/{quote(model_name)}/{quote(layer_name)}" + _q(**params)
+
+
+def neighbours(model_name: str, layer_name: str, word_text: str, **params) -> str:
+    return embeddings(model_name, layer_name) + "/neighbours" + _q(word=word_text, **params)
+
+
+def arithmetic(model_name: str, layer_name: str, expr: str, **params) -> str:
+    return embeddings(model_name, layer_name) + "/arithmetic" + _q(expr=expr, **params)
+
+
+def regions(model_name: str, layer_name: str) -> str:
+    return f"/regions/{quote(model_name)}/{quote(layer_name)}"
+

@@ -205,3 +205,10 @@ def attribution_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs 
         art = store_readout(store, model_name, loaded, config_dir or ())
     typer.echo(f"{model_name}: read-out {art.meta['units']} units × {art.meta['embed_dim']} dims "
                f"of {art.layer} at {art.path}")
+
+# -- rendered words, world maps, region report (worker/words.py, maps.py, regions.py) -----------------
+from worker.words_cli import maps_cmd, regions_cmd, words_cmd  # noqa: E402
+
+worker_cli.command("words")(words_cmd)
+worker_cli.command("maps")(maps_cmd)
+worker_cli.command("regions")(regions_cmd)

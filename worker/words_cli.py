@@ -1,0 +1,97 @@
+"""`microscope worker words | maps | regions`: rendered words, world maps and the region report.
+Importing this module does not import torch (the commands do, when they run)."""
+import typer
+
+from worker.options import Arch, ConfigDirs, Device, ModelName, Weights
+
+Layer = typer.Option(None, "--layer", help="layer name (default: the penultimate layer)")
+Fonts = typer.Option("dejavu-sans,liberation-serif", help="comma-separated fonts (worker/render_text.py FONTS)")
+Scales = typer.Option("0.22,0.36", help="comma-separated font sizes as fractions of the image side")
+BatchSize = typer.Option(256, min=1, help="images per forward pass")
+Force = typer.Option(False, "--force", help="recompute even when the store is up to date")
+
+
+def _plan(loaded, fonts: str, scales: str):
+    from worker.options import fail
+    from worker.render_text import FontMissing, RenderPlan, font_path
+
+    try:
+        names = tuple(f.strip() for f in fonts.split(",") if f.strip())
+        for f in names:
+            font_path(f)
+        sizes = tuple(float(s) for s in scales.split(",") if s.strip())
+        return RenderPlan(canvas=loaded.image_size, fonts=names, scales=sizes)
+    except (FontMissing, ValueError) as e:
+        fail(str(e))
+
+
+def _setup(arch, weights, config_dir, name, device):
+    from app.settings import Settings
+    from worker.options import model_name_for, open_model
+    from worker.store import open_store
+
+    loaded = open_model(arch, weights, config_dir, device)
+    return open_store(Settings()), loaded, name or model_name_for(arch, weights)
+
+
+def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+              device: Device = "auto", layer: str = Layer, words: int = typer.Option(
+                  10_000, min=1, help="how many of wordfreq's most common English words (digit tokens dropped)"),
+              fonts: str = Fonts, scales: str = Scales, batch_size: int = BatchSize,
+              chunk_size: int = typer.Option(512, min=1, help="words per checkpoint"), force: bool = Force):
+    """Rendered-word scores: top and most negative words per unit, the words x units matrix."""
+    import time
+
+    from worker.options import clean_errors
+    from worker.words import common_words, run_words
+
+    store, loaded, model_name = _setup(arch, weights, config_dir, name, device)
+    start = time.perf_counter()
+    with clean_errors():
+        report = run_words(store, loaded, model_name, layer, common_words(words), _plan(loaded, fonts, scales),
+                           chunk_size, batch_size, str(loaded.device), force)
+    typer.echo(f"{model_name}: {report} in {time.perf_counter() - start:.1f} s")
+
+
+def maps_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+             device: Device = "auto", layer: str = Layer,
+             crops: int = typer.Option(256, min=0, help="random map crops (on top of a covering tiling)"),
+             cities: int = typer.Option(300, min=1, help="how many of the largest cities to render"),
+             seed: int = typer.Option(0, help="seed of the random crops"),
+             fonts: str = Fonts, scales: str = Scales, batch_size: int = BatchSize, force: bool = Force):
+    """World map activations with heat overlays; country and city name scores with choropleths."""
+    import time
+
+    from worker.maps import run_maps
+    from worker.options import clean_errors
+
+    store, loaded, model_name = _setup(arch, weights, config_dir, name, device)
+    start = time.perf_counter()
+    with clean_errors():
+        report = run_maps(store, loaded, model_name, layer, crops, seed, cities, _plan(loaded, fonts, scales),
+                          batch_size, str(loaded.device), force)
+    typer.echo(f"{model_name}: {report} in {time.perf_counter() - start:.1f} s")
+
+
+def regions_cmd(model: str = typer.Argument(..., help="the model's name in the store"),
+                layer: str = typer.Option(None, "--layer", help="layer name (default: the model's default layer)")):
+    """Region report: the share of each unit's top-5 rendered words that are geographic."""
+    from sqlalchemy import select
+
+    from app.db import Layer as LayerRow
+    from app.db import Model
+    from app.settings import Settings
+    from worker.options import clean_errors, fail
+    from worker.regions import run_regions
+    from worker.store import open_store
+
+    store = open_store(Settings())
+    with store.sessions() as session:
+        names = session.execute(select(LayerRow.name, LayerRow.is_default).join(Model)
+                                .where(Model.name == model)).all()
+    if not names:
+        fail(f"no model {model!r} in the store (run `microscope worker words ARCH --name {model}` first)")
+    layer = layer or next((n for n, d in names if d), names[-1][0])
+    with clean_errors(ValueError):
+        report = run_regions(store, model, layer)
+    typer.echo(f"{model} {layer}: {report}")
