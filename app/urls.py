@@ -144,3 +144,10 @@ def arithmetic(model_name: str, layer_name: str, expr: str, **params) -> str:
 def regions(model_name: str, layer_name: str) -> str:
     return f"/regions/{quote(model_name)}/{quote(layer_name)}"
 
+
+def probe(q: str = "", **params) -> str:
+    return "/probe" + _q(q=q, **params)
+
+
+def probe_image(**params) -> str:
+    return "/probe/image" + _q(**params)

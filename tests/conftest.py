@@ -109,3 +109,19 @@ def tiny_rn():
 def tiny_vit():
     """A tiny random-init open_clip ViT CLIP (32 px, 2 blocks of 256 MLP units)."""
     return _tiny("tiny-vit")
+
+
+@pytest.fixture
+def probe_model(store, tiny_rn, tmp_path):
+    """Model 'tiny' in the store: tiny-rn saved as a real checkpoint, registered with it, and its text read-out
+    stored by the worker, as `microscope worker attribution` leaves it. Returns the loaded checkpoint."""
+    from worker.attribution import store_readout
+    from worker.layers import catalogue
+    from worker.models import load_model, save_checkpoint
+
+    path = save_checkpoint(tiny_rn.model, tmp_path / "tiny-rn.pt")
+    loaded = load_model("tiny-rn", str(path), config_dirs=(CONFIG_DIR,))
+    with store.sessions.begin() as s:
+        register_model(s, "tiny", loaded.arch, str(path), loaded.image_size, catalogue(loaded))
+    store_readout(store, "tiny", loaded, [CONFIG_DIR])
+    return loaded
