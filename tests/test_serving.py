@@ -4,14 +4,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import _reset_pg, make_settings
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from app.db import Image
 from app.liveserver import LiveServer
 from app.main import create_app
-from worker.store import open_store
 from worker.synthetic import populate, write_unit
 
 
@@ -95,9 +93,9 @@ def children_of(pid: int) -> list[int]:
     return kids
 
 
-def test_serve_with_several_worker_processes(sqlite_url, tmp_path):
-    settings = make_settings(tmp_path, sqlite_url)
-    populate(open_store(settings), "synth", {"layer4": 8})
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # several processes on one SQLite file
+def test_serve_with_several_worker_processes(settings, store):
+    populate(store, "synth", {"layer4": 8})
     with LiveServer(settings, workers=2) as server:
         assert len(children_of(server.proc.pid)) >= 2  # uvicorn's supervisor and its worker processes
         with httpx.Client(base_url=server.url) as c:
@@ -106,11 +104,8 @@ def test_serve_with_several_worker_processes(sqlite_url, tmp_path):
 
 
 @pytest.mark.postgres
-def test_postgres_connections_are_pooled(pg_url, tmp_path):
-
-    _reset_pg(pg_url)
-    settings = make_settings(tmp_path, pg_url)
-    store = open_store(settings)
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_postgres_connections_are_pooled(settings, store, pg_url):
     populate(store, "synth", {"layer4": 8})
     store.sessions.kw["bind"].dispose()  # only the app's pool stays connected
     app = create_app(settings)

@@ -30,6 +30,7 @@ from app.db import (
     make_sessionmaker,
 )
 from app.keys import UnitKey
+from app.unit_text import refresh_unit_text
 from worker.store import LayerSpec, Store, register_model
 
 K_EXAMPLES = 4  # per sign
@@ -138,6 +139,8 @@ def write_unit(session: Session, material: Material, unit_id: int, key: UnitKey,
                                   rank=rank))
     session.add(UnitStats(unit_id=unit_id, n=gen, mean=0.0, std=1.0, min=-gen - 0.5, max=gen + 0.5,
                           quantiles={"0.5": 0.0}, histogram={"edges": [-gen, 0, gen], "counts": [gen, gen]}))
+    session.flush()
+    refresh_unit_text(session, unit_id)  # top words feed search, as the words stage keeps them
 
 
 SECTIONS = ("featurevis", "examples", "words", "stats")
