@@ -30,6 +30,7 @@ from worker.places import cities, countries
 from worker.render_text import RenderPlan
 from worker.store import Store
 from worker.words import (
+    Checkpoints,
     artifact,
     channels_last,
     default_plan,
@@ -260,7 +261,8 @@ def map_settings(loaded: LoadedModel, layer: str, plan: RenderPlan, n_crops: int
 
 
 def write_unit_maps(store: Store, model_name: str, layer: str, world: WorldMap, grids: np.ndarray,
-                    scores: np.ndarray, info: list[dict], digest: str, run_id: int, units_per_commit: int = 32) -> dict:
+                    scores: np.ndarray, info: list[dict], digest: str, run_id: int, only: set[int] | None = None,
+                    units_per_commit: int = 32) -> dict:
     """MapActivation (grid, overlay, choropleth) and PlaceScore rows per unit, skipping units this settings
     hash already finished (the picture names carry it). One transaction per batch of units."""
     is_country = np.array([i["kind"] == "country" for i in info])
@@ -268,7 +270,7 @@ def write_unit_maps(store: Store, model_name: str, layer: str, world: WorldMap, 
         _, _, units = layer_units(session, model_name, layer)
         done = {m.unit_id for m in session.scalars(select(MapActivation).where(
             MapActivation.unit_id.in_([u.id for u in units]))) if (m.choropleth or "").endswith(f"-{digest[:8]}.png")}
-        todo = [(u.id, u.index) for u in units if u.id not in done]
+        todo = [(u.id, u.index) for u in units if u.id not in done and (only is None or u.index in only)]
     for start in tqdm(range(0, len(todo), units_per_commit), desc="map pictures", unit="batch", dynamic_ncols=True):
         batch = todo[start:start + units_per_commit]
         with store.sessions.begin() as session:
@@ -295,8 +297,9 @@ def write_unit_maps(store: Store, model_name: str, layer: str, world: WorldMap, 
 
 def run_maps(store: Store, loaded: LoadedModel, model_name: str, layer: str | None = None, n_crops: int = 256,
              seed: int = 0, n_cities: int = 300, plan: RenderPlan | None = None, batch_size: int = 256,
-             device: str = "cpu", force: bool = False) -> dict:
-    """The maps stage: map grids + overlays, place-name scores + choropleths, for every unit of the layer."""
+             device: str = "cpu", force: bool = False, units: list[int] | None = None) -> dict:
+    """The maps stage: map grids + overlays, place-name scores + choropleths, for every unit of the layer
+    (or only `units`; the layer-wide matrices are computed whole either way)."""
     from worker.store import recorded_run
 
     spec = layer_spec(loaded, layer)
@@ -305,7 +308,7 @@ def run_maps(store: Store, loaded: LoadedModel, model_name: str, layer: str | No
     digest = settings_hash(settings)
     ensure_model(store, loaded, model_name)
     done = artifact(store, model_name, spec.name, "map")
-    if done is not None and done.meta.get("hash") == digest and not force:
+    if done is not None and done.meta.get("hash") == digest and done.meta.get("complete") and not force:
         return {"skipped": "up to date", "hash": digest}
     with channels_last(loaded), recorded_run(store, STAGE, model_name, settings, layer=spec.name) as report:
         world = world_map()
@@ -318,14 +321,17 @@ def run_maps(store: Store, loaded: LoadedModel, model_name: str, layer: str | No
                                             loaded.std, batch_size=batch_size, device=device, desc="place names")
         report.update(crops=len(boxes), places=len(texts), hash=digest, **counts)
         report.update(write_unit_maps(store, model_name, spec.name, world, grids, post, info, digest,
-                                      report["run_id"]))
+                                      report["run_id"], set(units) if units is not None else None))
         write_matrix(store, model_name, spec.name, "places", texts, {"post": post, "pre": pre},
                      {"hash": digest, "places": info}, report["run_id"])
         base = store.cache.write(f"artifacts/{model_name}/{spec.name}/world-map-{digest}.png", png_bytes(world.image))
         grid_path = store.cache.write(f"artifacts/{model_name}/{spec.name}/map-{digest}.npy", npy_bytes(grids))
         put_artifact(store, model_name, spec.name, "map", grid_path,
-                     {"hash": digest, "grid": list(GRID), "map_image": base, "crops": len(boxes),
+                     {"hash": digest, "complete": units is None, "grid": list(GRID), "map_image": base,
+                      "crops": len(boxes),
                       "projection": "equirectangular lon -180..180, lat 90..-90"}, report["run_id"])
+        if units is None:  # a partial run keeps its place-name chunks for the rest of the units
+            Checkpoints(store, f"work/{job}").clear()
     return report
 
 
