@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from sqlalchemy import select
 
 from worker import typographic as T
 from worker.corpus import CorpusError
@@ -181,3 +182,89 @@ def test_worker_command_attacks_with_every_label_by_default(settings, store, ima
     assert bad.exit_code == 2 and "exactly one {}" in bad.output
     gone = CliRunner().invoke(worker_cli, [*args[:-1], str(image_set / "nowhere")], env=settings_env(settings))
     assert gone.exit_code == 2 and "nowhere" in gone.output
+
+
+# -- the live lab (model on the server's probe thread) ----------------------------------------------
+
+@pytest.fixture
+def lab(probe_model, store, client):
+    """The probe model 'tiny' with one stored image in the store."""
+    from app.db import Image
+
+    img = photo(7, (80, 80))
+    rel = store.cache.put_image(img, fmt="png")
+    with store.sessions.begin() as s:
+        row = Image(sha256="ab" * 32, source="test", caption="noise", width=80, height=80, path=rel)
+        s.add(row)
+        s.flush()
+        image_id = row.id
+    return client, probe_model, img, image_id
+
+
+def png_bytes(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_lab_form_lists_stored_images_without_loading_the_model(lab):
+    client, _, _, image_id = lab
+    js = client.get("/models/tiny/attacks/try.json").json()
+    assert [s["id"] for s in js["stored"]] == [image_id] and js["result"] is None
+    assert js["label_source"] == "the 1,000 ImageNet classes"
+    html = client.get("/models/tiny/attacks/try").text
+    assert f'value="{image_id}"' in html and 'enctype="multipart/form-data"' in html
+    assert getattr(client.app.state, "probe", None) is None
+
+
+def test_lab_classifies_before_and_after_as_the_worker_does(lab):
+    client, loaded, img, image_id = lab
+    r = client.get("/models/tiny/attacks/try.json",
+                   params={"image_id": image_id, "text": "pizza", "labels": "cat, dog,radio", "k": 4})
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    direct = T.try_attack(loaded, img, "pizza", ["cat", "dog", "radio", "pizza"], k=4)
+    assert [c["label"] for c in res["before"]] == [c["label"] for c in direct["before"]]
+    assert [c["label"] for c in res["after"]] == [c["label"] for c in direct["after"]]
+    assert res["pixel_cover"] == pytest.approx(direct["pixel_cover"]) and res["classes"] == 4
+    assert res["target"] == "pizza" and res["before_image"].startswith("data:image/png;base64,")
+    assert res["succeeded"] == (res["after"][0]["label"] == "pizza" != res["before"][0]["label"])
+    page = client.get("/models/tiny/attacks/try", params={"image_id": image_id, "text": "trash=radio",
+                                                          "labels": "cat,dog"})
+    assert page.status_code == 200 and "the image with trash written on it" in page.text
+    assert "class <strong>radio</strong>" in page.text
+
+
+def test_lab_upload(lab):
+    client, loaded, img, _ = lab
+    r = client.post("/models/tiny/attacks/try", files={"file": ("x.png", png_bytes(img), "image/png")},
+                    data={"text": "pizza", "labels": "cat,dog"}, headers={"Accept": "application/json"})
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    direct = T.try_attack(loaded, img, "pizza", ["cat", "dog", "pizza"])
+    assert [c["label"] for c in res["after"]] == [c["label"] for c in direct["after"]]
+    assert res["source"] == {"upload": "x.png"}
+
+
+def test_lab_bad_input_is_a_clear_4xx(lab, probe_model, store):
+    client, _, img, image_id = lab
+    url = "/models/tiny/attacks/try.json"
+    assert client.get(url, params={"image_id": image_id, "text": "x" * 41}).status_code == 422
+    assert client.get(url, params={"image_id": image_id, "text": "=cat"}).status_code == 422
+    assert client.get(url, params={"image_id": image_id}).status_code == 422  # no attack text
+    assert client.get(url, params={"image_id": image_id, "text": "a", "labels": ",".join(map(str, range(301)))}
+                      ).status_code == 422
+    missing = client.get(url, params={"image_id": 999999, "text": "pizza"})
+    assert missing.status_code == 404 and "999999" in missing.json()["error"]
+    assert client.get("/models/nope/attacks/try.json").status_code == 404
+    not_image = client.post("/models/tiny/attacks/try", files={"file": ("x.png", b"GIF89a nope", "image/png")},
+                            data={"text": "pizza"}, headers={"Accept": "application/json"})
+    assert not_image.status_code in (415, 422) and "image" in not_image.json()["error"]
+    with store.sessions.begin() as s:
+        from app.db import Model
+
+        s.scalar(select(Model).where(Model.name == "tiny")).weights = None
+    random_init = client.get(url, params={"image_id": image_id, "text": "pizza"})
+    assert random_init.status_code == 409 and "without weights" in random_init.json()["error"]
