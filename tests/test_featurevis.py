@@ -8,6 +8,7 @@ from worker.featurevis import objectives as O
 from worker.featurevis import param
 from worker.featurevis import transform as T
 from worker.featurevis.render import RenderSettings, evaluate, model_input, objective_values, render
+from worker.featurevis.speed import fast_model
 from worker.layers import activations
 
 FEW = RenderSettings(steps=6)
@@ -175,3 +176,17 @@ def test_fft_parameterization_is_per_seed_and_valid():
     assert param.rfft_frequencies(4, 6).shape == (4, 4)
     with pytest.raises(ValueError):
         param.image([1], 1)
+
+
+def test_fast_model_computes_the_same_and_leaves_the_original_alone(tiny_rn):
+    fast = fast_model(tiny_rn)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        want = activations(tiny_rn, x, ["layer2", "layer4"])
+        got = activations(fast, x, ["layer2", "layer4"])
+    for layer in want:
+        assert torch.allclose(got[layer], want[layer], rtol=1e-4, atol=1e-6 * float(want[layer].abs().max()))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.visual.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in tiny_rn.visual.modules()) == 3 + 4 * 3 + 4
+    assert fast.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert tiny_rn.visual.conv1.weight.is_contiguous()

@@ -41,7 +41,7 @@ def featurevis_cmd(
     facet_layer: str = typer.Option(None, help="lower layer the facet probes read (default: the one below --layer)"),
     retrain_probes: bool = typer.Option(False, help="train facet probes again even if stored"),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
-                                       help="channels-last weights for convolutional towers"),
+                                       help="channels-last weights for convolutional towers (faster at full size)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Feature visualizations of a layer's neurons: plain, a diversity strip, one per facet. Resumable."""
@@ -68,7 +68,6 @@ def run_command(app_settings, arch, weights, config_dir, device, model_name, lay
                 generic, facet_layer, retrain, channels_last, progress) -> dict:
     import torch
 
-    from worker.featurevis.render import use_channels_last
     from worker.featurevis.stage import run_layer
     from worker.layers import catalogue, layer_spec
     from worker.options import clean_errors, open_model
@@ -82,14 +81,12 @@ def run_command(app_settings, arch, weights, config_dir, device, model_name, lay
         store = open_store(app_settings)
         with store.sessions.begin() as session:
             register_model(session, model_name, loaded.arch, weights, loaded.image_size, catalogue(loaded))
-        if channels_last:
-            use_channels_last(loaded)
         with recorded_run(store, "featurevis", model_name, {**settings.as_dict(), "facets": facets},
                           layer=spec.name) as report:
             probes, probe_report = resolve_facets(store, loaded, model_name, lower, facets, generic, retrain,
                                                   report["run_id"]) if facets else ({}, {})
             report.update(run_layer(store, loaded, model_name, spec.name, units, settings, probes,
-                                    run_id=report["run_id"], progress=progress),
+                                    run_id=report["run_id"], progress=progress, channels_last=channels_last),
                           layer=spec.name, probes=probe_report)
     return report
 

@@ -11,6 +11,7 @@ from worker.featurevis import param as param_mod
 from worker.featurevis import transform as T
 from worker.featurevis.hooks import capture_graph, forward
 from worker.featurevis.objectives import Context, Objective, as_objective
+from worker.featurevis.speed import match_layout
 from worker.models import LoadedModel
 
 
@@ -43,26 +44,6 @@ def model_input(loaded: LoadedModel, transform: T.Transform | None = None) -> T.
     return tail if transform is None else T.compose(transform, tail)
 
 
-def use_channels_last(loaded: LoadedModel) -> bool:
-    """Store a convolutional tower's weights channels-last (faster convolutions on CPU and GPU at full
-    resolution); inputs follow automatically. Returns whether the tower has 4-D weights at all."""
-    if not _conv_weights(loaded):
-        return False
-    loaded.visual.to(memory_format=torch.channels_last)
-    return True
-
-
-def _conv_weights(loaded: LoadedModel) -> list[torch.Tensor]:
-    return [p for p in loaded.visual.parameters() if p.dim() == 4]
-
-
-def _match_layout(loaded: LoadedModel, x: torch.Tensor) -> torch.Tensor:
-    weights = _conv_weights(loaded)
-    if weights and weights[0].is_contiguous(memory_format=torch.channels_last) and not weights[0].is_contiguous():
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 @contextmanager
 def frozen(module: torch.nn.Module) -> Iterator[None]:
     """No weight gradients while rendering: the backward pass then only runs towards the image."""
@@ -85,7 +66,7 @@ def objective_values(loaded: LoadedModel, objective: Objective, x: torch.Tensor,
     # fused attention kernels have no double backward; a second-order objective runs the plain one
     kernels = sdpa_kernel(SDPBackend.MATH) if objective.second_order else nullcontext()
     with kernels, capture_graph(loaded, sorted(objective.layers)) as acts:
-        forward(loaded, _match_layout(loaded, x))
+        forward(loaded, match_layout(loaded, x))
     return objective(Context(dict(acts), ctx_image))
 
 

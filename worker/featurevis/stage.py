@@ -20,6 +20,7 @@ from app.keys import UnitKey
 from worker.featurevis import objectives as O
 from worker.featurevis.facets import StoredProbe
 from worker.featurevis.render import RenderSettings, render
+from worker.featurevis.speed import fast_model
 from worker.models import LoadedModel
 from worker.store import Store
 
@@ -186,9 +187,10 @@ def check_units(units: Sequence[int] | None, n_units: int, layer: str) -> list[i
 
 def run_layer(store: Store, loaded: LoadedModel, model: str, layer: str, units: Sequence[int] | None,
               settings: FeatureVisSettings, probes: dict[str, StoredProbe] | None = None,
-              run_id: int | None = None, progress: bool = False) -> dict:
+              run_id: int | None = None, progress: bool = False, channels_last: bool = True) -> dict:
     """Render every pending unit of `layer` in chunks of `settings.batch` neurons and store the images.
-    Returns a report: units rendered and skipped, images written, seconds per neuron."""
+    Renders through a faster copy of the model (`speed.fast_model`). Returns a report: units rendered and
+    skipped, images written, seconds per neuron."""
     from tqdm import tqdm
 
     layer_row = get_layer(store, model, layer)
@@ -200,6 +202,8 @@ def run_layer(store: Store, loaded: LoadedModel, model: str, layer: str, units: 
     report = {"units": len(units), "rendered": 0, "skipped": len(units) - len(todo), "images": 0,
               "kinds": [k for v in wanted for k in v.kinds]}
     started = time.perf_counter()
+    if todo:
+        loaded = fast_model(loaded, channels_last)
     order = sorted(todo)
     bar = tqdm(total=len(order), desc=f"featurevis {model}/{layer}", unit="neuron", disable=not progress)
     steps = tqdm(total=0, desc="steps", leave=False, disable=not progress)
