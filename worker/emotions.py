@@ -58,13 +58,14 @@ def read_feelings(path: Path = FEELINGS) -> list[Feeling]:
 def lasso_codes(targets: np.ndarray, readout: np.ndarray, neurons: int) -> tuple[np.ndarray, np.ndarray]:
     """Sparse codes (words × units) rebuilding each target (words × embed) as Σ_u code[u]·readout[u],
     with at most `neurons` non-zero weights (the last lasso-path point that is that sparse), and their R²."""
-    from sklearn.linear_model import lars_path
+    from sklearn.linear_model import lars_path_gram
 
     x = readout.T.astype(np.float64)  # embed × units: one column per neuron
+    gram = x.T @ x  # shared by every word: computed once, not once per lasso path
     codes = np.zeros((len(targets), readout.shape[0]))
     r2 = np.zeros(len(targets))
     for i, y in enumerate(targets.astype(np.float64)):
-        _, _, path = lars_path(x, y, method="lasso", max_iter=4 * neurons)
+        _, _, path = lars_path_gram(x.T @ y, gram, n_samples=len(y), method="lasso", max_iter=4 * neurons)
         fits = [c for c in path.T if np.count_nonzero(c) <= neurons]
         codes[i] = fits[-1]
         r2[i] = 1 - np.sum((y - x @ codes[i]) ** 2) / max(np.sum(y ** 2), 1e-12)
