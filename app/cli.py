@@ -41,26 +41,37 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option
                 log_level="warning", proxy_headers=True)
 
 
-@cli.command()
-def demo(host: str = "127.0.0.1", port: int = 8000, serve_after: bool = typer.Option(True, "--serve/--no-serve"),
-         workers: int = 1):
-    """Build the demo store on the embedded default model (reusing what exists), then serve it."""
-    from worker.demo.build import build_demo
+demo_cli = typer.Typer(help="The embedded demo model: build the demo store and serve it, or train, evaluate, "
+                              "build its corpus.", invoke_without_command=True)
+cli.add_typer(demo_cli, name="demo")
 
-    build_demo(Settings())
+
+@demo_cli.callback()
+def demo(ctx: typer.Context, host: str = "127.0.0.1", port: int = 8000,
+         serve_after: bool = typer.Option(True, "--serve/--no-serve"), workers: int = 1):
+    """Build the demo store on the embedded default model (reusing what exists), then serve it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    demo_build()
     if serve_after:
         serve(host=host, port=port, workers=workers, reload=False)
+
+
+@demo_cli.command("build")
+def demo_build():
+    """Build (or bring up to date) the demo store without serving it."""
+    from worker.demo.build import build_demo
+
+    build_demo(Settings(), echo=typer.echo)
 
 
 def _add_worker() -> None:
     from worker.cli import worker_cli
 
     cli.add_typer(worker_cli, name="worker")
-    try:
-        from worker.demo.cli import demo_cli
-    except ImportError:  # the demo's train/evaluate commands arrive with the embedded model
-        return
-    cli.add_typer(demo_cli, name="demo-model")
+    from worker.demo.cli import add_commands
+
+    add_commands(demo_cli)  # demo train / evaluate / corpus
 
 
 def main() -> None:

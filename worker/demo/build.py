@@ -1,13 +1,113 @@
-"""Build the demo store: register the embedded model and run every worker stage that exists on it."""
+"""Build the demo store: get the embedded model, build the probe corpus, register the model as "demo", then
+run every worker stage in `STAGES` on it.
+
+A stage is `"module:function"`; the function takes a `DemoContext` and returns a short report (or None).
+It must skip work already done, so that a second `microscope demo` reaches a served page within a minute.
+To add a stage, append one line to `STAGES`. Stages whose module is not there yet are skipped with a note.
+"""
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
 from app.settings import Settings
-from worker.store import LayerSpec, open_store, register_model
 
 DEMO_MODEL = "demo"
+DESCRIPTION = ("The embedded default: a small CLIP this project trains on registry data (a ModifiedResNet "
+               "image tower, 64 px, learned against the frozen pretrained MiniLM text tower).")
 
 
-def build_demo(settings: Settings) -> None:
+@dataclass
+class DemoContext:
+    settings: Settings
+    store: object  # worker.store.Store
+    loaded: object  # worker.models.LoadedModel
+    model_name: str
+    corpus: Path  # the probe corpus folder; each top-level folder is a facet
+    manifest: Path  # corpus/manifest.jsonl: path, caption, kind, facet, concept, source, licence, split
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.settings.data_dir)
+
+
+def words_stage(ctx: DemoContext) -> dict:
+    from worker.words import run_words
+
+    return run_words(ctx.store, ctx.loaded, ctx.model_name)
+
+
+def examples_stage(ctx: DemoContext) -> dict:
+    from worker.examples import run_examples
+
+    if _done_before(ctx, "examples"):
+        return {"skipped": "done before"}
+    return run_examples(ctx.store, ctx.loaded, ctx.model_name, ctx.manifest)
+
+
+def _done_before(ctx: DemoContext, stage: str) -> bool:
+    """Whether a run of `stage` on this model finished (for stages that do not check this themselves)."""
+    from sqlalchemy import select
+
+    from app.db import Model, Run
+
+    with ctx.store.sessions() as session:
+        model = session.scalar(select(Model).where(Model.name == ctx.model_name))
+        return model is not None and session.scalar(
+            select(Run.id).where(Run.stage == stage, Run.model_id == model.id, Run.status == "done").limit(1)
+        ) is not None
+
+
+# the order matters only where a stage reads another's results
+STAGES: list[str] = [
+    "worker.demo.build:examples_stage",
+    "worker.demo.build:words_stage",
+]
+
+
+def resolve(target: str) -> Callable[[DemoContext], dict | None] | None:
+    """The stage function, or None when its module is not in this checkout."""
+    module, _, name = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):
+            return None
+        raise
+
+
+def prepare(settings: Settings, device: str = "cpu") -> DemoContext:
+    """The model (assembled and loaded), the corpus (built once) and the store with the model registered."""
+    from worker.demo import model as demo_model
+    from worker.demo.corpus import MANIFEST, build_corpus
+    from worker.layers import catalogue
+    from worker.store import open_store, register_model
+
+    data_dir = Path(settings.data_dir)
+    loaded = demo_model.load(data_dir, device)
+    corpus = build_corpus(data_dir, loaded.image_size)
     store = open_store(settings)
     with store.sessions.begin() as session:
-        register_model(session, DEMO_MODEL, arch="RN50", weights=None, image_size=224,
-                       layers=[LayerSpec("layer4", "visual.layer4", 2048, is_default=True)],
-                       description="Placeholder until the embedded default model lands.")
+        register_model(session, DEMO_MODEL, arch=demo_model.ARCH, weights=str(loaded.weights),
+                       image_size=loaded.image_size, layers=catalogue(loaded), description=DESCRIPTION)
+    return DemoContext(settings, store, loaded, DEMO_MODEL, corpus, corpus / MANIFEST)
+
+
+def build_demo(settings: Settings, stages: list[str] | None = None, device: str = "cpu",
+               echo: Callable[[str], None] = print) -> DemoContext:
+    """Build (or bring up to date) the demo store; returns the context the stages ran with."""
+    t0 = time.perf_counter()
+    ctx = prepare(settings, device)
+    echo(f"demo model ready: {ctx.loaded.arch}, corpus {ctx.corpus} ({time.perf_counter() - t0:.0f} s)")
+    for target in STAGES if stages is None else stages:
+        fn = resolve(target)
+        if fn is None:
+            echo(f"stage {target}: not in this checkout, skipped")
+            continue
+        t = time.perf_counter()
+        report = fn(ctx) or {}
+        summary = report.get("skipped") or "done"
+        echo(f"stage {target}: {summary} ({time.perf_counter() - t:.0f} s)")
+    echo(f"demo store built in {time.perf_counter() - t0:.0f} s")
+    return ctx

@@ -1,0 +1,242 @@
+"""Train the demo model: the image tower learns to meet the frozen MiniLM's caption embeddings (LiT-style).
+
+Because the text tower is frozen, every training caption is embedded once (cached under the data folder)
+and the loss is InfoNCE of each image against the whole caption bank: the image's own caption is the
+positive, every other caption a negative. Only the image tower, the text projection (a linear map on top
+of MiniLM, started at the identity) and the logit scale learn.
+
+Determinism: batch i is drawn from a generator seeded with (seed, i) and torch runs on a fixed number of
+threads, so a run with the same settings gives the same weights. Images are drawn by a DataLoader worker
+while the main process trains.
+"""
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset
+from tqdm import tqdm
+
+from worker.demo import model as demo_model
+from worker.demo.items import Item, Pools, captions, draw, load_pools, training_items
+
+MIX = {"word": 0.40, "object": 0.17, "photo": 0.02, "flag": 0.14, "logo": 0.05, "colour": 0.08,
+       "count": 0.05, "typographic": 0.09}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the trained weights (recorded beside them)."""
+
+    name: str = demo_model.ARCH
+    vision: dict = field(default_factory=dict)  # overrides of the config's vision_cfg (tests)
+    steps: int = 2400
+    batch: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.05  # fraction of steps
+    seed: int = 0
+    n_words: int = 10_000
+    common_words: int = 1000  # this many most common words get `common_share` of the word draws
+    common_share: float = 0.5
+    mix: dict = field(default_factory=lambda: dict(MIX))
+    init_scale: float = 30.0
+    threads: int = 1
+    npm: bool = True  # False: no emoji, flags, logos (tests)
+    limit: int | None = None  # assets per kind (tests)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# -- the caption bank --------------------------------------------------------------------------------------
+@torch.no_grad()
+def pooled_text(model, tokenizer, texts: list[str], batch: int = 512) -> torch.Tensor:
+    """MiniLM's mean-pooled output (before the trainable projection) for each text."""
+    text = model.text
+    out = torch.empty(len(texts), text.transformer.config.hidden_size)
+    tokens = tokenizer(texts)
+    lengths = (tokens != text.config.pad_token_id).sum(1)
+    order = torch.argsort(lengths, descending=True)
+    for i in range(0, len(texts), batch):
+        idx = order[i:i + batch]
+        x = tokens[idx, :int(lengths[idx].max())]  # pad columns change nothing under the attention mask
+        mask = (x != text.config.pad_token_id).long()
+        out[idx] = text.pooler(text.transformer(input_ids=x, attention_mask=mask), mask)
+    return out
+
+
+def caption_bank(model, tokenizer, texts: list[str], cache: Path | None) -> torch.Tensor:
+    """Pooled MiniLM features of `texts`, cached by content."""
+    key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    path = Path(cache) / f"captions-{key}.pt" if cache else None
+    if path and path.is_file():
+        return torch.load(path)
+    t = time.perf_counter()
+    feats = pooled_text(model.eval(), tokenizer, texts)
+    tqdm.write(f"embedded {len(texts)} captions with MiniLM in {time.perf_counter() - t:.0f} s")
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(feats, path)
+    return feats
+
+
+# -- the image stream --------------------------------------------------------------------------------------
+def pick(cfg: TrainConfig, groups: dict[str, list[Item]], rng: np.random.Generator) -> Item:
+    kinds = [k for k in cfg.mix if groups.get(k)]
+    p = np.array([cfg.mix[k] for k in kinds])
+    kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
+    group = groups[kind]
+    if kind == "word" and rng.random() < cfg.common_share:
+        return group[int(rng.integers(min(cfg.common_words, len(group))))]
+    return group[int(rng.integers(len(group)))]
+
+
+class Batches(IterableDataset):
+    """Batch i: uint8 images (B, H, W, 3) and caption indices, drawn from a generator seeded (seed, i)."""
+
+    def __init__(self, cfg: TrainConfig, pools: Pools, groups: dict[str, list[Item]], index: dict[str, int],
+                 start: int = 0):
+        self.cfg, self.pools, self.groups, self.index, self.start = cfg, pools, groups, index, start
+
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.cfg.seed, i])
+        items = [pick(self.cfg, self.groups, rng) for _ in range(self.cfg.batch)]
+        pixels = np.stack([np.asarray(draw(it, rng, self.pools)) for it in items])
+        return torch.from_numpy(pixels), torch.tensor([self.index[it.caption] for it in items])
+
+    def __iter__(self):
+        for i in range(self.start, self.cfg.steps):
+            yield self.batch(i)
+
+
+def to_input(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    x = pixels.permute(0, 3, 1, 2).float().div_(255)
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+# -- the loop ----------------------------------------------------------------------------------------------
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    warm = max(1, int(cfg.warmup * cfg.steps))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def contrastive_loss(model, images: torch.Tensor, targets: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """InfoNCE of each image against every caption of the bank (projected, normalised)."""
+    img = F.normalize(model.visual(images), dim=-1)
+    txt = F.normalize(model.text.proj(bank), dim=-1)
+    logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+    return F.cross_entropy(logits, targets)
+
+
+@dataclass
+class Trained:
+    model: torch.nn.Module
+    losses: list[float]
+    seconds: float
+    settings: dict
+
+
+def prepare(cfg: TrainConfig, data_dir: Path):
+    """The fresh model, the asset pools, the item groups and the caption bank."""
+    demo_model.register(cfg.name, cfg.vision, demo_model.CONFIG_DIR if not cfg.vision else
+                        Path(data_dir) / "demo" / "model_configs")
+    import open_clip
+
+    torch.manual_seed(cfg.seed)
+    model = demo_model.create(cfg.name)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(cfg.init_scale))
+    size = model.visual.image_size
+    pools = load_pools(Path(data_dir), size if isinstance(size, int) else size[0], cfg.n_words, cfg.npm, cfg.limit)
+    groups = training_items(pools, cfg.seed)
+    texts = captions(groups.values())
+    bank = caption_bank(model, open_clip.get_tokenizer(cfg.name), texts, Path(data_dir) / "demo" / "text")
+    return model, pools, groups, texts, bank
+
+
+def train(cfg: TrainConfig, data_dir: Path, progress: bool = True) -> Trained:
+    """Train from scratch; returns the model, the loss of every step and the wall time of the loop."""
+    torch.set_num_threads(cfg.threads)
+    model, pools, groups, texts, bank = prepare(cfg, data_dir)
+    index = {t: i for i, t in enumerate(texts)}
+    mean, std = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]
+    model.visual.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+    loader = DataLoader(Batches(cfg, pools, groups, index), batch_size=None, num_workers=1, prefetch_factor=4,
+                        persistent_workers=False, worker_init_fn=_one_thread)
+    model.train()
+    model.text.eval()
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    bar = tqdm(loader, total=cfg.steps, desc="training", unit="step", disable=not progress)
+    for step, (pixels, targets) in enumerate(bar):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        loss = contrastive_loss(model, to_input(pixels, mean, std), targets, bank)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+    seconds = time.perf_counter() - t0
+    model.visual.to(memory_format=torch.contiguous_format)
+    model.eval()
+    settings = {"config": asdict(cfg), "config_digest": cfg.digest(), "n_captions": len(texts),
+                "n_items": {k: len(v) for k, v in groups.items()}, "train_seconds": round(seconds, 1),
+                "final_loss": round(float(np.mean(losses[-50:])), 4), "torch": torch.__version__,
+                "cpu_count": os.cpu_count()}
+    return Trained(model, losses, seconds, settings)
+
+
+def _one_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+def plot_losses(losses: list[float], path: Path, title: str = "demo-clip training") -> Path:
+    """The loss curve (raw and smoothed) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(losses, lw=0.6, alpha=0.4, label="step")
+    k = max(1, len(losses) // 50)
+    smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+    ax.plot(np.arange(len(smooth)) + k - 1, smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("contrastive loss (InfoNCE over the caption bank)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run(cfg: TrainConfig, data_dir: Path, out: Path = demo_model.WEIGHTS, progress: bool = True) -> Trained:
+    """Train, save the trained parameters with their settings, and the loss curve beside them."""
+    trained = train(cfg, data_dir, progress)
+    demo_model.save_trained(trained.model, out, trained.settings)
+    plot_losses(trained.losses, Path(out).with_name(Path(out).stem + "-loss.png"))
+    return trained
