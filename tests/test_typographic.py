@@ -268,3 +268,10 @@ def test_lab_bad_input_is_a_clear_4xx(lab, probe_model, store):
         s.scalar(select(Model).where(Model.name == "tiny")).weights = None
     random_init = client.get(url, params={"image_id": image_id, "text": "pizza"})
     assert random_init.status_code == 409 and "without weights" in random_init.json()["error"]
+
+
+def test_examples_show_successes_first_then_eligible_images():
+    labels = ["cat", "pizza", "dog", "cat"]
+    clean = ["cat", "pizza", "dog", "cat"]
+    attacked = ["cat", "pizza", "dog", "pizza"]
+    assert T.example_order(clean, attacked, labels, "pizza") == [3, 0, 2, 1]

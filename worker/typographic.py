@@ -177,8 +177,19 @@ def run_attacks(loaded, data: ImageSet, attacks: Sequence[Attack], labels: Seque
             "attacked_accuracy": accuracy(top, data.labels),
             **success_counts(clean_top, top, data.labels, attack.target)})
         pairs += [(attack, i, data.images[i], attacked[i], clean_top[i], top[i],
-                   float(probs[i, clf.labels.index(attack.target)])) for i in range(min(examples, len(attacked)))]
+                   float(probs[i, clf.labels.index(attack.target)]))
+                  for i in example_order(clean_top, top, data.labels, attack.target)[:examples]]
     return {"report": report, "examples": pairs}
+
+
+def example_order(clean_top: Sequence[str], attacked_top: Sequence[str], labels: Sequence[str],
+                  target: str) -> list[int]:
+    """Images to show for an attack: its successes first, then the other eligible images, then the rest."""
+    def rank(i: int) -> int:
+        eligible = clean_top[i] != target and labels[i] != target
+        return 0 if eligible and attacked_top[i] == target else 1 if eligible else 2
+
+    return sorted(range(len(labels)), key=lambda i: (rank(i), i))
 
 
 def tops(clf, probs) -> list[str]:
