@@ -50,7 +50,8 @@ def typographic_cmd(arch: Arch,
                     attack: list[str] = typer.Option([], help="TEXT or TEXT=CLASS (repeatable). Default: every "
                                                               "label of the image set attacks as itself"),
                     extra_label: list[str] = typer.Option([], help="another class for the zero-shot label set"),
-                    template: str = typer.Option("a photo of a {}", help="zero-shot prompt with one {}")):
+                    template: str = typer.Option("a photo of a {}", help="zero-shot prompt with one {}"),
+                    label_key: str = typer.Option("label", help="a manifest's label column")):
     """Typographic attack lab: attack text at 8 fixed positions; success rate and pixel cover."""
     from worker.options import clean_errors, fail, open_model
     from worker.typographic import Attack, attack_stage, labelled_images
@@ -59,11 +60,13 @@ def typographic_cmd(arch: Arch,
         fail(f"--template must hold exactly one {{}}, got {template!r}")
     with clean_errors(ValueError):
         attacks = [Attack.parse(a) for a in attack] or [
-            Attack(label, label) for label in dict.fromkeys(label for _, label in labelled_images(images) if label)]
+            Attack(label, label) for label in dict.fromkeys(
+                label for _, label in labelled_images(images, label_key) if label)]
     loaded = open_model(arch, weights, config_dir, device)
     store, model_name = _store_with(loaded, arch, weights, name)
     with clean_errors(ValueError):
-        report = attack_stage(store, model_name, loaded, images, attacks, template, extra_label)
+        report = attack_stage(store, model_name, loaded, images, attacks, template, extra_label,
+                              label_key=label_key)
     skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
     typer.echo(f"{model_name}: {report['n_images']} images (skipped: {skipped}), "
                f"clean accuracy {report['clean_accuracy']:.3f}")

@@ -79,9 +79,9 @@ class Attack:
 
 # --- labelled image sets ------------------------------------------------------------------------
 
-def labelled_images(path: str | Path) -> list[tuple[Entry, str]]:
+def labelled_images(path: str | Path, label_key: str = "label") -> list[tuple[Entry, str]]:
     """(corpus entry, label) pairs from a folder per class (`root/<label>/**/image`), or a manifest
-    (.csv with path and label columns, .jsonl of {"path", "label"}; paths relative to the manifest)."""
+    (.csv with path and `label_key` columns, .jsonl of such objects; paths relative to the manifest)."""
     path = Path(path).expanduser()
     if path.is_dir():
         out = []
@@ -90,21 +90,21 @@ def labelled_images(path: str | Path) -> list[tuple[Entry, str]]:
             out.append((entry, label if sep else ""))  # an image outside any class folder has no label
         return out
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
-        return [(Entry(str(r["path"]), str(path.parent / str(r["path"]))), str(r["label"]).strip())
-                for r in manifest_rows(path)]
+        return [(Entry(str(r["path"]), str(path.parent / str(r["path"]))), str(r[label_key]).strip())
+                for r in manifest_rows(path, label_key)]
     raise CorpusError(f"{path} is neither a folder of class folders nor a manifest "
-                      f"({', '.join(MANIFEST_SUFFIXES)}) with path and label")
+                      f"({', '.join(MANIFEST_SUFFIXES)}) with path and {label_key} columns")
 
 
-def manifest_rows(path: Path) -> list[dict]:
+def manifest_rows(path: Path, label_key: str = "label") -> list[dict]:
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".csv":
         rows = list(csv.DictReader(text.splitlines()))
     else:
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    bad = [i for i, r in enumerate(rows, 1) if not isinstance(r, dict) or not r.get("path") or not r.get("label")]
+    bad = [i for i, r in enumerate(rows, 1) if not isinstance(r, dict) or not r.get("path") or not r.get(label_key)]
     if bad:
-        raise CorpusError(f"{path}: rows {bad[:5]} lack a path or a label")
+        raise CorpusError(f"{path}: rows {bad[:5]} lack a path or a {label_key}")
     return rows
 
 
@@ -199,11 +199,11 @@ def tops(clf, probs) -> list[str]:
 # --- the stage ----------------------------------------------------------------------------------
 
 def attack_stage(store, model_name: str, loaded, images: str | Path, attacks: Sequence[Attack],
-                 template: str, extra_labels: Sequence[str] = (), examples: int = 3) -> dict:
+                 template: str, extra_labels: Sequence[str] = (), examples: int = 3, label_key: str = "label") -> dict:
     """Run the attacks over a labelled image set and record them as one `typographic` run."""
     from worker.store import recorded_run
 
-    data = open_images(labelled_images(images), loaded.image_size)
+    data = open_images(labelled_images(images, label_key), loaded.image_size)
     if not data.images:
         raise ValueError(f"no readable images in {images} (skipped: {data.skipped or 'none found'})")
     labels = label_set(data.labels, attacks, extra_labels)
