@@ -66,9 +66,11 @@ class WordSpace:
     vectors: np.ndarray = field(init=False)  # scores minus the mean word
     index: dict[str, int] = field(init=False)
     typographic: dict[int, str] = field(init=False)
+    spread: np.ndarray = field(init=False)
 
     def __post_init__(self):
         self.vectors = self.scores - self.scores.mean(axis=0, keepdims=True)
+        self.spread = self.scores.std(axis=0)  # per unit, over words: the word page's sigma
         self.index = {w: i for i, w in enumerate(self.words)}
         self.typographic = typographic_units(self.scores, self.words)
 
@@ -103,7 +105,7 @@ class WordSpace:
         return self.nearest(self.vectors[i], k, mask_typographic, {i})
 
     def arithmetic(self, expr: str, k: int = 10, mask_typographic: bool = False) -> tuple[list, list[dict]]:
-        """("king - man + woman") -> (parsed terms [(sign, word)], nearest words, the terms excluded)."""
+        """"king - man + woman" -> (the parsed terms [(sign, word)], the nearest other words)."""
         terms = parse_expression(expr)
         rows = [(sign, self.row(word)) for sign, word in terms]
         vector = sum(sign * self.vectors[i] for sign, i in rows)

@@ -127,3 +127,26 @@ def test_a_killed_run_resumes_from_its_chunks_and_matches(store, tiny_rn):
     _, post_once, _ = score_resumable(store, job + "-fresh", read, WORDS, plan, tiny_rn.mean, tiny_rn.std,
                                       chunk_size=20, batch_size=80)
     np.testing.assert_allclose(post, post_once, rtol=1e-4, atol=1e-5)
+
+
+def test_worker_commands_words_and_regions(settings, store):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from app.liveserver import settings_env
+    from worker.cli import worker_cli
+
+    config = str(Path(__file__).parent / "model_configs")
+    env = settings_env(settings)
+    args = ["words", "tiny-rn", "--config-dir", config, "--name", "tiny", "--device", "cpu", "--layer", "layer1",
+            "--words", "40"]
+    result = CliRunner().invoke(worker_cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "'words': 40" in result.output and "'units': 64" in result.output
+    regions = CliRunner().invoke(worker_cli, ["regions", "tiny", "--layer", "layer1"], env=env)
+    assert regions.exit_code == 0 and "units_scored" in regions.output, regions.output
+    bad = CliRunner().invoke(worker_cli, [*args, "--fonts", "no-such-font"], env=env)
+    assert bad.exit_code == 2 and "unknown font 'no-such-font'" in bad.output
+    missing = CliRunner().invoke(worker_cli, ["regions", "nomodel"], env=env)
+    assert missing.exit_code == 2 and "no model 'nomodel'" in missing.output

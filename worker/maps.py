@@ -13,7 +13,8 @@
 """
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -107,10 +108,11 @@ def land_colours(labels: np.ndarray) -> np.ndarray:
     return colour
 
 
-@dataclass
+@dataclass(eq=False)
 class WorldMap:
     image: Image.Image  # the unlabeled map the model sees
     labels: np.ndarray  # country index per pixel, -1 = sea
+    bases: dict = field(default_factory=dict)  # width -> plain_base(width), drawn once per map
 
     @property
     def size(self) -> tuple[int, int]:
@@ -186,6 +188,7 @@ def layer_maps(loaded: LoadedModel, layer: str) -> MapReader:
     return read
 
 
+@lru_cache(maxsize=8)
 def _lut(name: str) -> np.ndarray:
     from matplotlib import colormaps
 
@@ -198,11 +201,14 @@ def normalise(values: np.ndarray) -> np.ndarray:
 
 
 def plain_base(world: WorldMap, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(grey RGB map: light sea, mid-grey land, dark borders; the labels at that width)."""
-    labels = np.asarray(Image.fromarray(world.labels + 1).resize((width, width // 2), Image.Resampling.NEAREST)) - 1
-    grey = np.where(labels >= 0, 205.0, 240.0)
-    grey[borders(labels)] = 95.0
-    return np.repeat(grey[..., None], 3, -1).astype(np.float32), labels
+    """(grey RGB map: light sea, mid-grey land, dark borders; the labels at that width), cached on the map."""
+    if width not in world.bases:
+        labels = np.asarray(Image.fromarray(world.labels + 1).resize((width, width // 2),
+                                                                     Image.Resampling.NEAREST)) - 1
+        grey = np.where(labels >= 0, 205.0, 240.0)
+        grey[borders(labels)] = 95.0
+        world.bases[width] = (np.repeat(grey[..., None], 3, -1).astype(np.float32), labels)
+    return world.bases[width]
 
 
 def overlay_image(world: WorldMap, grid: np.ndarray, width: int = PICTURE_WIDTH) -> Image.Image:
@@ -214,7 +220,7 @@ def overlay_image(world: WorldMap, grid: np.ndarray, width: int = PICTURE_WIDTH)
     colour = _lut("inferno")[(heat * 255).astype(np.uint8)].astype(np.float32)
     alpha = (0.7 * heat)[..., None]
     out = base * (1 - alpha) + colour * alpha
-    return Image.fromarray(out.astype(np.uint8)).quantize(colors=64, method=Image.Quantize.MEDIANCUT)
+    return Image.fromarray(out.astype(np.uint8)).quantize(colors=64, method=Image.Quantize.FASTOCTREE)
 
 
 def choropleth_image(world: WorldMap, country_scores: np.ndarray, city_scores: np.ndarray,
@@ -225,17 +231,19 @@ def choropleth_image(world: WorldMap, country_scores: np.ndarray, city_scores: n
     lut = _lut("viridis")
     colours = lut[(normalise(country_scores) * 255).astype(np.uint8)]
     pixels = np.where(labels[..., None] >= 0, colours[np.clip(labels, 0, None)], np.uint8(245))
-    pixels[borders(labels)] = (255, 255, 255)
+    base, _ = plain_base(world, width)
+    pixels[base[..., 0] == 95.0] = (255, 255, 255)  # the borders
     img = Image.fromarray(pixels.astype(np.uint8))
     draw = ImageDraw.Draw(img)
     city_list = cities(len(city_scores))
     norm = normalise(city_scores)
     xs, ys = lonlat_to_px([c.lon for c in city_list], [c.lat for c in city_list], width, height)
+    plasma = _lut("plasma")
     for i in np.argsort(norm):  # hottest drawn last, on top
         r = 1.5 + 3.5 * norm[i]
-        fill = tuple(int(v) for v in _lut("plasma")[int(norm[i] * 255)])
+        fill = tuple(int(v) for v in plasma[int(norm[i] * 255)])
         draw.ellipse((xs[i] - r, ys[i] - r, xs[i] + r, ys[i] + r), fill=fill, outline=(0, 0, 0))
-    return img.quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+    return img.quantize(colors=128, method=Image.Quantize.FASTOCTREE)
 
 
 def place_texts(n_cities: int) -> tuple[list[str], list[dict]]:

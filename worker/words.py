@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from tqdm import tqdm
 
 from app.db import Artifact, Layer, Model, Unit, Word, WordScore
@@ -239,11 +239,11 @@ def write_word_scores(store: Store, model_name: str, layer: str, words: list[str
             for uid, index in batch:
                 ranks = {"top": 0, "bottom": 0}
                 for sign, w, score in top_and_bottom(pre, post, index, top, bottom):
-                    rows.append(WordScore(unit_id=uid, word_id=ids[words[w]], score=score, sign=sign,
-                                          rank=ranks[sign], run_id=run_id))
+                    rows.append({"unit_id": uid, "word_id": ids[words[w]], "score": score, "sign": sign,
+                                 "rank": ranks[sign], "run_id": run_id})
                     ranks[sign] += 1
-            session.add_all(rows)
-            session.flush()
+            if rows:
+                session.execute(insert(WordScore), rows)
             for uid, _ in batch:
                 refresh_unit_text(session, uid)
             written += len(rows)

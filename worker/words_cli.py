@@ -11,18 +11,27 @@ BatchSize = typer.Option(256, min=1, help="images per forward pass")
 Force = typer.Option(False, "--force", help="recompute even when the store is up to date")
 
 
-def _plan(loaded, fonts: str, scales: str):
+def _style(fonts: str, scales: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The fonts and sizes asked for, checked before any model is loaded."""
     from worker.options import fail
-    from worker.render_text import FontMissing, RenderPlan, font_path
+    from worker.render_text import FontMissing, font_path
 
     try:
         names = tuple(f.strip() for f in fonts.split(",") if f.strip())
         for f in names:
             font_path(f)
         sizes = tuple(float(s) for s in scales.split(",") if s.strip())
-        return RenderPlan(canvas=loaded.image_size, fonts=names, scales=sizes)
     except (FontMissing, ValueError) as e:
         fail(str(e))
+    if not names or not sizes or not all(0 < s <= 1 for s in sizes):
+        fail("--fonts needs at least one font and --scales sizes between 0 and 1")
+    return names, sizes
+
+
+def _plan(loaded, style: tuple[tuple[str, ...], tuple[float, ...]]):
+    from worker.render_text import RenderPlan
+
+    return RenderPlan(canvas=loaded.image_size, fonts=style[0], scales=style[1])
 
 
 def _setup(arch, weights, config_dir, name, device):
@@ -45,10 +54,11 @@ def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None
     from worker.options import clean_errors
     from worker.words import common_words, run_words
 
+    style = _style(fonts, scales)
     store, loaded, model_name = _setup(arch, weights, config_dir, name, device)
     start = time.perf_counter()
     with clean_errors():
-        report = run_words(store, loaded, model_name, layer, common_words(words), _plan(loaded, fonts, scales),
+        report = run_words(store, loaded, model_name, layer, common_words(words), _plan(loaded, style),
                            chunk_size, batch_size, str(loaded.device), force)
     typer.echo(f"{model_name}: {report} in {time.perf_counter() - start:.1f} s")
 
@@ -65,10 +75,11 @@ def maps_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None,
     from worker.maps import run_maps
     from worker.options import clean_errors
 
+    style = _style(fonts, scales)
     store, loaded, model_name = _setup(arch, weights, config_dir, name, device)
     start = time.perf_counter()
     with clean_errors():
-        report = run_maps(store, loaded, model_name, layer, crops, seed, cities, _plan(loaded, fonts, scales),
+        report = run_maps(store, loaded, model_name, layer, crops, seed, cities, _plan(loaded, style),
                           batch_size, str(loaded.device), force)
     typer.echo(f"{model_name}: {report} in {time.perf_counter() - start:.1f} s")
 

@@ -76,7 +76,7 @@ def words_index(request: Request, session: SessionDep, cache: CacheDep, word: st
 
 def top_units(space: WordSpace, row: int, k: int) -> list[tuple[int, float, float]]:
     """(unit, score, z) of the units this word drives most, in standard deviations over all words."""
-    std = space.scores.std(axis=0)
+    std = space.spread
     z = np.divide(space.vectors[row], std, out=np.zeros_like(std), where=std > 0)
     best = np.argsort(-z, kind="stable")[:k]
     return [(int(u), float(space.scores[row, u]), float(z[u])) for u in best]
