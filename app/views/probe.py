@@ -97,9 +97,10 @@ def text_probe(request: Request, session: SessionDep, cache: CacheDep,
     except (ProbeBusy, ProbeUnavailable) as e:
         return probe_error(request, e)
     order = scores.argsort()
-    data.update(layer=art.layer, method=(art.meta or {}).get("method"),
-                positive=unit_cards(session, m.name, art.layer, [(int(i), scores[i]) for i in order[::-1][:k]]),
-                negative=unit_cards(session, m.name, art.layer, [(int(i), scores[i]) for i in order[:k]]))
+    top, bottom = order[::-1][:k], order[:k]
+    cards = unit_cards(session, m.name, art.layer, [(int(i), scores[i]) for i in [*top, *bottom]])
+    data.update(layer=art.layer, method=(art.meta or {}).get("method"), positive=cards[:len(top)],
+                negative=cards[len(top):])
     return respond(request, "probe.html", data)
 
 
@@ -107,7 +108,7 @@ def attribution_scores(request: Request, session: Session, cache, model: Model, 
                        wait_s: float | None = None):
     """W · embedding(text) over the read-out's units (numpy here; the text tower runs on the probe thread)."""
     engine = engine_of(request.app)
-    spec = spec_for(session, model)
+    spec = spec_for(session, model, art)
     readout = engine.readout(cache, art)
     vec = engine.embed(spec, text, wait_s)
     if readout.shape[1] != vec.shape[0]:
