@@ -114,7 +114,7 @@ def store_readout(store: Store, model_name: str, loaded: LoadedModel,
     spec = layer_spec(loaded)
     w = readout_matrix(loaded)
     _, method = readout_method(loaded)
-    meta = {"arch": loaded.arch, "weights": loaded.weights, "config_dirs": [portable_path(d) for d in config_dirs],
+    meta = {"arch": loaded.arch, "weights": str(loaded.weights), "config_dirs": [portable_path(d) for d in config_dirs],
             "units": int(w.shape[0]), "embed_dim": int(w.shape[1]), "method": method}
     with store.sessions.begin() as session:
         model = session.scalar(select(Model).where(Model.name == model_name))
@@ -142,3 +142,28 @@ def write_npy(store: Store, folder: str, array: np.ndarray) -> str:
     np.save(buf, np.ascontiguousarray(array, dtype=np.float32))
     data = buf.getvalue()
     return store.cache.write(f"{folder}/{ARTIFACT_NAME}-{hashlib.sha256(data).hexdigest()[:16]}.npy", data)
+
+
+def registered_config_dirs(arch: str) -> list[Path]:
+    """The directories registered with open_clip (add_model_config) that hold `arch`'s JSON config;
+    empty for a built-in architecture."""
+    import open_clip
+
+    builtin = Path(open_clip.__file__).resolve().parent / "model_configs"
+    dirs = getattr(open_clip.factory, "_MODEL_CONFIG_PATHS", [])
+    return [Path(d) for d in dirs if Path(d).is_dir() and Path(d).resolve() != builtin
+            and (Path(d) / f"{arch}.json").is_file()]
+
+
+def demo_stage(ctx) -> dict:
+    """The demo build's stage (worker/demo/build.py STAGES): the demo model's read-out, kept while its
+    weights and architecture are unchanged."""
+    with ctx.store.sessions() as session:
+        model = session.scalar(select(Model).where(Model.name == ctx.model_name))
+        art = model and session.scalar(select(Artifact).where(Artifact.model_id == model.id,
+                                                              Artifact.name == ARTIFACT_NAME))
+        if art is not None and art.meta.get("weights") == str(ctx.loaded.weights) and \
+                art.meta.get("arch") == ctx.loaded.arch and ctx.store.cache.resolve(art.path):
+            return {"skipped": "done before"}
+    art = store_readout(ctx.store, ctx.model_name, ctx.loaded, registered_config_dirs(ctx.loaded.arch))
+    return {"units": art.meta["units"], "path": art.path}

@@ -63,6 +63,7 @@ def _done_before(ctx: DemoContext, stage: str) -> bool:
 STAGES: list[str] = [
     "worker.demo.build:examples_stage",
     "worker.demo.build:words_stage",
+    "worker.attribution:demo_stage",  # text → neuron read-out for /probe and /search
 ]
 
 
