@@ -348,3 +348,8 @@ def png_bytes(img: Image.Image) -> bytes:
     img.save(buf, format="PNG")
     return buf.getvalue()
 
+
+
+def demo_stage(ctx) -> dict:
+    """`worker.demo.build` stage: the maps stage on the demo model's default layer (skips when up to date)."""
+    return run_maps(ctx.store, ctx.loaded, ctx.model_name)

@@ -61,3 +61,10 @@ def run_regions(store: Store, model_name: str, layer: str) -> dict:
             "n_all_geographic": all_geo, "units": units}, report["run_id"])
         report.update(units_scored=len(tops), units_with_geography=len(units), units_all_geographic=all_geo)
     return report
+
+
+def demo_stage(ctx) -> dict:
+    """`worker.demo.build` stage: the region report for the demo model's default layer (needs the words stage)."""
+    from worker.layers import layer_spec
+
+    return run_regions(ctx.store, ctx.model_name, layer_spec(ctx.loaded).name)

@@ -63,6 +63,8 @@ def _done_before(ctx: DemoContext, stage: str) -> bool:
 STAGES: list[str] = [
     "worker.demo.build:examples_stage",
     "worker.demo.build:words_stage",
+    "worker.maps:demo_stage",  # world map heat overlays, country and city name scores, choropleths
+    "worker.regions:demo_stage",  # share of geographic top-5 words (reads the words stage's scores)
     "worker.attribution:demo_stage",  # text → neuron read-out for /probe and /search
 ]
 
