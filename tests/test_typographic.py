@@ -275,3 +275,34 @@ def test_examples_show_successes_first_then_eligible_images():
     clean = ["cat", "pizza", "dog", "cat"]
     attacked = ["cat", "pizza", "dog", "pizza"]
     assert T.example_order(clean, attacked, labels, "pizza") == [3, 0, 2, 1]
+
+
+# -- the demo build's text stages -------------------------------------------------------------------
+
+def test_demo_stages_run_once_on_the_probe_corpus_pictures(store, tiny_rn, tmp_path, settings):
+    from worker.demo import text_stages
+    from worker.demo.build import DemoContext
+
+    corpus = tmp_path / "corpus"
+    (corpus / "clipart").mkdir(parents=True)
+    rows = []
+    for i, (kind, concept) in enumerate([("object", "Pizza"), ("object", "apple"), ("word", "pizza"),
+                                         ("photo", "cat"), ("object", "apple")]):
+        photo(i).save(corpus / "clipart" / f"{i}.png")
+        rows.append({"path": f"clipart/{i}.png", "kind": kind, "concept": concept, "caption": concept})
+    (corpus / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with store.sessions.begin() as s:
+        register_model(s, "demo", "tiny-rn", None, tiny_rn.image_size, catalogue(tiny_rn))
+    ctx = DemoContext(settings, store, tiny_rn, "demo", corpus, corpus / "manifest.jsonl")
+
+    labels = [y for _, y in T.labelled_images(text_stages.attack_set(ctx))]
+    assert labels == ["pizza", "apple", "cat", "apple"]  # words left out, concepts lower-cased
+    assert text_stages.pick_attacks(["zebra", "apple", "pizza", "cat", "kite"], 3) == ["pizza", "cat", "apple"]
+    first = text_stages.typographic_stage(ctx)
+    assert first["images"] == 4 and 0 <= first["mean_success_rate"] <= 1
+    assert text_stages.typographic_stage(ctx) == {"skipped": "done before"}
+    assert "congruent_accuracy" in text_stages.stroop_stage(ctx)
+    assert text_stages.stroop_stage(ctx) == {"skipped": "done before"}
+    (tmp_path / "f.txt").write_text("[happy]\nhappy\nproud\n[sad]\nsad\nlonely\n")
+    assert text_stages.emotions_stage(ctx, tmp_path / "f.txt")["words"] == 4
+    assert text_stages.emotions_stage(ctx) == {"skipped": "done before"}

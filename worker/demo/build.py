@@ -66,6 +66,9 @@ STAGES: list[str] = [
     "worker.maps:demo_stage",  # world map heat overlays, country and city name scores, choropleths
     "worker.regions:demo_stage",  # share of geographic top-5 words (reads the words stage's scores)
     "worker.attribution:demo_stage",  # text → neuron read-out for /probe and /search
+    "worker.demo.text_stages:emotions_stage",
+    "worker.demo.text_stages:typographic_stage",
+    "worker.demo.text_stages:stroop_stage",
 ]
 
 
