@@ -80,3 +80,24 @@ def test_layers_command_lists_layers_with_unit_counts():
     assert lines[0].startswith("tiny-vit")
     assert any(line.startswith("* resblocks.1.mlp") and " 256 units" in line for line in lines)
     assert any(line.startswith("  resblocks.0.mlp") for line in lines)
+
+
+def test_register_command_creates_the_model_its_layers_and_units(monkeypatch, tmp_path):
+    from sqlalchemy import func, select
+
+    from app.db import Layer, Model, Unit
+    from app.settings import Settings
+    from worker.store import open_store
+
+    monkeypatch.setenv("MICROSCOPE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MICROSCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    result = CliRunner().invoke(worker_cli, ["register", "tiny-rn", "--config-dir", str(CONFIG_DIR),
+                                             "--name", "small-rn", "--description", "a tiny one"])
+    assert result.exit_code == 0, result.output
+    assert "registered small-rn (tiny-rn, weights random): 4 layers, 960 units" in result.stdout
+    store = open_store(Settings())
+    with store.sessions() as s:
+        model = s.scalar(select(Model).where(Model.name == "small-rn"))
+        assert (model.arch, model.weights, model.image_size, model.description) == ("tiny-rn", None, 64, "a tiny one")
+        assert [(la.name, la.n_units, la.is_default) for la in model.layers][-1] == ("layer4", 512, True)
+        assert s.scalar(select(func.count()).select_from(Unit).join(Layer).where(Layer.model_id == model.id)) == 960

@@ -53,7 +53,7 @@ def _existing(store: Store, shas: list[str]) -> dict[str, int]:
     with store.sessions() as session:
         for start in range(0, len(shas), 500):
             chunk = shas[start:start + 500]
-            out.update(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(chunk))).tuples().all())
+            out.update(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(chunk))).all())
     return out
 
 

@@ -1,64 +1,90 @@
 """Streaming top-K per unit, with each kept image's spatial activation map.
 
-Memory is units × K × (map size), whatever the corpus size. Ties are broken by the image's content
-hash, so the result depends only on the set of images seen: updates in any batching and merges of
-partial states (shards) give exactly the same top-K.
+Memory is units × K × (map size), whatever the corpus size. Images are ranked by one int64 key per
+(image, unit): the activation's float bits made sortable, then the image's content hash (smaller first)
+to break ties, so the kept set depends only on the set of images seen: any batching, and merges of
+partial states (shards), give exactly the same top-K.
+
+The K slots of a unit are unordered while streaming; an update writes only the slots whose image was
+pushed out (most batches change few), and `rows` sorts them when they are read.
 """
 import torch
 
-EMPTY_HASH = torch.iinfo(torch.int64).max
+EMPTY_KEY = torch.iinfo(torch.int64).min
+LOW_BITS = 31
+
+
+def rank_keys(values: torch.Tensor, hashes: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered like (value descending, content hash ascending), for float32 values."""
+    bits = values.float().contiguous().view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()  # monotone in the float's value
+    return (ordered << LOW_BITS) | ((1 << LOW_BITS) - 1 - (hashes >> (63 - LOW_BITS)))
 
 
 class TopK:
-    """The K largest `values` per unit. For the most negative K, feed negated values (`sign=-1`):
-    `values` then holds the negated scalars and `maps` the maps as they were."""
+    """The K largest `values` per unit. For the most negative K, use `sign=-1`: values are negated for
+    ranking and reported back in their own sign; maps are kept as they were."""
 
     def __init__(self, units: int, k: int, map_size: int, sign: int = 1, device: str | torch.device = "cpu"):
         self.k, self.sign = k, sign
+        self.keys = torch.full((units, k), EMPTY_KEY, dtype=torch.int64, device=device)
         self.values = torch.full((units, k), float("-inf"), device=device)
-        self.hashes = torch.full((units, k), EMPTY_HASH, dtype=torch.int64, device=device)
+        self.hashes = torch.zeros((units, k), dtype=torch.int64, device=device)
         self.entries = torch.full((units, k), -1, dtype=torch.int64, device=device)
         self.maps = torch.zeros((units, k, map_size), dtype=torch.float16, device=device)
 
     def update(self, values: torch.Tensor, hashes: torch.Tensor, entries: torch.Tensor,
                maps: torch.Tensor) -> None:
         """values (B, U) scalars, hashes/entries (B,), maps (B, U, map_size)."""
-        units, batch = self.values.shape[0], values.shape[0]
-        if batch == 0:
+        if values.shape[0] == 0:
             return
-        self._keep(torch.cat([self.values, self.sign * values.T.float()], 1),
-                   torch.cat([self.hashes, hashes.to(self.hashes.device).expand(units, batch)], 1),
-                   torch.cat([self.entries, entries.to(self.entries.device).expand(units, batch)], 1),
-                   torch.cat([self.maps, maps.transpose(0, 1).to(torch.float16)], 1))
+        units, batch = self.keys.shape[0], values.shape[0]
+        signed = (self.sign * values.float()).T
+        hashes, entries = hashes.to(self.keys.device), entries.to(self.keys.device)
+        self._absorb(rank_keys(signed, hashes.unsqueeze(0)), signed, hashes.expand(units, batch),
+                     entries.expand(units, batch), maps.transpose(0, 1))
 
     def merge(self, other: "TopK") -> None:
         """Fold in another partial state over a disjoint set of images."""
-        self._keep(torch.cat([self.values, other.values], 1), torch.cat([self.hashes, other.hashes], 1),
-                   torch.cat([self.entries, other.entries], 1), torch.cat([self.maps, other.maps], 1))
+        self._absorb(other.keys, other.values, other.hashes, other.entries, other.maps)
 
-    def _keep(self, values, hashes, entries, maps) -> None:
-        by_hash = hashes.argsort(dim=1, stable=True)
-        ranked = values.gather(1, by_hash).argsort(dim=1, descending=True, stable=True)[:, : self.k]
-        pick = by_hash.gather(1, ranked)
-        self.values, self.hashes = values.gather(1, pick), hashes.gather(1, pick)
-        self.entries = entries.gather(1, pick)
-        self.maps = maps.gather(1, pick.unsqueeze(-1).expand(-1, -1, maps.shape[-1]))
+    def _absorb(self, keys, values, hashes, entries, maps) -> None:
+        """Candidates per unit, all (U, C[, map]): each one better than a unit's worst kept image takes
+        the slot of an image the candidates push out."""
+        rows = (keys > self.keys.amin(1, keepdim=True)).any(1).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return
+        pool = torch.cat([self.keys[rows], keys[rows]], 1)
+        chosen = torch.zeros_like(pool, dtype=torch.bool).scatter_(1, pool.topk(self.k, 1, sorted=False).indices, True)
+        freed = (~chosen[:, : self.k]).nonzero()  # (row, slot), row-major: pairs up with `incoming`
+        incoming = chosen[:, self.k:].nonzero()  # (row, candidate): as many per row as slots freed
+        unit, slot, cand = rows[freed[:, 0]], freed[:, 1], incoming[:, 1]
+        self.keys[unit, slot] = keys[unit, cand]
+        self.values[unit, slot] = values[unit, cand].float()
+        self.hashes[unit, slot] = hashes[unit, cand]
+        self.entries[unit, slot] = entries[unit, cand]
+        self.maps[unit, slot] = maps[unit, cand].to(self.maps.dtype)
 
     def rows(self, unit: int) -> list[tuple[float, int, torch.Tensor]]:
         """(value, entry, map) of one unit's kept images, best first, in the caller's sign."""
-        keep = self.entries[unit] >= 0
-        return [(self.sign * float(v), int(e), m) for v, e, m in
-                zip(self.values[unit][keep].tolist(), self.entries[unit][keep].tolist(),
-                    self.maps[unit][keep].float().cpu(), strict=True)]
+        order = self.keys[unit].argsort(descending=True)
+        order = order[self.entries[unit][order] >= 0]
+        return [(self.sign * v, e, m) for v, e, m in
+                zip(self.values[unit][order].tolist(), self.entries[unit][order].tolist(),
+                    self.maps[unit][order].float().cpu(), strict=True)]
+
+    def ranked_entries(self) -> torch.Tensor:
+        """(U, K) entries best first (-1 for empty slots)."""
+        return self.entries.gather(1, self.keys.argsort(1, descending=True))
 
     def state_dict(self) -> dict:
-        return {"k": self.k, "sign": self.sign, "values": self.values.cpu(), "hashes": self.hashes.cpu(),
-                "entries": self.entries.cpu(), "maps": self.maps.cpu()}
+        return {"k": self.k, "sign": self.sign, "keys": self.keys.cpu(), "values": self.values.cpu(),
+                "hashes": self.hashes.cpu(), "entries": self.entries.cpu(), "maps": self.maps.cpu()}
 
     @classmethod
     def from_state(cls, state: dict, device: str | torch.device = "cpu") -> "TopK":
         top = cls.__new__(cls)
         top.k, top.sign = state["k"], state["sign"]
-        for name in ("values", "hashes", "entries", "maps"):
+        for name in ("keys", "values", "hashes", "entries", "maps"):
             setattr(top, name, state[name].to(device))
         return top

@@ -2,7 +2,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
 from app import urls
-from app.db import DatasetExample
+from app.db import DatasetExample, Run
 from app.sections import Section, UnitContext
 
 
@@ -15,7 +15,10 @@ def load(session, ctx: UnitContext):
     ).all()
     if not rows:
         return None
-    out = {"top": [], "bottom": []}
+    run = session.get(Run, rows[0].run_id) if rows[0].run_id else None
+    settings, report = (run.settings or {}, run.report or {}) if run else ({}, {})
+    out = {"top": [], "bottom": [], "reduce": settings.get("reduce"), "signal": settings.get("signal"),
+           "images": report.get("images"), "run": run.id if run else None}
     for r in rows:
         out.setdefault(r.sign, []).append({
             "rank": r.rank,
@@ -24,6 +27,7 @@ def load(session, ctx: UnitContext):
             "image": urls.cache(r.image.thumb or r.image.path),
             "full": urls.cache(r.image.path),
             "caption": r.image.caption,
+            "source": r.image.source,
             "heatmap": r.heatmap,
             "heatmap_image": urls.cache(r.heatmap_image),
         })

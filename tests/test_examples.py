@@ -1,0 +1,372 @@
+"""Dataset examples end to end on tiny random-init open_clip models (ResNet and ViT):
+top/bottom-K and statistics equal a brute-force computation; shard merge equals one run; a run killed
+with SIGKILL and restarted leaves the same store as an uninterrupted one; bad files are counted."""
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitStats
+from app.db import Image as ImageRow
+from app.settings import Settings
+from worker.cli import worker_cli
+from worker.corpus import Shard, Skip, iter_entries, open_entry
+from worker.examples import ExampleOptions, load_checkpoint, run_examples
+from worker.layers import activations
+from worker.models import load_model, save_checkpoint
+from worker.stats import QUANTILES, Moments, Sketch, spread
+from worker.store import open_store
+from worker.topk import TopK
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+# -- corpora and brute force ------------------------------------------------------------------------
+
+def pattern(seed: int) -> Image.Image:
+    """A smooth random colour field with a random rectangle: varied enough to spread activations."""
+    rng = np.random.default_rng(seed)
+    size = (64 + seed % 17, 64 + (seed * 7) % 23)
+    img = Image.fromarray((rng.random((4, 4, 3)) * 255).astype("uint8")).resize(size, Image.BICUBIC)
+    box = sorted(rng.integers(0, 60, 2).tolist()) + sorted(rng.integers(0, 60, 2).tolist())
+    ImageDraw.Draw(img).rectangle((box[0], box[2], box[1] + 2, box[3] + 2), fill=tuple(rng.integers(0, 256, 3)))
+    return img
+
+
+def make_corpus(root: Path, n: int = 30, bad: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        pattern(i).save(root / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
+    if bad:
+        (root / "sub").mkdir()
+        (root / "sub" / "not-an-image.jpg").write_bytes(b"plain text")
+        (root / "sub" / "empty.png").write_bytes(b"")
+        (root / "sub" / "truncated.png").write_bytes((root / "001.png").read_bytes()[:300])
+        (root / "sub" / "copy-of-004.jpg").write_bytes((root / "004.jpg").read_bytes())
+    return root
+
+
+def hash64(sha: str) -> int:
+    return int(sha[:16], 16) >> 1
+
+
+def brute_force(loaded, corpus: Path, layer: str, reduce: str):
+    """Every distinct good image through the model at once: (shas, top scalars, bottom scalars, maps)."""
+    images: dict[str, Image.Image] = {}
+    for entry in iter_entries(corpus):
+        try:
+            sha, img = open_entry(entry)
+        except Skip:
+            continue
+        images.setdefault(sha, img)
+    shas = list(images)
+    x = torch.stack([loaded.preprocess(images[s]) for s in shas])
+    with torch.inference_mode():
+        maps = activations(loaded, x, [layer], pre_relu=True)[layer].flatten(2).float()
+    high = maps.mean(2) if reduce == "mean" else maps.amax(2)
+    low = maps.mean(2) if reduce == "mean" else maps.amin(2)
+    return shas, high, low, maps
+
+
+def ranked(shas, values, unit: int, k: int, descending: bool) -> list[int]:
+    sign = -1 if descending else 1
+    return sorted(range(len(shas)), key=lambda i: (sign * float(values[i, unit]), hash64(shas[i])))[:k]
+
+
+def stored_examples(store, model: str, layer: str) -> dict[tuple[int, str], list[tuple[str, float, list]]]:
+    with store.sessions() as s:
+        rows = s.execute(
+            select(Unit.index, DatasetExample.sign, DatasetExample.rank, ImageRow.sha256, DatasetExample.activation,
+                   DatasetExample.heatmap)
+            .join(Unit, DatasetExample.unit_id == Unit.id).join(Layer, Unit.layer_id == Layer.id)
+            .join(Model, Layer.model_id == Model.id).join(ImageRow, DatasetExample.image_id == ImageRow.id)
+            .where(Model.name == model, Layer.name == layer).order_by(Unit.index, DatasetExample.sign,
+                                                                       DatasetExample.rank)).all()
+    out: dict = {}
+    for unit, sign, _, sha, act, heat in rows:
+        out.setdefault((unit, sign), []).append((sha, act, heat))
+    return out
+
+
+def stored_stats(store, model: str, layer: str) -> dict[int, UnitStats]:
+    with store.sessions() as s:
+        return dict(s.execute(select(Unit.index, UnitStats).join(Unit, UnitStats.unit_id == Unit.id)
+                              .join(Layer, Unit.layer_id == Layer.id).join(Model, Layer.model_id == Model.id)
+                              .where(Model.name == model, Layer.name == layer)).all())
+
+
+def check_against_brute_force(store, loaded, corpus, model, layer, reduce, k):
+    shas, high, low, maps = brute_force(loaded, corpus, layer, reduce)
+    examples = stored_examples(store, model, layer)
+    units = high.shape[1]
+    assert len(examples) == 2 * units
+    for unit in range(units):
+        for sign, values, desc in (("top", high, True), ("bottom", low, False)):
+            want = ranked(shas, values, unit, k, desc)
+            got = examples[(unit, sign)]
+            assert [g[0] for g in got] == [shas[i] for i in want], (unit, sign)
+            assert np.allclose([g[1] for g in got], [float(values[i, unit]) for i in want], rtol=1e-4, atol=1e-5)
+            for (_, _, heat), i in zip(got, want, strict=True):
+                assert np.allclose(np.array(heat).ravel(), maps[i, unit].numpy(), rtol=5e-3, atol=2e-3)
+    stats = stored_stats(store, model, layer)
+    n = len(shas)
+    sorted_high = high.double().sort(0).values
+    for unit in range(units):
+        st = stats[unit]
+        assert st.n == n
+        assert math.isclose(st.mean, float(high[:, unit].double().mean()), rel_tol=1e-6, abs_tol=1e-7)
+        assert math.isclose(st.std, float(high[:, unit].double().std(unbiased=False)), rel_tol=1e-5, abs_tol=1e-7)
+        assert math.isclose(st.min, float(sorted_high[0, unit]), rel_tol=1e-6)
+        assert math.isclose(st.max, float(sorted_high[-1, unit]), rel_tol=1e-6)
+        for q in QUANTILES:
+            exact = float(sorted_high[int(q * (n - 1)), unit])
+            assert math.isclose(st.quantiles[str(q)], exact, rel_tol=0.03, abs_tol=2e-4), (unit, q)
+        assert sum(st.histogram["counts"]) == n and len(st.histogram["edges"]) == len(st.histogram["counts"]) + 1
+    return shas, high
+
+
+def settings_at(root: Path) -> Settings:
+    return Settings(data_dir=root / "data", database_url=f"sqlite:///{root / 'store.db'}", cache_dir=root / "cache")
+
+
+def snapshot(store, runs: bool = True) -> dict:
+    """The store's dataset-example content, keyed by neuron and image hash (not by row ids)."""
+    with store.sessions() as s:
+        key = {uid: (layer, index) for uid, layer, index in s.execute(
+            select(Unit.id, Layer.name, Unit.index).join(Layer, Unit.layer_id == Layer.id)).all()}
+        sha = dict(s.execute(select(ImageRow.id, ImageRow.sha256)).all())
+        out = {
+            "images": sorted((i.sha256, i.source, i.caption, i.width, i.height, i.path, i.thumb)
+                             for i in s.scalars(select(ImageRow))),
+            "examples": sorted(((*key[e.unit_id], e.sign, e.rank, sha[e.image_id], e.activation, e.heatmap,
+                                 e.heatmap_image) for e in s.scalars(select(DatasetExample))), key=lambda t: t[:4]),
+            "stats": sorted(((*key[u.unit_id], u.n, u.mean, u.std, u.min, u.max, u.quantiles, u.histogram)
+                             for u in s.scalars(select(UnitStats))), key=lambda t: t[:2]),
+            "samples": sorted((*key[a.unit_id], sha[a.image_id], a.activation)
+                              for a in s.scalars(select(ActivationSample))),
+        }
+        if runs:
+            out["runs"] = [(r.stage, r.status, r.layer, r.weights, r.settings,
+                            {k: v for k, v in r.report.items() if k != "timing"})
+                           for r in s.scalars(select(Run).order_by(Run.id))]
+    return out
+
+
+def same(a, b, path: str = "") -> None:
+    """Equal, floats up to float32 noise."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), (path, a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), (path, len(a), len(b))
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, (path, a, b)
+
+
+def cache_files(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def wait_for_checkpoint(folder: Path, cursor: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until the worker has checkpointed `cursor` batches (it then blocks on the FIFO)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        for path in folder.glob("*.pt") if folder.is_dir() else []:
+            try:
+                state = load_checkpoint(path)
+            except Exception:  # noqa: BLE001 — replaced while we read it; read again
+                continue
+            assert state.cursor <= cursor
+            if state.cursor == cursor:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"no checkpoint at batch {cursor} within {timeout} s")
+
+
+# -- the tests ---------------------------------------------------------------------------------------
+
+def test_resnet_top_and_bottom_k_and_stats_equal_brute_force(store, client, tiny_rn, tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    opts = ExampleOptions(k=4, batch_size=7, workers=0, progress=False, samples=12)
+    report = run_examples(store, tiny_rn, "tiny", corpus, ["layer4"], opts)
+    assert report["images"] == 30 and report["duplicates"] == 1 and report["entries"] == 34
+    assert report["skipped"] == {"empty": 1, "not-image": 1, "truncated": 1}
+    shas, high = check_against_brute_force(store, tiny_rn, corpus, "tiny", "layer4", "mean", 4)
+
+    with store.sessions() as s:
+        run = s.scalars(select(Run)).one()
+        assert (run.stage, run.status, run.layer, run.settings["signal"]) == ("examples", "done", "layer4", "pre-relu")
+        assert run.report["skipped"] == report["skipped"]
+        assert {r.sha256 for r in s.scalars(select(ImageRow))} <= set(shas)
+        samples = s.execute(select(Unit.index, ActivationSample.activation)
+                            .join(Unit, ActivationSample.unit_id == Unit.id)).all()
+    per_unit: dict[int, list[float]] = {}
+    for unit, act in samples:
+        per_unit.setdefault(unit, []).append(act)
+    assert len(per_unit) == 512 and all(5 <= len(v) <= 12 for v in per_unit.values())
+    for unit in (0, 100, 511):  # a bounded sample that spans the range, extremes included
+        assert math.isclose(max(per_unit[unit]), float(high[:, unit].max()), rel_tol=1e-5)
+        assert math.isclose(min(per_unit[unit]), float(high[:, unit].min()), rel_tol=1e-5)
+
+    page = client.get("/models/tiny/layer4/3")
+    assert page.status_code == 200
+    html = page.text
+    assert "Most activating" in html and "Most negative" in html and "<svg" in html
+    assert 'class="heat"' in html and "/cache/units/tiny/layer4/3/examples-top-000.png" in html
+    data = client.get("/models/tiny/layer4/3.json").json()["sections"]
+    assert len(data["examples"]["top"]) == 4 and len(data["examples"]["bottom"]) == 4
+    assert data["stats"]["n"] == 30
+    overlay = client.get(data["examples"]["top"][0]["heatmap_image"])
+    assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
+    assert client.get(data["examples"]["top"][0]["image"]).status_code == 200
+
+
+def test_vit_max_reduction_equals_brute_force_and_a_rerun_replaces_rows(tmp_path, tiny_vit):
+    store = open_store(settings_at(tmp_path / "store"))
+    corpus = make_corpus(tmp_path / "corpus", n=24, bad=False)
+    opts = ExampleOptions(k=4, reduce="max", batch_size=10, workers=0, progress=False, samples=6)
+    run_examples(store, tiny_vit, "vit", corpus, None, opts)  # default: the last block's MLP
+    check_against_brute_force(store, tiny_vit, corpus, "vit", "resblocks.1.mlp", "max", 4)
+    before = snapshot(store, runs=False)
+    assert len(before["examples"]) == 256 * 2 * 4 and len(before["stats"]) == 256
+    run_examples(store, tiny_vit, "vit", corpus, None, opts)
+    same(snapshot(store, runs=False), before)
+    with store.sessions() as s:
+        runs = s.scalars(select(Run).order_by(Run.id)).all()
+    assert [(r.status, r.settings["signal"]) for r in runs] == [("done", "output")] * 2
+
+
+def test_shard_merge_equals_a_single_run(store, tiny_rn, tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n=24)
+    common = {"k": 4, "batch_size": 5, "workers": 0, "progress": False, "samples": 8}
+    first = run_examples(store, tiny_rn, "tiny", corpus, ["layer1"], ExampleOptions(shard=Shard(0, 2), **common))
+    assert first["waiting_for_shards"] and snapshot(store, runs=False)["examples"] == []
+    second = run_examples(store, tiny_rn, "tiny", corpus, ["layer1"], ExampleOptions(shard=Shard(1, 2), **common))
+    single_store = open_store(settings_at(tmp_path / "single"))
+    single = run_examples(single_store, tiny_rn, "tiny", corpus, ["layer1"], ExampleOptions(**common))
+    assert 0 < first["images"] < 24 and single["images"] == 24
+    for key in ("images", "duplicates", "skipped", "entries"):
+        assert second[key] == single[key], key
+    same(snapshot(store, runs=False), snapshot(single_store, runs=False))
+    with store.sessions() as s:
+        assert s.scalars(select(Blob.key)).all() == []  # shard states are dropped once written
+        assert sorted(r.settings["shard"] for r in s.scalars(select(Run))) == ["0/2", "1/2"]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_store(tmp_path, tiny_rn, monkeypatch):
+    weights = save_checkpoint(tiny_rn.model, tmp_path / "tiny.safetensors")
+    loaded = load_model("tiny-rn", str(weights), config_dirs=(CONFIG_DIR,))
+    images = make_corpus(tmp_path / "images", n=20, bad=False)
+    blocker = images / "blocker.png"
+    os.mkfifo(blocker)  # reading it blocks: the run stops there, deterministically, until it is killed
+    names = sorted(p.name for p in images.iterdir() if p != blocker)
+    names.insert(9, blocker.name)  # in batch 2 (batches of 4)
+    manifest = tmp_path / "corpus.jsonl"
+    manifest.write_text("".join(json.dumps({"path": f"images/{n}", "caption": f"picture {n}"}) + "\n" for n in names))
+    killed = settings_at(tmp_path / "killed")
+    args = ["worker", "examples", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--weights", str(weights),
+            "--name", "tiny", "--corpus", str(manifest), "--layer", "layer1", "--k", "4", "--batch-size", "4",
+            "--samples", "8", "--workers", "1", "--checkpoint-every", "0", "--no-progress", "--device", "cpu"]
+    store_env = {"MICROSCOPE_DATA_DIR": str(killed.data_dir), "MICROSCOPE_CACHE_DIR": str(killed.cache_dir),
+                 "MICROSCOPE_DATABASE_URL": killed.db_url}
+    proc = subprocess.Popen([sys.executable, "-c", "from app.cli import main; main()", *args], cwd=ROOT,
+                            env={**os.environ, **store_env}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_checkpoint(killed.data_dir / "checkpoints", cursor=2, proc=proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    store = open_store(killed)
+    with store.sessions() as s:
+        assert [r.status for r in s.scalars(select(Run))] == ["running"]
+        assert s.scalars(select(DatasetExample.id)).first() is None
+    blocker.unlink()
+    pattern(99).save(blocker, "PNG")
+    for name, value in store_env.items():
+        monkeypatch.setenv(name, value)
+    resumed = CliRunner().invoke(worker_cli, [*args[1:-7], "--workers", "0", "--no-progress", "--device", "cpu"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "tiny: 21 images (0 duplicates, skipped: none)" in resumed.stdout
+    opts = ExampleOptions(k=4, batch_size=4, samples=8, workers=0, progress=False)
+    reference = open_store(settings_at(tmp_path / "reference"))
+    run_examples(reference, loaded, "tiny", manifest, ["layer1"], opts)
+    same(snapshot(store), snapshot(reference))
+    assert cache_files(killed.cache_dir) == cache_files(reference.settings.cache_dir)
+    assert list((killed.data_dir / "checkpoints").iterdir()) == []
+
+
+def test_topk_is_independent_of_batching_and_merges_exactly():
+    torch.manual_seed(0)
+    values, maps = torch.randn(40, 6), torch.randn(40, 6, 4)
+    values[5, :] = values[9, :]  # ties are broken by content hash, not by arrival order
+    hashes, entries = torch.randperm(1000)[:40].long() << 40, torch.arange(40)
+    whole = TopK(6, 7, 4)
+    whole.update(values, hashes, entries, maps)
+    parts = [TopK(6, 7, 4) for _ in range(3)]
+    for i, chunk in enumerate(torch.arange(40).split(9)):
+        parts[i % 3].update(values[chunk], hashes[chunk], entries[chunk], maps[chunk])
+    parts[0].merge(parts[1])
+    parts[0].merge(parts[2])
+    assert torch.equal(parts[0].ranked_entries(), whole.ranked_entries())
+    for unit in range(6):
+        want = sorted(range(40), key=lambda i: (-float(values[i, unit]), int(hashes[i])))[:7]
+        got = whole.rows(unit)
+        assert [e for _, e, _ in got] == want
+        assert [v for v, _, _ in got] == [float(values[i, unit]) for i in want]
+        assert all(torch.allclose(m, maps[i, unit], atol=1e-2) for (_, _, m), i in zip(got, want, strict=True))
+    bottom = TopK(6, 3, 4, sign=-1)
+    bottom.update(values, hashes, entries, maps)
+    assert [v for v, _, _ in bottom.rows(2)] == values[:, 2].sort().values[:3].tolist()
+
+
+def test_moments_and_sketch_merge_to_the_whole_and_estimate_quantiles():
+    torch.manual_seed(1)
+    values = torch.cat([torch.randn(3000, 3) * 2, torch.rand(3000, 3) * 9 - 1])
+    whole_m, whole_s = Moments(3), Sketch(3)
+    whole_m.update(values)
+    whole_s.update(values)
+    a_m, a_s, b_m, b_s = Moments(3), Sketch(3), Moments(3), Sketch(3)
+    for chunk in values[:2500].split(333):
+        a_m.update(chunk)
+        a_s.update(chunk)
+    b_m.update(values[2500:])
+    b_s.update(values[2500:])
+    a_m.merge(b_m)
+    a_s.merge(b_s)
+    assert torch.equal(a_s.counts, whole_s.counts)
+    assert torch.allclose(a_m.mean, values.double().mean(0)) and torch.allclose(a_m.std, values.double().std(0, False))
+    q = whole_s.quantiles(whole_m.min, whole_m.max)
+    exact = torch.quantile(values.double(), torch.tensor(QUANTILES, dtype=torch.float64), dim=0).T
+    assert torch.allclose(q, exact, rtol=0.03, atol=0.02)
+    hist = whole_s.histogram(whole_m.min, whole_m.max)
+    assert hist.sum(1).tolist() == [6000] * 3
+
+
+def test_spread_covers_the_range_with_a_bounded_sample():
+    candidates = [(float(v), i) for i, v in enumerate(np.r_[np.linspace(0, 1, 200), [5.0, -3.0]])]
+    picked = spread(candidates, 10)
+    assert len(picked) <= 10 and (5.0, 200) in picked and (-3.0, 201) in picked
+    assert spread(candidates[:4], 10) == sorted(candidates[:4])
