@@ -229,7 +229,11 @@ class Label(Base):
 
 
 class UnitText(Base):
-    """One searchable document per neuron (labels, families, top words), kept by whoever writes them."""
+    """One searchable document per neuron (labels, families, top words), kept by whoever writes them.
+
+    Full-text indexes live outside this model (migration 0003, queried by app/search.py): on SQLite the FTS5
+    table `unit_text_fts`, kept in step by triggers (so write with INSERT/UPDATE, never INSERT OR REPLACE);
+    on Postgres a GIN index over to_tsvector('english', document)."""
 
     __tablename__ = "unit_text"
     unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
