@@ -138,3 +138,24 @@ def test_cli_renders_then_skips_what_is_done(sqlite_url, tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "runs backwards" in bad.output
     missing = CliRunner().invoke(worker_cli, args[:-2] + ["--facets", "nosuch"])
     assert missing.exit_code == 2 and "no stored probe for facets ['nosuch']" in missing.output
+
+
+def test_demo_stage_renders_the_default_layer_and_the_corpus_facets(sqlite_url, tmp_path, tiny_vit, monkeypatch):
+    from app.settings import Settings
+    from worker.featurevis import demo
+    from worker.store import open_store
+
+    monkeypatch.setattr(demo, "SETTINGS", FeatureVisSettings(RenderSettings(steps=1), batch=128))
+    monkeypatch.setattr(demo, "FACET_UNITS", 2)
+    corpus = tmp_path / "corpus"
+    text_images(corpus / "text", 4)
+    generic_images(corpus / "photos", 4)
+    store = open_store(Settings(database_url=sqlite_url, data_dir=tmp_path / "data"))
+    with store.sessions.begin() as s:
+        register_model(s, "demo", tiny_vit.arch, None, tiny_vit.image_size, catalogue(tiny_vit))
+    report = demo.demo_featurevis(store, tiny_vit, "demo", corpus, progress=False)
+    assert report["plain"]["rendered"] == 256 and report["probes"]["photos"]["trained"]
+    assert report["facets"]["images"] == 2  # text only: photos is a probe's contrast, not a rendered facet
+    with store.sessions() as s:
+        kinds = s.execute(select(FeatureVis.kind, func.count()).group_by(FeatureVis.kind).order_by(FeatureVis.kind))
+        assert kinds.all() == [("facet:text", 2), ("plain", 256)]

@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from PIL import Image as PILImage
-from sqlalchemy import select
+from sqlalchemy import delete, select, tuple_
 
 from app.db import FeatureVis, Layer, Model, Unit
 from app.keys import UnitKey
@@ -120,8 +121,9 @@ def render_variant(loaded: LoadedModel, layer: str, units: Sequence[int], varian
 
 
 def to_pil(image: torch.Tensor) -> PILImage.Image:
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    return PILImage.fromarray(array, "RGB")
+    # numpy, not torch: tiny per-image torch ops pay a thread-pool round trip each on a busy machine
+    array = np.clip(image.numpy() * 255.0 + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    return PILImage.fromarray(np.ascontiguousarray(array), "RGB")
 
 
 def done_kinds(store: Store, layer_id: int, units: Sequence[int]) -> dict[int, set[tuple[str, str]]]:
@@ -144,8 +146,8 @@ def pending(store: Store, layer_id: int, units: Sequence[int], wanted: list[Vari
     return {u: vs for u, vs in todo.items() if vs}
 
 
-def write_unit(store: Store, model: str, layer: Layer, unit: int, pictures: list[tuple[Variant, Picture]],
-               settings: FeatureVisSettings, run_id: int | None) -> None:
+def write_unit(store: Store, model: str, layer: Layer, unit: int, unit_id: int,
+               pictures: list[tuple[Variant, Picture]], settings: FeatureVisSettings, run_id: int | None) -> None:
     """Store one unit's new pictures: files first, then all its rows in one transaction."""
     key = UnitKey(model, layer.name, unit)
     rows = []
@@ -153,18 +155,21 @@ def write_unit(store: Store, model: str, layer: Layer, unit: int, pictures: list
         img = to_pil(pic.image)
         path = store.cache.put_unit_image(key, f"featurevis/{pic.kind.replace(':', '-')}-{variant.settings_hash[:12]}",
                                           img, fmt="png")
-        rows.append(dict(kind=pic.kind, image=path, thumb=store.cache.put_thumb(img), objective=pic.objective,
-                         steps=settings.render.steps, size=img.width, seed=settings.seed,
-                         settings_hash=variant.settings_hash, run_id=run_id))
+        rows.append(FeatureVis(unit_id=unit_id, kind=pic.kind, image=path, thumb=store.cache.put_thumb(img),
+                               objective=pic.objective, steps=settings.render.steps, size=img.width,
+                               seed=settings.seed, settings_hash=variant.settings_hash, run_id=run_id))
     with store.sessions.begin() as s:
-        unit_id = s.scalar(select(Unit.id).where(Unit.layer_id == layer.id, Unit.index == unit))
-        for row in rows:
-            old = s.scalar(select(FeatureVis).where(FeatureVis.unit_id == unit_id, FeatureVis.kind == row["kind"],
-                                                    FeatureVis.settings_hash == row["settings_hash"]))
-            if old is not None:  # a strip rendered again because one of its images was missing
-                s.delete(old)
-                s.flush()
-            s.add(FeatureVis(unit_id=unit_id, **row))
+        # a strip is rendered again whole when one of its images was missing: replace what is left of it
+        s.execute(delete(FeatureVis).where(FeatureVis.unit_id == unit_id,
+                                           tuple_(FeatureVis.kind, FeatureVis.settings_hash)
+                                           .in_([(r.kind, r.settings_hash) for r in rows])))
+        s.add_all(rows)
+
+
+def unit_ids(store: Store, layer_id: int, units: Sequence[int]) -> dict[int, int]:
+    with store.sessions() as s:
+        rows = s.execute(select(Unit.index, Unit.id).where(Unit.layer_id == layer_id, Unit.index.in_(list(units))))
+        return {index: uid for index, uid in rows}
 
 
 def get_layer(store: Store, model: str, layer: str) -> Layer:
@@ -210,8 +215,9 @@ def run_layer(store: Store, loaded: LoadedModel, model: str, layer: str, units: 
     for start in range(0, len(order), settings.batch):
         chunk = order[start:start + settings.batch]
         made = render_chunk(loaded, layer, chunk, todo, settings, steps)
+        ids = unit_ids(store, layer_row.id, chunk)
         for unit in chunk:
-            write_unit(store, model, layer_row, unit, made[unit], settings, run_id)
+            write_unit(store, model, layer_row, unit, ids[unit], made[unit], settings, run_id)
             report["images"] += len(made[unit])
         report["rendered"] += len(chunk)
         bar.update(len(chunk))

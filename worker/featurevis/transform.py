@@ -4,6 +4,7 @@ Unlike Lucent, every image of a batch gets its own random offset, scale and angl
 seeded stream (`Draws`), so an image's transforms do not depend on which other images share its batch.
 """
 import math
+import random
 from collections.abc import Callable, Sequence
 
 import torch
@@ -11,22 +12,22 @@ import torch.nn.functional as F
 
 
 class Draws:
-    """One random stream per image of a batch, each seeded independently."""
+    """One random stream per image of a batch, each seeded independently. Plain Python generators: a few
+    numbers per image and step need no tensor ops (each of which costs a thread-pool round trip)."""
 
     def __init__(self, seeds: Sequence[int]):
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.generators = [random.Random(int(s)) for s in seeds]
 
     def __len__(self) -> int:
         return len(self.generators)
 
     def uniform(self, low: float, high: float) -> torch.Tensor:
         """One value per image, uniform in [low, high)."""
-        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
-        return (low + (high - low) * u).float()
+        return torch.tensor([low + (high - low) * g.random() for g in self.generators], dtype=torch.float32)
 
     def integers(self, high: int) -> list[int]:
         """One whole number per image, uniform in [0, high)."""
-        return [int(torch.randint(high, (1,), generator=g)) for g in self.generators]
+        return [min(int(g.random() * high), high - 1) for g in self.generators]
 
 
 Transform = Callable[[torch.Tensor, Draws], torch.Tensor]
@@ -52,7 +53,13 @@ def jitter(d: int) -> Transform:
     def apply(x: torch.Tensor, draws: Draws) -> torch.Tensor:
         h, w = x.shape[-2] - d, x.shape[-1] - d
         oy, ox = draws.integers(d + 1), draws.integers(d + 1)
-        return torch.stack([x[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(x.shape[0])])
+        if len(set(oy)) == 1 and len(set(ox)) == 1:
+            return x[..., oy[0]:oy[0] + h, ox[0]:ox[0] + w]
+        # one gather for the whole batch rather than a slice per image
+        rows = torch.tensor(oy, device=x.device)[:, None] + torch.arange(h, device=x.device)
+        cols = torch.tensor(ox, device=x.device)[:, None] + torch.arange(w, device=x.device)
+        batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
+        return x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
     return apply
 
