@@ -73,8 +73,8 @@ def search_page(request: Request, session: SessionDep, cache: CacheDep, settings
         get_model(session, model)
     base = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
     here = urls.search(text, model=model, page=page if page > 1 else None)
-    data = {"q": text, "model": model, "page": page, "pages": 0, "total": 0, "results": [], "notes": [],
-            "prev": None, "next": None, "share_url": base + here,
+    data = {"q": text, "model": model, "page": page, "page_size": PAGE_SIZE, "pages": 0, "total": 0, "results": [],
+            "notes": [], "prev": None, "next": None, "share_url": base + here,
             "models": [m.name for m in text_models(session)], "probe": urls.probe(text, model=model)}
     if not text:
         data["notes"].append("Type a word or phrase: labels, families and top words are searched, and for models "
