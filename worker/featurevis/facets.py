@@ -9,6 +9,7 @@ import hashlib
 import io
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,16 +67,31 @@ def facet_folders(root: str | Path) -> dict[str, Path]:
 
 def read_images(folder: str | Path, preprocess, limit: int | None = None) -> tuple[torch.Tensor, Counter]:
     """The folder's images (recursive) preprocessed for the model, and the skipped files by reason."""
-    pixels, skipped = [], Counter()
+    batches, skipped = [], Counter()
+    for pixels, bad in iter_images(folder, preprocess, limit, batch=64):
+        batches.append(pixels)
+        skipped.update(bad)
+    return (torch.cat(batches) if batches else torch.empty(0, 3, 1, 1)), skipped
+
+
+def iter_images(folder: str | Path, preprocess, limit: int | None = None,
+                batch: int = 32) -> Iterator[tuple[torch.Tensor, Counter]]:
+    """The folder's images in preprocessed batches (memory stays one batch), each with the files skipped."""
+    pixels, skipped, seen = [], Counter(), 0
     for entry in iter_entries(folder):
-        if limit is not None and len(pixels) >= limit:
+        if limit is not None and seen >= limit:
             break
         try:
             _, img = open_entry(entry)
             pixels.append(preprocess(img))
+            seen += 1
         except Skip as s:
             skipped[s.reason] += 1
-    return (torch.stack(pixels) if pixels else torch.empty(0, 3, 1, 1)), skipped
+        if len(pixels) == batch:
+            yield torch.stack(pixels), skipped
+            pixels, skipped = [], Counter()
+    if pixels or skipped:
+        yield (torch.stack(pixels) if pixels else torch.empty(0, 3, 1, 1)), skipped
 
 
 @torch.inference_mode()
@@ -86,6 +102,17 @@ def pooled_activations(loaded: LoadedModel, layer: str, pixels: torch.Tensor, ba
     out = [activations(loaded, pixels[i:i + batch].to(loaded.device), [layer])[layer].mean(dim=(-2, -1)).cpu()
            for i in range(0, len(pixels), batch)]
     return torch.cat(out).double().numpy()
+
+
+def pooled_folder(loaded: LoadedModel, layer: str, folder: str | Path, limit: int | None = None,
+                  batch: int = 32) -> tuple[np.ndarray, Counter]:
+    """(N, units) spatial means of `layer` over a folder's images, read a batch at a time; and the skips."""
+    feats, skipped = [], Counter()
+    for pixels, bad in iter_images(folder, loaded.preprocess, limit, batch):
+        skipped.update(bad)
+        if len(pixels):
+            feats.append(pooled_activations(loaded, layer, pixels, batch))
+    return (np.concatenate(feats) if feats else np.empty((0, 0))), skipped
 
 
 def train_probe(facet: np.ndarray, generic: np.ndarray, seed: int = 0) -> Probe:
@@ -165,8 +192,7 @@ def ensure_probes(store: Store, loaded: LoadedModel, model_name: str, layer: str
     feats, skipped = {}, {}
     sources = dict(folders) if generic is None else {**folders, "__generic__": generic}
     for name, folder in sources.items():
-        pixels, skipped[name] = read_images(folder, loaded.preprocess, limit)
-        feats[name] = pooled_activations(loaded, layer, pixels)
+        feats[name], skipped[name] = pooled_folder(loaded, layer, folder, limit)
     for facet in todo:
         others = [v for k, v in feats.items() if k != facet and len(v)]
         negatives = feats["__generic__"] if generic is not None else (

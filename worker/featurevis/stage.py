@@ -45,6 +45,8 @@ class FeatureVisSettings:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.batch < 1 or self.render.steps < 1:
             raise ValueError("batch and steps must be at least 1")
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be in 0 .. 2**31 - 1, got {self.seed}")
         if self.diversity == 1 or self.diversity < 0:
             raise ValueError("--diversity needs 0 (none) or at least 2 images per neuron")
 
