@@ -1,4 +1,6 @@
 """The `microscope` command: database, server, demo and (lazily, with torch) the worker."""
+from typing import Annotated
+
 import typer
 
 from app.settings import Settings
@@ -29,7 +31,8 @@ def db_downgrade(revision: str = typer.Argument(..., help="target revision, e.g.
 
 @cli.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option(1, min=1),
-          reload: bool = False):
+          reload: bool = False,
+          keep_alive: Annotated[int, typer.Option(help="seconds an idle keep-alive connection stays open")] = 75):
     """Serve the store over HTTP (several worker processes with --workers)."""
     import uvicorn
 
@@ -38,7 +41,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option
     upgrade(Settings().db_url)
     typer.echo(f"serving on http://{host}:{port}")
     uvicorn.run("app.asgi:app", host=host, port=port, workers=workers, reload=reload,
-                log_level="warning", proxy_headers=True)
+                log_level="warning", proxy_headers=True,
+                # longer than proxies' and clients' idle timeouts, so the server is not the side that closes a
+                # connection just as a request arrives on it (the client then sees a reset, not a response)
+                timeout_keep_alive=keep_alive)
 
 
 demo_cli = typer.Typer(help="The embedded demo model: build the demo store and serve it, or train, evaluate, "

@@ -45,11 +45,14 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     torn: list[str] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)  # the first few errors in full
     generations: set[int] = field(default_factory=set)
     seconds: float = 0.0
 
-    def error(self, what: str) -> None:
+    def error(self, what: str, detail: str = "") -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
+        if len(self.samples) < 5:
+            self.samples.append(f"{what} {detail}".strip())
 
     @property
     def n_errors(self) -> int:
@@ -74,7 +77,7 @@ async def fetch(client: httpx.AsyncClient, url: str, result: Result) -> None:
     try:
         response = await client.get(url)
     except httpx.HTTPError as e:
-        result.error(type(e).__name__)
+        result.error(type(e).__name__, f"{url} after {time.perf_counter() - start:.2f}s: {e!r}")
         return
     result.latencies.append(time.perf_counter() - start)
     if response.status_code != 200:
@@ -216,7 +219,13 @@ def run_load(settings: Settings, layers: dict[str, int], requests: int, clients:
         if writing:
             out["writer"] = writing.stop()
         out["log"] = log_problems(server.log())
+        out["log_tail"] = server.log().splitlines()[-40:]
     return out
+
+
+def failures_of(out: dict) -> int:
+    failures = sum(r.n_errors for r in out["results"].values()) + sum(out["log"].values())
+    return failures + sum(out.get("writer", {}).get("errors", {}).values())
 
 
 def print_report(out: dict, backend: str, workers: int) -> int:
@@ -226,6 +235,8 @@ def print_report(out: dict, backend: str, workers: int) -> int:
         print(r.line())
         for what, n in list(r.errors.items())[:5]:
             print(f"    {n} × {what}")
+        for sample in r.samples:
+            print(f"    e.g. {sample}")
         for t in r.torn[:5]:
             print(f"    torn: {t}")
     neuron = res.get(next((k for k in res if k.startswith("neuron @") and k != "neuron @4"), ""))
@@ -241,8 +252,9 @@ def print_report(out: dict, backend: str, workers: int) -> int:
         print(f"writer: {w['commits']} neuron commits, errors {w['errors'] or 'none'}; readers saw "
               f"{len(gens)} generations, torn neurons {sum(len(r.torn) for r in res.values())}")
     print(f"server log: {out['log']}")
-    failures = sum(r.n_errors for r in res.values()) + sum(out["log"].values())
-    failures += sum(out.get("writer", {}).get("errors", {}).values())
+    if failures_of(out):
+        print("server log tail:\n  " + "\n  ".join(out["log_tail"]))
+    failures = failures_of(out)
     print("ZERO ERRORS" if failures == 0 else f"{failures} ERRORS")
     return failures
 
@@ -253,11 +265,13 @@ def main(requests: int = typer.Option(10_000, help="requests per phase at --clie
          workers: int = typer.Option(2, help="server processes (microscope serve --workers)"),
          units: int = typer.Option(256, help="units in each of the two layers"),
          writer: bool = typer.Option(False, help="a process rewrites neurons during the whole run"),
-         writer_pause: float = typer.Option(0.0, help="seconds between the writer's commits")):
+         writer_pause: float = typer.Option(0.0, help="seconds between the writer's commits"),
+         phases: str = typer.Option("mixed,neuron,static,low", help="which phases to run, comma-separated")):
     """Run the load phases against the real server and print req/s, p50/p99, ratios and errors."""
     layers = {"layer4": units, "layer3": units // 2}
     with temp_store(backend) as settings:
-        out = run_load(settings, layers, requests, clients, low_requests, workers, writer, writer_pause)
+        out = run_load(settings, layers, requests, clients, low_requests, workers, writer, writer_pause,
+                       tuple(phases.split(",")))
     sys.exit(1 if print_report(out, backend, workers) else 0)
 
 
