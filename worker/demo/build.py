@@ -83,28 +83,29 @@ def resolve(target: str) -> Callable[[DemoContext], dict | None] | None:
         raise
 
 
-def prepare(settings: Settings, device: str = "cpu") -> DemoContext:
-    """The model (assembled and loaded), the corpus (built once) and the store with the model registered."""
+def prepare(settings: Settings, device: str = "cpu", loaded=None, corpus: Path | None = None) -> DemoContext:
+    """The model (assembled and loaded), the corpus (built once) and the store with the model registered.
+    `loaded` and `corpus` replace the embedded model and its corpus (tests use a tiny pair)."""
     from worker.demo import model as demo_model
     from worker.demo.corpus import MANIFEST, build_corpus
     from worker.layers import catalogue
     from worker.store import open_store, register_model
 
     data_dir = Path(settings.data_dir)
-    loaded = demo_model.load(data_dir, device)
-    corpus = build_corpus(data_dir, loaded.image_size)
+    loaded = loaded or demo_model.load(data_dir, device)
+    corpus = corpus or build_corpus(data_dir, loaded.image_size)
     store = open_store(settings)
     with store.sessions.begin() as session:
-        register_model(session, DEMO_MODEL, arch=demo_model.ARCH, weights=str(loaded.weights),
+        register_model(session, DEMO_MODEL, arch=loaded.arch, weights=str(loaded.weights),
                        image_size=loaded.image_size, layers=catalogue(loaded), description=DESCRIPTION)
     return DemoContext(settings, store, loaded, DEMO_MODEL, corpus, corpus / MANIFEST)
 
 
 def build_demo(settings: Settings, stages: list[str] | None = None, device: str = "cpu",
-               echo: Callable[[str], None] = print) -> DemoContext:
+               echo: Callable[[str], None] = print, loaded=None, corpus: Path | None = None) -> DemoContext:
     """Build (or bring up to date) the demo store; returns the context the stages ran with."""
     t0 = time.perf_counter()
-    ctx = prepare(settings, device)
+    ctx = prepare(settings, device, loaded, corpus)
     echo(f"demo model ready: {ctx.loaded.arch}, corpus {ctx.corpus} ({time.perf_counter() - t0:.0f} s)")
     for target in STAGES if stages is None else stages:
         fn = resolve(target)

@@ -70,7 +70,7 @@ def probe_items(pools: Pools, plan: Plan = Plan(), seed: int = 1) -> list[Item]:
     rng = np.random.default_rng(seed)
     words = pools.words
     items = [word_item(w, TRAIN_FONTS[i % len(TRAIN_FONTS)]) for i, w in enumerate(words[:plan.train_words])]
-    items += [word_item(w, HELDOUT_FONT, split="heldout") for w in words[:plan.heldout_words]]
+    items += [word_item(w, HELDOUT_FONT, split="heldout", style="plain") for w in words[:plan.heldout_words]]
     items += [asset_item(a) for a in pools.of_kind("face", "clipart")]
     others = pools.of_kind("emoji")
     items += [asset_item(others[i]) for i in sorted(rng.permutation(len(others))[:plan.emoji])]

@@ -25,6 +25,13 @@ from worker.models import LoadedModel
 TOP_IMAGES, TOP_WORDS, MIN_SHARED = 9, 5, 3
 # words our caption templates add (they name the template, not the picture's concept)
 TEMPLATE_WORDS = frozenset({"photo", "flag", "logo", "color", "labeled"})
+# function words: they carry no concept (numbers, colours and nouns stay)
+STOP_WORDS = frozenset("""a an the and or but nor so yet of in on at to from by for with without into onto over under
+above below up down out off about as than then that this these those there here it its it's he she they them
+his her their our your my me we you i is are was were be been being am do does did has have had will would
+shall should can could may might must not no all any some each every both either neither such own same other
+very just also too only what which who whom whose when where why how if while because until after before
+again further once more most less few s t""".split())
 NON_TEXT_EXCLUDED = (*TEXT_KINDS, "logo")  # logos are often wordmarks: reading, not multimodality
 
 
@@ -58,10 +65,8 @@ def stem(word: str) -> str:
 
 def concepts(text: str) -> set[str]:
     """Content words of a caption or word, lower case, plural folded (stop and template words dropped)."""
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
     tokens = re.findall(r"[a-z]+", text.lower())
-    return {stem(t) for t in tokens if len(t) > 1 and t not in ENGLISH_STOP_WORDS and t not in TEMPLATE_WORDS}
+    return {stem(t) for t in tokens if len(t) > 1 and t not in STOP_WORDS and t not in TEMPLATE_WORDS}
 
 
 @torch.inference_mode()

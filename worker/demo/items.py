@@ -38,6 +38,7 @@ class Item:
     shape: str = ""
     count: int = 0
     wave: bool = False  # flags: the held-out waved rendering
+    style: str = ""  # words: "plain" = black on white (as the rendered-words stage draws); "" = any
     split: str = "train"
 
 
@@ -147,9 +148,9 @@ def asset_item(a: Asset) -> Item:
     return Item("object", facet, a.caption.rstrip(".") or a.name, a.name, a.source, a.licence, asset=a.key)
 
 
-def word_item(word: str, font: str = "", split: str = "train") -> Item:
+def word_item(word: str, font: str = "", split: str = "train", style: str = "") -> Item:
     source = f"{WORD_SOURCE}; font {font}: deb:{FONTS[font].package}" if font else WORD_SOURCE
-    return Item("word", "text", word, word, source, WORD_LICENCE, word=word, font=font, split=split)
+    return Item("word", "text", word, word, source, WORD_LICENCE, word=word, font=font, split=split, style=style)
 
 
 def colour_items(objects: list[Asset], n_objects: int, rng: np.random.Generator) -> list[Item]:
@@ -186,7 +187,8 @@ def countable(pools: Pools) -> list[Asset]:
     return [a for a in pools.of_kind("emoji", "face") if short_name(a)] or pools.of_kind("clipart")
 
 
-def training_items(pools: Pools, seed: int = 0) -> dict[str, list[Item]]:
+def training_items(pools: Pools, seed: int = 0, coloured: int = 1200, counts: int = 1500,
+                   typographic: int = 2000) -> dict[str, list[Item]]:
     """The items training draws from, grouped by kind. Words are drawn in any training font."""
     rng = np.random.default_rng(seed)
     objects = countable(pools)
@@ -196,9 +198,9 @@ def training_items(pools: Pools, seed: int = 0) -> dict[str, list[Item]]:
         "photo": [asset_item(a) for a in pools.of_kind("photo")],
         "flag": [asset_item(a) for a in pools.of_kind("flag")],
         "logo": [asset_item(a) for a in pools.of_kind("logo")],
-        "colour": colour_items(objects, 1200, rng),
-        "count": count_items(objects, 1500, rng) if objects else [],
-        "typographic": typographic_items(objects, pools.words[:2000], 2000, rng) if objects else [],
+        "colour": colour_items(objects, coloured, rng),
+        "count": count_items(objects, counts, rng) if objects else [],
+        "typographic": typographic_items(objects, pools.words[:2000], typographic, rng) if objects else [],
     }
 
 
@@ -211,7 +213,7 @@ def captions(groups: Iterable[Iterable[Item]]) -> list[str]:
 def item_seed(item: Item, salt: str = "") -> int:
     """A stable per-item seed (corpus images do not change when other items are added)."""
     text = "|".join([salt, item.kind, item.asset, item.word, item.font, item.colour, item.shape,
-                     str(item.count), str(item.wave), item.split])
+                     str(item.count), str(item.wave), item.split, item.style])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
@@ -225,7 +227,7 @@ def draw(item: Item, rng: np.random.Generator, pools: Pools) -> Image.Image:
     size, photos = pools.size, list(pools.photos.values())
     obj = pools.images.get(item.asset)
     if item.kind == "word":
-        return render.word_image(item.word, pick_font(item, rng), rng, size, photos)
+        return render.word_image(item.word, pick_font(item, rng), rng, size, photos, plain=item.style == "plain")
     if item.kind == "typographic":
         return render.text_on_object(obj, item.word, pick_font(item, rng), rng, size, photos)
     if item.kind == "colour":

@@ -122,11 +122,11 @@ def draw_text(canvas: Image.Image, text: str, font_path: str, rng: np.random.Gen
 
 
 def word_image(word: str, font_path: str, rng: np.random.Generator, size: int,
-               photos: list[Image.Image] = ()) -> Image.Image:
-    """A word in a font: black on white (as the rendered-words stage draws it), or dark on light colours,
-    or light on dark, at a random size and position."""
+               photos: list[Image.Image] = (), plain: bool = False) -> Image.Image:
+    """A word in a font: black on white (as the rendered-words stage draws it; always when `plain`), or
+    dark on light colours, or light on dark, at a random size and position."""
     style = rng.random()
-    if style < 0.35:
+    if plain or style < 0.35:
         canvas, fill = Image.new("RGB", (size, size), "white"), (0, 0, 0)
     elif style < 0.85:
         canvas, fill = background(rng, size, photos, plain=0.7), _rgb(rng, 0, 80)

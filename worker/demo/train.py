@@ -26,8 +26,8 @@ from tqdm import tqdm
 from worker.demo import model as demo_model
 from worker.demo.items import Item, Pools, captions, draw, load_pools, training_items
 
-MIX = {"word": 0.40, "object": 0.17, "photo": 0.02, "flag": 0.14, "logo": 0.05, "colour": 0.08,
-       "count": 0.05, "typographic": 0.09}
+MIX = {"word": 0.45, "object": 0.15, "photo": 0.02, "flag": 0.14, "logo": 0.04, "colour": 0.08,
+       "count": 0.04, "typographic": 0.08}
 
 
 @dataclass
@@ -38,16 +38,20 @@ class TrainConfig:
     vision: dict = field(default_factory=dict)  # overrides of the config's vision_cfg (tests)
     steps: int = 2400
     batch: int = 128
-    lr: float = 3e-3
+    lr: float = 4e-3
     weight_decay: float = 0.05
     warmup: float = 0.05  # fraction of steps
     seed: int = 0
     n_words: int = 10_000
-    common_words: int = 1000  # this many most common words get `common_share` of the word draws
-    common_share: float = 0.5
+    common_words: int = 1000  # this many most common words get `common_share` of the word draws ...
+    common_share: float = 0.7
+    ramp: float = 0.25  # ... growing from the 10% most common of them over this fraction of the steps
     mix: dict = field(default_factory=lambda: dict(MIX))
     init_scale: float = 30.0
     threads: int = 1
+    coloured: int = 1200  # coloured-object captions
+    counts: int = 1500  # counting captions
+    typographic: int = 2000  # object-with-a-word captions
     npm: bool = True  # False: no emoji, flags, logos (tests)
     limit: int | None = None  # assets per kind (tests)
 
@@ -88,13 +92,20 @@ def caption_bank(model, tokenizer, texts: list[str], cache: Path | None) -> torc
 
 
 # -- the image stream --------------------------------------------------------------------------------------
-def pick(cfg: TrainConfig, groups: dict[str, list[Item]], rng: np.random.Generator) -> Item:
+def common_pool(cfg: TrainConfig, step: int) -> int:
+    """How many of the most common words the common share draws from at `step` (a reading curriculum)."""
+    start = max(1, cfg.common_words // 10)
+    grown = min(1.0, step / max(1.0, cfg.ramp * cfg.steps))
+    return int(start + (cfg.common_words - start) * grown)
+
+
+def pick(cfg: TrainConfig, groups: dict[str, list[Item]], rng: np.random.Generator, step: int) -> Item:
     kinds = [k for k in cfg.mix if groups.get(k)]
     p = np.array([cfg.mix[k] for k in kinds])
     kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
     group = groups[kind]
     if kind == "word" and rng.random() < cfg.common_share:
-        return group[int(rng.integers(min(cfg.common_words, len(group))))]
+        return group[int(rng.integers(min(common_pool(cfg, step), len(group))))]
     return group[int(rng.integers(len(group)))]
 
 
@@ -107,7 +118,7 @@ class Batches(IterableDataset):
 
     def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, i])
-        items = [pick(self.cfg, self.groups, rng) for _ in range(self.cfg.batch)]
+        items = [pick(self.cfg, self.groups, rng, i) for _ in range(self.cfg.batch)]
         pixels = np.stack([np.asarray(draw(it, rng, self.pools)) for it in items])
         return torch.from_numpy(pixels), torch.tensor([self.index[it.caption] for it in items])
 
@@ -132,9 +143,10 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def contrastive_loss(model, images: torch.Tensor, targets: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """InfoNCE of each image against every caption of the bank (projected, normalised)."""
+    """InfoNCE of each image against every caption of the bank (through the text projection, normalised)."""
     img = F.normalize(model.visual(images), dim=-1)
-    txt = F.normalize(model.text.proj(bank), dim=-1)
+    proj = model.text.proj
+    txt = bank if isinstance(proj, torch.nn.Identity) else F.normalize(proj(bank), dim=-1)
     logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
     return F.cross_entropy(logits, targets)
 
@@ -159,9 +171,11 @@ def prepare(cfg: TrainConfig, data_dir: Path):
         model.logit_scale.fill_(math.log(cfg.init_scale))
     size = model.visual.image_size
     pools = load_pools(Path(data_dir), size if isinstance(size, int) else size[0], cfg.n_words, cfg.npm, cfg.limit)
-    groups = training_items(pools, cfg.seed)
+    groups = training_items(pools, cfg.seed, cfg.coloured, cfg.counts, cfg.typographic)
     texts = captions(groups.values())
     bank = caption_bank(model, open_clip.get_tokenizer(cfg.name), texts, Path(data_dir) / "demo" / "text")
+    if isinstance(model.text.proj, torch.nn.Identity):  # a frozen text tower: normalise once
+        bank = F.normalize(bank, dim=-1)
     return model, pools, groups, texts, bank
 
 
@@ -182,7 +196,7 @@ def train(cfg: TrainConfig, data_dir: Path, progress: bool = True) -> Trained:
     model.train()
     model.text.eval()
     losses: list[float] = []
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     bar = tqdm(loader, total=cfg.steps, desc="training", unit="step", disable=not progress)
     for step, (pixels, targets) in enumerate(bar):
         for g in opt.param_groups:
@@ -196,13 +210,15 @@ def train(cfg: TrainConfig, data_dir: Path, progress: bool = True) -> Trained:
         losses.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     model.visual.to(memory_format=torch.contiguous_format)
     model.eval()
     settings = {"config": asdict(cfg), "config_digest": cfg.digest(), "n_captions": len(texts),
-                "n_items": {k: len(v) for k, v in groups.items()}, "train_seconds": round(seconds, 1),
-                "final_loss": round(float(np.mean(losses[-50:])), 4), "torch": torch.__version__,
-                "cpu_count": os.cpu_count()}
+                "n_items": {k: len(v) for k, v in groups.items()},
+                "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu, 1),
+                "load_average": [round(x, 1) for x in os.getloadavg()],
+                "final_loss": round(float(np.mean(losses[-50:])), 4), "first_loss": round(losses[0], 4),
+                "torch": torch.__version__, "cpu_count": os.cpu_count()}
     return Trained(model, losses, seconds, settings)
 
 

@@ -1,0 +1,110 @@
+"""The demo model's code on a tiny configuration: training lowers the contrastive loss and is repeatable,
+and the trained weights round-trip through the full open_clip checkpoint."""
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from worker.demo import model as demo_model
+from worker.demo.train import TrainConfig, plot_losses, run, train
+
+TINY = TrainConfig(name="demo-clip-tiny", vision={"image_size": 32, "width": 8}, steps=40, batch=16, lr=3e-3,
+                   n_words=40, common_words=20, npm=False, limit=3, coloured=12, counts=10, typographic=10)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo-data")
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir):
+    return train(TINY, data_dir, progress=False)
+
+
+def test_training_lowers_the_contrastive_loss(trained):
+    first, last = np.mean(trained.losses[:5]), np.mean(trained.losses[-5:])
+    assert len(trained.losses) == TINY.steps
+    assert last < first - 0.5, (first, last)
+
+
+def test_training_is_deterministic(trained, data_dir):
+    again = train(TINY, data_dir, progress=False)
+    assert again.losses == trained.losses
+    a, b = demo_model.trained_state(trained.model), demo_model.trained_state(again.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_only_the_image_tower_and_logit_scale_are_trained(trained):
+    fresh = demo_model.create(TINY.name)
+    after, before = trained.model.state_dict(), fresh.state_dict()
+    text_keys = [k for k in before if k.startswith("text.")]
+    assert text_keys and all(torch.equal(after[k], before[k]) for k in text_keys)  # MiniLM stays frozen
+    assert set(demo_model.trained_state(trained.model)) == {k for k in after if k.startswith(("visual.", "logit"))}
+
+
+def test_checkpoint_round_trips_through_open_clip(trained, data_dir, tmp_path):
+    path = demo_model.save_trained(trained.model, tmp_path / "tiny.safetensors", trained.settings)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["config"]["steps"] == TINY.steps and meta["sha256"] == demo_model.file_digest(path)
+    full = demo_model.assemble(path, tmp_path / "full.safetensors", TINY.name)
+    model, _, preprocess = open_clip.create_model_and_transforms(TINY.name, pretrained=str(full))
+    model.eval()
+    image = preprocess(Image.new("RGB", (40, 40), (200, 30, 30))).unsqueeze(0)
+    tokens = open_clip.get_tokenizer(TINY.name)(["a red square", "france"])
+    with torch.no_grad():
+        assert torch.allclose(model.encode_image(image), trained.model.encode_image(image), atol=1e-5)
+        assert torch.allclose(model.encode_text(tokens), trained.model.encode_text(tokens), atol=1e-5)
+    assert demo_model.assemble(path, tmp_path / "full.safetensors", TINY.name) == full  # reused, not rebuilt
+
+
+def test_loader_gives_a_worker_model(trained, data_dir, tmp_path):
+    path = demo_model.save_trained(trained.model, tmp_path / "tiny.safetensors", trained.settings)
+    loaded = demo_model.load(data_dir, trained=path, name=TINY.name, vision=TINY.vision,
+                             config_dir=tmp_path / "configs")
+    assert loaded.image_size == 32 and loaded.arch == TINY.name
+    assert (tmp_path / "configs" / f"{TINY.name}.json").is_file()
+    cfg = json.loads((tmp_path / "configs" / f"{TINY.name}.json").read_text())
+    assert cfg["text_cfg"]["hf_model_name"] == str(demo_model.minilm_dir())
+
+
+def test_assemble_refuses_weights_of_another_architecture(trained, tmp_path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_file({"visual.conv1.weight": torch.zeros(1)}, str(bad))
+    with pytest.raises(ValueError, match="does not fit"):
+        demo_model.assemble(bad, tmp_path / "out.safetensors", TINY.name)
+    with pytest.raises(FileNotFoundError, match="demo train"):
+        demo_model.assemble(tmp_path / "missing.safetensors", tmp_path / "out.safetensors", TINY.name)
+
+
+def test_run_writes_weights_settings_and_loss_curve(data_dir, tmp_path):
+    cfg = TrainConfig(**{**TINY.__dict__, "steps": 3})
+    run(cfg, data_dir, tmp_path / "w.safetensors", progress=False)
+    assert (tmp_path / "w.safetensors").stat().st_size > 0
+    assert json.loads((tmp_path / "w.json").read_text())["config_digest"] == cfg.digest()
+    assert Image.open(tmp_path / "w-loss.png").size[0] > 100
+
+
+def test_loss_curve_plot(tmp_path):
+    path = plot_losses([3.0, 2.5, 2.0, 1.0], tmp_path / "loss.png")
+    assert Image.open(path).format == "PNG"
+
+
+def test_committed_weights_fit_the_config_and_the_size_budget():
+    if not demo_model.WEIGHTS.is_file():
+        pytest.skip("no committed weights yet")
+    from safetensors.torch import load_file
+
+    assert demo_model.WEIGHTS.stat().st_size <= 20 * 2**20
+    state = load_file(str(demo_model.WEIGHTS))
+    demo_model.register()
+    expected = demo_model.trained_state(demo_model.create())
+    assert set(state) == set(expected)
+    assert all(state[k].shape == expected[k].shape for k in state)
+    settings = json.loads(demo_model.SETTINGS.read_text())
+    assert settings["sha256"] == demo_model.file_digest(demo_model.WEIGHTS)
