@@ -108,3 +108,27 @@ def test_committed_weights_fit_the_config_and_the_size_budget():
     assert all(state[k].shape == expected[k].shape for k in state)
     settings = json.loads(demo_model.SETTINGS.read_text())
     assert settings["sha256"] == demo_model.file_digest(demo_model.WEIGHTS)
+
+
+def test_a_killed_training_resumes_to_the_same_result(trained, data_dir, monkeypatch):
+    from worker.demo import train as train_module
+
+    real_step, calls = train_module.train_step, []
+
+    def dies_at_step_27(*args):
+        calls.append(1)
+        if len(calls) == 27:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "train_step", dies_at_step_27)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, data_dir, progress=False, save_every=10)
+    assert train_module.resume_path(TINY, data_dir).is_file()
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    resumed = train(TINY, data_dir, progress=False, save_every=10)
+    assert resumed.settings["resumed_at"] == 20
+    assert resumed.losses == trained.losses
+    a, b = demo_model.trained_state(trained.model), demo_model.trained_state(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not train_module.resume_path(TINY, data_dir).exists()

@@ -239,9 +239,9 @@ def draw(item: Item, rng: np.random.Generator, pools: Pools) -> Image.Image:
             obj = render.load_rgba(sources.flag_svg(pools.npm, item.asset.rsplit("/", 1)[-1]), size)
         return render.flag_image(obj, rng, size, photos, wave=item.wave)
     if item.kind == "photo":
-        return render.background(rng, size, [pools.photos[item.asset]], plain=0)
+        return render.photo_crop(pools.photos[item.asset], rng, size)
     if item.kind == "scene":
-        return render.object_image(obj, rng, size, photos, plain=0, scale=(0.45, 0.8))
+        return render.object_image(obj, rng, size, photos, plain=0, scale=(0.45, 0.8), photo=1)
     return render.object_image(obj, rng, size, photos)
 
 

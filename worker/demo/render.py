@@ -52,18 +52,23 @@ def _rgb(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(lo, hi, 3))
 
 
-def background(rng: np.random.Generator, size: int, photos: list[Image.Image] = (), plain: float = 0.5) -> Image.Image:
-    """A light plain colour, a two-colour gradient, or (when photos are given) a random photo crop."""
+def background(rng: np.random.Generator, size: int, photos: list[Image.Image] = (), plain: float = 0.5,
+               photo: float = 0.25) -> Image.Image:
+    """A light plain colour (probability `plain`), a random photo crop (`photo`, when photos are given),
+    or else a two-colour gradient."""
     r = rng.random()
-    if r < plain or not photos and r < 0.75:
+    if r < plain:
         return Image.new("RGB", (size, size), _rgb(rng, 170, 256))
-    if not photos or r < 0.75:
-        a, b = np.array(_rgb(rng, 120, 256)), np.array(_rgb(rng, 120, 256))
-        t = np.linspace(0, 1, size)[:, None, None]
-        grad = (a * (1 - t) + b * t).astype(np.uint8).repeat(size, axis=1)
-        img = Image.fromarray(grad)
-        return img.rotate(int(rng.integers(0, 4)) * 90)
-    photo = photos[int(rng.integers(len(photos)))]
+    if photos and r < plain + photo:
+        return photo_crop(photos[int(rng.integers(len(photos)))], rng, size)
+    a, b = np.array(_rgb(rng, 120, 256)), np.array(_rgb(rng, 120, 256))
+    t = np.linspace(0, 1, size)[:, None, None]
+    grad = (a * (1 - t) + b * t).astype(np.uint8).repeat(size, axis=1)
+    return Image.fromarray(grad).rotate(int(rng.integers(0, 4)) * 90)
+
+
+def photo_crop(photo: Image.Image, rng: np.random.Generator, size: int) -> Image.Image:
+    """A random square crop (30-100 % of the short side) of a photo, resized to size x size."""
     side = int(min(photo.size) * rng.uniform(0.3, 1.0))
     x, y = (int(rng.integers(0, s - side + 1)) for s in photo.size)
     return photo.crop((x, y, x + side, y + side)).resize((size, size), Image.BILINEAR)
@@ -86,9 +91,9 @@ def paste(canvas: Image.Image, obj: Image.Image, rng: np.random.Generator, scale
 
 
 def object_image(obj: Image.Image, rng: np.random.Generator, size: int, photos: list[Image.Image] = (),
-                 plain: float = 0.6, scale: tuple[float, float] = (0.55, 0.95)) -> Image.Image:
+                 plain: float = 0.6, scale: tuple[float, float] = (0.55, 0.95), photo: float = 0.25) -> Image.Image:
     """One object on a background (plain, gradient, or a photo crop)."""
-    canvas = background(rng, size, photos, plain)
+    canvas = background(rng, size, photos, plain, photo)
     paste(canvas, obj, rng, scale, rotate=10)
     return canvas
 

@@ -179,47 +179,83 @@ def prepare(cfg: TrainConfig, data_dir: Path):
     return model, pools, groups, texts, bank
 
 
-def train(cfg: TrainConfig, data_dir: Path, progress: bool = True) -> Trained:
-    """Train from scratch; returns the model, the loss of every step and the wall time of the loop."""
+def optimiser(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def resume_path(cfg: TrainConfig, data_dir: Path) -> Path:
+    return Path(data_dir) / "demo" / "checkpoints" / f"train-{cfg.digest()}.pt"
+
+
+def save_resume(path: Path, model, opt, losses: list[float], seconds: float, cpu: float) -> None:
+    """The trained parameters, optimiser state and loss history so far (atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": demo_model.trained_state(model), "opt": opt.state_dict(), "losses": losses,
+                "seconds": seconds, "cpu": cpu}, tmp)
+    tmp.replace(path)
+
+
+def load_resume(path: Path, model, opt) -> tuple[list[float], float, float]:
+    """Continue a killed run with the same settings: every batch depends only on (seed, step), so the
+    result is the same as an uninterrupted run."""
+    if not path.is_file():
+        return [], 0.0, 0.0
+    state = torch.load(path, weights_only=False)
+    model.load_state_dict(state["model"], strict=False)
+    opt.load_state_dict(state["opt"])
+    return state["losses"], state["seconds"], state["cpu"]
+
+
+def train(cfg: TrainConfig, data_dir: Path, progress: bool = True, save_every: int = 200) -> Trained:
+    """Train from scratch (or resume the same settings' killed run); returns the model, the loss of every
+    step and the wall time of the loop."""
     torch.set_num_threads(cfg.threads)
     model, pools, groups, texts, bank = prepare(cfg, data_dir)
     index = {t: i for i, t in enumerate(texts)}
     mean, std = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]
+    opt = optimiser(model, cfg)
+    resume = resume_path(cfg, data_dir)
+    losses, seconds, cpu = load_resume(resume, model, opt)
+    start = len(losses)
+    loader = DataLoader(Batches(cfg, pools, groups, index, start), batch_size=None, num_workers=1,
+                        prefetch_factor=4, worker_init_fn=_one_thread)
     model.visual.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    rest = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
-    loader = DataLoader(Batches(cfg, pools, groups, index), batch_size=None, num_workers=1, prefetch_factor=4,
-                        persistent_workers=False, worker_init_fn=_one_thread)
     model.train()
     model.text.eval()
-    losses: list[float] = []
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    bar = tqdm(loader, total=cfg.steps, desc="training", unit="step", disable=not progress)
-    for step, (pixels, targets) in enumerate(bar):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step)
-        loss = contrastive_loss(model, to_input(pixels, mean, std), targets, bank)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
+    t0, cpu0 = time.perf_counter() - seconds, time.process_time() - cpu
+    bar = tqdm(loader, initial=start, total=cfg.steps, desc="training", unit="step", disable=not progress)
+    for step, (pixels, targets) in enumerate(bar, start):
+        losses.append(train_step(model, opt, lr_at(cfg, step), to_input(pixels, mean, std), targets, bank))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+        if save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
+            save_resume(resume, model, opt, losses, time.perf_counter() - t0, time.process_time() - cpu0)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     model.visual.to(memory_format=torch.contiguous_format)
     model.eval()
+    resume.unlink(missing_ok=True)
     settings = {"config": asdict(cfg), "config_digest": cfg.digest(), "n_captions": len(texts),
                 "n_items": {k: len(v) for k, v in groups.items()},
                 "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu, 1),
-                "load_average": [round(x, 1) for x in os.getloadavg()],
+                "load_average": [round(x, 1) for x in os.getloadavg()], "resumed_at": start or None,
                 "final_loss": round(float(np.mean(losses[-50:])), 4), "first_loss": round(losses[0], 4),
                 "torch": torch.__version__, "cpu_count": os.cpu_count()}
     return Trained(model, losses, seconds, settings)
+
+
+def train_step(model, opt, lr: float, images: torch.Tensor, targets: torch.Tensor, bank: torch.Tensor) -> float:
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = contrastive_loss(model, images, targets, bank)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss.item()
 
 
 def _one_thread(_worker_id: int) -> None:
