@@ -1,6 +1,7 @@
 """The featurevis stage on the real store (SQLite file and Postgres), facet probes, the neuron page, the CLI."""
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -156,6 +157,8 @@ def test_demo_stage_renders_the_default_layer_and_the_corpus_facets(sqlite_url, 
     report = demo.demo_featurevis(store, tiny_vit, "demo", corpus, progress=False)
     assert report["plain"]["rendered"] == 256 and report["probes"]["photos"]["trained"]
     assert report["facets"]["images"] == 2  # text only: photos is a probe's contrast, not a rendered facet
+    ctx = SimpleNamespace(store=store, loaded=tiny_vit, model_name="demo", corpus=corpus)
+    assert demo.demo_stage(ctx)["skipped"] == "done before"  # what the demo build runs, a second time
     with store.sessions() as s:
         kinds = s.execute(select(FeatureVis.kind, func.count()).group_by(FeatureVis.kind).order_by(FeatureVis.kind))
         assert kinds.all() == [("facet:text", 2), ("plain", 256)]

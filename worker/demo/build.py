@@ -62,6 +62,7 @@ def _done_before(ctx: DemoContext, stage: str) -> bool:
 # the order matters only where a stage reads another's results
 STAGES: list[str] = [
     "worker.demo.build:examples_stage",
+    "worker.featurevis.demo:demo_stage",  # plain feature visualizations of layer4; faceted ones for a few units
     "worker.demo.build:words_stage",
     "worker.maps:demo_stage",  # world map heat overlays, country and city name scores, choropleths
     "worker.regions:demo_stage",  # share of geographic top-5 words (reads the words stage's scores)

@@ -34,3 +34,11 @@ def demo_featurevis(store: Store, loaded: LoadedModel, model_name: str, corpus: 
             report["facets"] = run_layer(store, loaded, model_name, spec.name, range(FACET_UNITS), SETTINGS,
                                          {f: probes[f] for f in chosen}, run_id=report["run_id"], progress=progress)
     return report
+
+
+def demo_stage(ctx) -> dict:
+    """The demo build's stage (`worker.demo.build.STAGES`): ctx is its DemoContext."""
+    report = demo_featurevis(ctx.store, ctx.loaded, ctx.model_name, ctx.corpus)
+    rendered = report["plain"]["rendered"] + report.get("facets", {}).get("rendered", 0)
+    out = {"rendered": rendered, "probes": report.get("probes", {})}
+    return out if rendered else {**out, "skipped": "done before"}
