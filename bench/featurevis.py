@@ -115,8 +115,8 @@ def lucent_render(lucent, loaded, units: list[int], steps: int):
 
 
 def compare(loaded, lucent, units: list[int], steps: int, batch: int, single: bool) -> dict:
-    """Each chunk of `batch` neurons by every method back to back, so load from other processes hits all
-    of them alike. Returns {method: (Clock, final images)}."""
+    """Each chunk of `batch` neurons by every method back to back (in alternating order), so load from other
+    processes hits all of them alike. Returns {method: (Clock, final images)}."""
     import torch
 
     from worker.featurevis.speed import fast_model
@@ -130,10 +130,11 @@ def compare(loaded, lucent, units: list[int], steps: int, batch: int, single: bo
     lucent_render(lucent, loaded, units[:1], 1)
     clocks = {name: Clock() for name in methods}
     images: dict[str, list] = {name: [] for name in methods}
-    for i in range(0, len(units), batch):
-        for name, run in methods.items():
+    for k, i in enumerate(range(0, len(units), batch)):
+        order = list(methods) if k % 2 == 0 else list(methods)[::-1]  # alternate, so a load trend hits all alike
+        for name in order:
             with clocks[name]:
-                images[name].append(run(units[i:i + batch]))
+                images[name].append(methods[name](units[i:i + batch]))
     return {name: (clocks[name], torch.cat(images[name])) for name in methods}
 
 
