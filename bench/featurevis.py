@@ -168,7 +168,8 @@ def main(steps: int = typer.Option(16, help="Adam steps per image (the same for 
          neurons: int = typer.Option(8, help="layer4 units rendered (0..n-1)"),
          batch: int = typer.Option(8, help="neurons per optimisation (ours, and Lucent batched)"),
          lucent_site: str = typer.Option(os.environ.get("LUCENT_SITE", DEFAULT_LUCENT)),
-         gpu_tflops: float = typer.Option(989.0, help="assumed GPU peak, TFLOP/s (H100 SXM dense bf16)"),
+         gpu_tflops: float = typer.Option(494.0, help="assumed GPU peak, TFLOP/s: H100 SXM dense TF32, what fp32 "
+                                                      "convolutions run as on cuDNN by PyTorch's default"),
          utilisation: float = typer.Option(0.35, help="assumed fraction of peak reached"),
          single: bool = typer.Option(True, "--single/--no-single", help="also time Lucent one neuron per call")):
     import torch
