@@ -9,12 +9,13 @@ same synthetic images (JPEGs of 256-320 px written to a temp folder):
              preprocessing in DataLoader workers, the forward, top-K / bottom-K / moments / sketch / sample
              updates, checkpoints (the store write phase is not part of it; --write times it separately)
 
-The two are timed in alternating rounds so that load from other processes hits both alike. Target:
+The two are timed in alternating rounds so that load from other processes hits both alike (this machine is
+shared: the load average is printed with the figures). Target:
 pipeline / bare >= 0.9. Peak memory (RSS of the worker process, and tracemalloc's Python peak) is measured
 in a fresh process per corpus size, at 1x and 10x the corpus. Target: flat.
 
-    .venv/bin/python bench/dataset_examples.py                       # 1x = 48 images, 10x = 480, batch 16
-    .venv/bin/python bench/dataset_examples.py --images 64 --batch-size 32 --workers 2 --rounds 3
+    .venv/bin/python bench/dataset_examples.py            # ratio on 96 images; memory at 48 and 480; batch 16
+    .venv/bin/python bench/dataset_examples.py --ratio-images 256 --batch-size 32 --workers 2 --rounds 2
 """
 import json
 import os
@@ -114,7 +115,7 @@ def options(batch_size: int, workers: int, k: int):
     return ExampleOptions(k=k, batch_size=batch_size, workers=workers, progress=False, checkpoint_seconds=60)
 
 
-def child(mode: str, corpus: Path, batch_size: int, workers: int, k: int, rounds: int = 2):
+def child(mode: str, corpus: Path, batch_size: int, workers: int, k: int, rounds: int = 1):
     """(internal) One measurement in a fresh process; prints one JSON line."""
     tracemalloc.start()
     loaded = load_rn50()
@@ -164,18 +165,22 @@ def run_child(*args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(images: int = typer.Option(48, help="1x corpus size"), scale: int = typer.Option(10, help="the large corpus"),
+def main(images: int = typer.Option(48, help="1x corpus size for the memory runs"),
+         scale: int = typer.Option(10, help="the large corpus is this many times the 1x one"),
+         ratio_images: int = typer.Option(96, help="images timed through both the bare forward and the pipeline"),
          batch_size: int = 16, workers: int = typer.Option(1, help="DataLoader decode workers"),
-         k: int = typer.Option(64, help="examples kept per unit and sign"), rounds: int = 2,
+         k: int = typer.Option(64, help="examples kept per unit and sign"), rounds: int = 1,
          write: bool = typer.Option(False, help="also time the store write phase (1x)")):
     """Run the benchmark and print the side-by-side figures."""
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-examples-"))
+    timed = write_corpus(tmp / "timed", ratio_images)
     small = write_corpus(tmp / "1x", images)
     large = write_corpus(tmp / f"{scale}x", images * scale)
     print(f"RN50 random init @224, layer4 pre-ReLU (2048 units), batch {batch_size}, k {k}, "
-          f"{workers} loader worker(s), {os.cpu_count()} CPUs, torch threads {torch_threads()}")
-    ratio = run_child("ratio", small, batch_size, workers, k, "--rounds", rounds)
+          f"{workers} loader worker(s), {os.cpu_count()} CPUs, torch threads {torch_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    ratio = run_child("ratio", timed, batch_size, workers, k, "--rounds", rounds)
     bare_ips = ratio["images"] / ratio["bare_s"]
     pipe_ips = ratio["images"] / ratio["pipeline_s"]
     print(f"bare forward      {bare_ips:7.2f} img/s   ({ratio['images']} images in {ratio['bare_s']:.1f} s)")
@@ -187,9 +192,10 @@ def main(images: int = typer.Option(48, help="1x corpus size"), scale: int = typ
     for name, n, r in rows:
         print(f"{name:<8}{n:>8}{r['images'] / r['pipeline_s']:>9.2f}{r['rss_mib']:>14.0f}"
               f"{r['children_rss_mib']:>16.0f}{r['tracemalloc_peak_mib']:>17.1f}")
-    print(f"peak RSS {scale}x / 1x: {rows[1][2]['rss_mib'] / rows[0][2]['rss_mib']:.3f} (target: flat)")
+    print(f"peak RSS {scale}x / 1x: {rows[1][2]['rss_mib'] / rows[0][2]['rss_mib']:.3f} (target: flat); "
+          f"load average now {os.getloadavg()[0]:.1f}")
     if write:
-        print(f"write phase (1x, {2048} units): {rows[0][2]['write_s']:.1f} s")
+        print(f"write phase (1x, 2048 units, k {k}): {rows[0][2]['write_s']:.1f} s")
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"total {time.perf_counter() - started:.0f} s")
 

@@ -196,3 +196,11 @@ def test_shard_batches_split_images_and_skips_without_overlap(tmp_path):
     entries = [e for part in parts for b in part for e in b[1]]
     assert sorted(entries) == sorted(e for b in whole for e in b[1])
     assert sum((b[4] for part in parts for b in part), Counter()) == Counter({"not-image": 1, "empty": 1})
+
+
+def test_big_jpegs_decode_at_a_reduced_scale_that_still_covers_the_model_input():
+    big = image_bytes(13, "JPEG", size=(1000, 700))
+    assert decode(big).size == (1000, 700)
+    small = decode(big, draft=224)
+    assert min(small.size) >= 224 and small.size[0] < 1000
+    assert decode(image_bytes(14, "PNG", size=(600, 600)), draft=64).size == (600, 600)  # JPEG only

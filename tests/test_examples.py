@@ -22,7 +22,7 @@ from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Un
 from app.db import Image as ImageRow
 from app.settings import Settings
 from worker.cli import worker_cli
-from worker.corpus import Shard, Skip, iter_entries, open_entry
+from worker.corpus import Shard, Skip, content_hash, decode, iter_entries, read_bytes
 from worker.examples import ExampleOptions, load_checkpoint, run_examples
 from worker.layers import activations
 from worker.models import load_model, save_checkpoint
@@ -68,10 +68,11 @@ def brute_force(loaded, corpus: Path, layer: str, reduce: str):
     images: dict[str, Image.Image] = {}
     for entry in iter_entries(corpus):
         try:
-            sha, img = open_entry(entry)
+            data = read_bytes(entry)
+            img = decode(data, draft=loaded.image_size)  # as the pipeline decodes (JPEG draft scaling)
         except Skip:
             continue
-        images.setdefault(sha, img)
+        images.setdefault(content_hash(data)[0], img)
     shas = list(images)
     x = torch.stack([loaded.preprocess(images[s]) for s in shas])
     with torch.inference_mode():

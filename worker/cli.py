@@ -135,7 +135,8 @@ def examples_cmd(
     k: int = typer.Option(64, min=1, help="examples kept per unit and sign"),
     reduce: str = typer.Option("mean", help="spatial reduction: mean | max (the bottom then uses min)"),
     batch_size: int = typer.Option(64, min=1),
-    workers: int = typer.Option(2, min=0, help="DataLoader worker processes decoding images"),
+    workers: int = typer.Option(None, min=0, help="DataLoader processes decoding images [default: 1 on a CPU, "
+                                                   "all cores but one with CUDA]"),
     shard: str = typer.Option(None, help="i/N: process the images whose content hash is i mod N"),
     samples: int = typer.Option(256, min=0, help="activation samples kept per unit (for studies)"),
     checkpoint_every: float = typer.Option(60.0, min=0, help="seconds between checkpoints"),
@@ -168,6 +169,13 @@ def examples_cmd(
 from worker.featurevis.cli import featurevis_cmd  # noqa: E402
 
 worker_cli.command("featurevis")(featurevis_cmd)
+
+# -- rendered words, world maps, region report (worker/words.py, maps.py, regions.py) -----------------
+from worker.words_cli import maps_cmd, regions_cmd, words_cmd  # noqa: E402
+
+worker_cli.command("words")(words_cmd)
+worker_cli.command("maps")(maps_cmd)
+worker_cli.command("regions")(regions_cmd)
 
 
 @worker_cli.command("suggest")
@@ -208,10 +216,3 @@ def attribution_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs 
         art = store_readout(store, model_name, loaded, config_dir or ())
     typer.echo(f"{model_name}: read-out {art.meta['units']} units × {art.meta['embed_dim']} dims "
                f"of {art.layer} at {art.path}")
-
-# -- rendered words, world maps, region report (worker/words.py, maps.py, regions.py) -----------------
-from worker.words_cli import maps_cmd, regions_cmd, words_cmd  # noqa: E402
-
-worker_cli.command("words")(words_cmd)
-worker_cli.command("maps")(maps_cmd)
-worker_cli.command("regions")(regions_cmd)

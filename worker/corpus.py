@@ -271,14 +271,20 @@ def content_hash(data: bytes) -> tuple[str, int]:
     return digest.hex(), int.from_bytes(digest[:8], "big") >> 1
 
 
-def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """An RGB image (transparency flattened on white, EXIF orientation applied), or Skip."""
+def decode(data: bytes, max_pixels: int = MAX_PIXELS, draft: int | None = None) -> Image.Image:
+    """An RGB image (transparency flattened on white, EXIF orientation applied), or Skip.
+
+    draft: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale as long as both sides stay >= draft (the
+    model's input size): a big photo then decodes many times faster, for a resize that follows anyway.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > max_pixels:
                 raise Skip("too-large")
+            if draft and img.format == "JPEG":
+                img.draft("RGB", (draft, draft))
             img.load()
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
@@ -332,6 +338,11 @@ class Batch:
     n_entries: int
     skipped: Counter
 
+    def pin_memory(self) -> "Batch":
+        """Called by a DataLoader with pin_memory=True (CUDA): page-locked pixels copy asynchronously."""
+        self.pixels = self.pixels.pin_memory()
+        return self
+
 
 class CorpusBatches(IterableDataset):
     """The corpus as numbered batches of `batch_entries` entries from batch `start` on.
@@ -342,9 +353,9 @@ class CorpusBatches(IterableDataset):
     """
 
     def __init__(self, corpus: str | Path, transform: Callable, batch_entries: int, start: int = 0,
-                 shard: Shard = Shard(), max_pixels: int = MAX_PIXELS):
+                 shard: Shard = Shard(), max_pixels: int = MAX_PIXELS, draft: int | None = None):
         self.corpus, self.transform, self.batch_entries = str(corpus), transform, batch_entries
-        self.start, self.shard, self.max_pixels = start, shard, max_pixels
+        self.start, self.shard, self.max_pixels, self.draft = start, shard, max_pixels, draft
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -375,7 +386,7 @@ class CorpusBatches(IterableDataset):
                      torch.tensor(hashes, dtype=torch.int64), len(chunk), skipped)
 
     def pixels(self, data: bytes) -> torch.Tensor:
-        image = decode(data, self.max_pixels)
+        image = decode(data, self.max_pixels, self.draft)
         try:
             return self.transform(image)
         except Exception:  # noqa: BLE001 — e.g. a degenerate size the transform rejects
