@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -18,6 +19,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    exc,
+    inspect,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
@@ -322,6 +325,58 @@ class Blob(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
+class StoreVersion(Base):
+    """One counter that every committed writing transaction bumps (see `track_writes`): a page rendered
+    at version n is still right while the counter reads n, which is what app.pagecache relies on."""
+
+    __tablename__ = "store_version"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+READ_STATEMENTS = frozenset({"SELECT", "PRAGMA", "BEGIN", "SAVEPOINT", "RELEASE", "ROLLBACK", "SHOW", "SET",
+                             "EXPLAIN", "VALUES"})
+BUMP_VERSION = "UPDATE store_version SET n = n + 1 WHERE id = 1"
+
+
+def _note_write(conn, _cursor, statement, _params, _context, _many) -> None:
+    first = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SELECT"
+    if first not in READ_STATEMENTS:
+        conn.info["store_wrote"] = True
+
+
+def _bump_on_commit(conn) -> None:
+    if conn.info.pop("store_wrote", False):
+        cursor = conn.connection.dbapi_connection.cursor()  # raw: inside this transaction, before COMMIT
+        try:
+            cursor.execute(BUMP_VERSION)
+        finally:
+            cursor.close()
+
+
+def _forget_write(conn) -> None:
+    conn.info.pop("store_wrote", None)
+
+
+def track_writes(engine: Engine) -> None:
+    """Bump store_version.n in every transaction that wrote anything, as its last statement before
+    COMMIT. Installed by make_sessionmaker on migrated stores (every app and worker session)."""
+    if event.contains(engine, "before_cursor_execute", _note_write) or not inspect(engine).has_table("store_version"):
+        return
+    event.listen(engine, "before_cursor_execute", _note_write)
+    event.listen(engine, "commit", _bump_on_commit)
+    event.listen(engine, "rollback", _forget_write)
+
+
+def store_version(engine: Engine) -> int | None:
+    """The store's current version (None on a store without the counter)."""
+    try:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT n FROM store_version WHERE id = 1").scalar()
+    except exc.DBAPIError:
+        return None
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -346,4 +401,5 @@ def make_engine(url: str, **kw) -> Engine:
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
+    track_writes(engine)
     return sessionmaker(engine, expire_on_commit=False)

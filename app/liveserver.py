@@ -21,7 +21,7 @@ def free_port() -> int:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a server process open the same store as `settings`."""
     env = {"MICROSCOPE_DATABASE_URL": settings.db_url, "MICROSCOPE_CACHE_DIR": str(settings.cache_root),
-           "MICROSCOPE_DATA_DIR": str(settings.data_dir)}
+           "MICROSCOPE_DATA_DIR": str(settings.data_dir), "MICROSCOPE_PAGE_CACHE_MB": str(settings.page_cache_mb)}
     if settings.editor_token:
         env["MICROSCOPE_EDITOR_TOKEN"] = settings.editor_token
     return env

@@ -11,6 +11,7 @@ from app.headers import SecurityHeadersMiddleware, add_input_guards
 from app.httpcache import CachedStaticFiles, ConditionalGetMiddleware, cache_file_headers
 from app.keys import KeyError_
 from app.lookup import NotFound
+from app.pagecache import PageCacheMiddleware
 from app.settings import Settings
 from app.web import ROOT, JsonSuffixMiddleware, error_page
 
@@ -35,10 +36,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def add_serving_middleware(app: FastAPI) -> None:
-    """Outermost first: security headers, compression, then ETag / conditional GET."""
+    """Outermost first: security headers, the page cache, compression, then ETag / conditional GET."""
     add_input_guards(app)
     app.add_middleware(ConditionalGetMiddleware)
     app.add_middleware(GZipMiddleware, minimum_size=500, compresslevel=6)
+    app.add_middleware(PageCacheMiddleware, max_bytes=app.state.settings.page_cache_mb * 2**20)
     app.add_middleware(SecurityHeadersMiddleware)
 
 

@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     editor_token: str | None = None
     page_size: int = 64
     site_name: str = "CLIP Microscope"
+    page_cache_mb: int = 64  # rendered pages kept per server process, valid while the store is unchanged; 0 = off
     public_url: str = ""  # absolute base for share links / OpenGraph; empty = from the request
 
     @cached_property

@@ -93,19 +93,19 @@ async def fetch(client: httpx.AsyncClient, url: str, result: Result) -> None:
 
 
 async def drive(base: str, paths: list[str], clients: int, name: str) -> Result:
-    """Fetch every path once, `clients` requests in flight at a time, over keep-alive connections."""
+    """Fetch every path once with `clients` independent clients (one keep-alive connection each), each
+    sending its next request when its previous one is answered."""
     result = Result(name)
     queue = iter(paths)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
 
-        async def one_client():
+    async def one_client():
+        async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=1), timeout=30) as client:
             for path in queue:
                 await fetch(client, path, result)
 
-        start = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        result.seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    result.seconds = time.perf_counter() - start
     return result
 
 
@@ -138,11 +138,12 @@ def mixed_paths(layers: dict[str, int], n: int, rng: random.Random, page_size: i
 
 
 @contextmanager
-def temp_store(backend: str):
+def temp_store(backend: str, **settings):
     """Settings for a fresh store on `backend` in a temp folder (Postgres: a temp database, dropped after)."""
     with tempfile.TemporaryDirectory(prefix="microscope-load-") as tmp:
         if backend == "sqlite":
-            yield Settings(data_dir=Path(tmp), database_url=f"sqlite:///{tmp}/store.db", cache_dir=Path(tmp) / "cache")
+            yield Settings(data_dir=Path(tmp), database_url=f"sqlite:///{tmp}/store.db", cache_dir=Path(tmp) / "cache",
+                           **settings)
             return
         name = f"microscope_load_{uuid.uuid4().hex[:8]}"
         admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -150,7 +151,7 @@ def temp_store(backend: str):
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         try:
             url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-            yield Settings(data_dir=Path(tmp), database_url=url, cache_dir=Path(tmp) / "cache")
+            yield Settings(data_dir=Path(tmp), database_url=url, cache_dir=Path(tmp) / "cache", **settings)
         finally:
             with admin.connect() as conn:
                 conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
@@ -228,8 +229,9 @@ def failures_of(out: dict) -> int:
     return failures + sum(out.get("writer", {}).get("errors", {}).values())
 
 
-def print_report(out: dict, backend: str, workers: int) -> int:
-    print(f"backend {backend}, {workers} server process(es), search {'on' if out['search'] else 'absent (no /search)'}")
+def print_report(out: dict, backend: str, workers: int, page_cache_mb: int) -> int:
+    print(f"backend {backend}, {workers} server process(es), page cache {page_cache_mb} MB, "
+          f"search {'on' if out['search'] else 'absent (no /search)'}")
     res = out["results"]
     for r in res.values():
         print(r.line())
@@ -266,13 +268,14 @@ def main(requests: int = typer.Option(10_000, help="requests per phase at --clie
          units: int = typer.Option(256, help="units in each of the two layers"),
          writer: bool = typer.Option(False, help="a process rewrites neurons during the whole run"),
          writer_pause: float = typer.Option(0.0, help="seconds between the writer's commits"),
-         phases: str = typer.Option("mixed,neuron,static,low", help="which phases to run, comma-separated")):
+         phases: str = typer.Option("mixed,neuron,static,low", help="which phases to run, comma-separated"),
+         page_cache_mb: int = typer.Option(64, help="the server's page cache (0: every page rendered afresh)")):
     """Run the load phases against the real server and print req/s, p50/p99, ratios and errors."""
     layers = {"layer4": units, "layer3": units // 2}
-    with temp_store(backend) as settings:
+    with temp_store(backend, page_cache_mb=page_cache_mb) as settings:
         out = run_load(settings, layers, requests, clients, low_requests, workers, writer, writer_pause,
                        tuple(phases.split(",")))
-    sys.exit(1 if print_report(out, backend, workers) else 0)
+    sys.exit(1 if print_report(out, backend, workers, page_cache_mb) else 0)
 
 
 if __name__ == "__main__":

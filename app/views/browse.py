@@ -8,10 +8,11 @@ from app.db import FeatureVis, Label, Model, Unit, UnitStats
 from app.deps import SessionDep, SettingsDep
 from app.keys import UnitKey, parse_unit
 from app.lookup import NotFound, get_layer, get_model, get_unit, unit_range_text
+from app.pagecache import CacheableDep
 from app.sections import UnitContext, all_sections
 from app.web import respond
 
-router = APIRouter()
+router = APIRouter(dependencies=[CacheableDep])  # pure functions of the store: app.pagecache keeps them
 
 
 @router.get("/", name="home")
