@@ -286,8 +286,8 @@ def test_demo_stages_run_once_on_the_probe_corpus_pictures(store, tiny_rn, tmp_p
     corpus = tmp_path / "corpus"
     (corpus / "clipart").mkdir(parents=True)
     rows = []
-    for i, (kind, concept) in enumerate([("object", "Pizza"), ("object", "apple"), ("word", "pizza"),
-                                         ("photo", "cat"), ("object", "apple")]):
+    for i, (kind, concept) in enumerate([("photo", "A Pizza"), ("photo", "apple"), ("word", "pizza"),
+                                         ("photo", "a cat"), ("object", "an apple"), ("photo", "an apple")]):
         photo(i).save(corpus / "clipart" / f"{i}.png")
         rows.append({"path": f"clipart/{i}.png", "kind": kind, "concept": concept, "caption": concept})
     (corpus / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -296,7 +296,7 @@ def test_demo_stages_run_once_on_the_probe_corpus_pictures(store, tiny_rn, tmp_p
     ctx = DemoContext(settings, store, tiny_rn, "demo", corpus, corpus / "manifest.jsonl")
 
     labels = [y for _, y in T.labelled_images(text_stages.attack_set(ctx))]
-    assert labels == ["pizza", "apple", "cat", "apple"]  # words left out, concepts lower-cased
+    assert labels == ["pizza", "apple", "cat", "apple"]  # photos only, lower case, no leading article
     assert text_stages.pick_attacks(["zebra", "apple", "pizza", "cat", "kite"], 3) == ["pizza", "cat", "apple"]
     first = text_stages.typographic_stage(ctx)
     assert first["images"] == 4 and 0 <= first["mean_success_rate"] <= 1

@@ -9,8 +9,9 @@ from worker.demo.build import DemoContext, _done_before
 
 # the paper's attack classes (figure 16), tried first when the demo's objects include them
 PAPER_TARGETS = ("waste container", "ipod", "rifle", "pizza", "radio", "shark", "library", "cat", "piggy bank")
-ATTACKS = 8
-ATTACK_KINDS = ("object", "photo")  # pictures of things, labelled by the concept their caption names
+ATTACKS = 16
+# crops of the sample photos: 15 concepts x 8 crops, the corpus's one set with several images per class
+ATTACK_KINDS = ("photo",)
 
 
 def emotions_stage(ctx: DemoContext, feelings: Path | None = None) -> dict:
@@ -25,17 +26,23 @@ def emotions_stage(ctx: DemoContext, feelings: Path | None = None) -> dict:
 
 
 def attack_set(ctx: DemoContext) -> Path:
-    """A manifest (path, label) of the probe corpus's pictures of things, written beside the corpus."""
+    """A manifest (path, label) of the probe corpus's photos, labelled by the concept their caption names."""
     rows = []
     with open(ctx.manifest, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
             if row.get("kind") in ATTACK_KINDS and row.get("concept"):
-                rows.append({"path": str(ctx.corpus / row["path"]), "label": row["concept"].strip().lower()})
+                rows.append({"path": str(ctx.corpus / row["path"]), "label": bare(row["concept"])})
     out = ctx.data_dir / "demo" / "attack-set.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return out
+
+
+def bare(concept: str) -> str:
+    """"A cat" -> "cat": the class name the prompt "a photo of a {}" and the attack text both use."""
+    words = concept.strip().lower().split()
+    return " ".join(words[1:] if len(words) > 1 and words[0] in ("a", "an", "the") else words)
 
 
 def pick_attacks(labels: list[str], n: int = ATTACKS) -> list[str]:
