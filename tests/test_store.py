@@ -16,9 +16,9 @@ from app.db import (
     make_engine,
     make_sessionmaker,
 )
+from app.keys import UnitKey
 from app.lookup import unit_by_key
 from app.migrate import downgrade, upgrade
-from app.keys import UnitKey
 from worker.store import LayerSpec, finish_run, register_model, start_run
 
 
