@@ -186,3 +186,34 @@ def test_worker_command(settings, store, tmp_path):
     assert "tiny: 9 words, mean r2" in result.output
     bad = CliRunner().invoke(worker_cli, [*args, "--method", "ridge"], env=settings_env(settings))
     assert bad.exit_code == 2 and "lasso, logistic" in bad.output
+
+
+def test_raising_a_codes_top_neuron_on_a_blank_image_raises_its_words_logit(tiny_rn, composed):
+    """The paper's footnote 39 check, on the sparse codes: more than the other words' logits on average."""
+    import torch
+    from PIL import Image as PILImage
+
+    feelings, result = composed
+    words = [f.word for f in feelings]
+    text = torch.tensor(embed_texts(tiny_rn, [E.PROMPT.format(w) for w in words]))
+    blank = tiny_rn.preprocess(PILImage.new("RGB", (64, 64), (128, 128, 128))).unsqueeze(0)
+
+    def logits(unit=None, delta=0.0):
+        def raise_unit(_module, _inputs, out):
+            out = out.clone()
+            out[:, unit] += delta
+            return out
+
+        handle = tiny_rn.visual.layer4.register_forward_hook(raise_unit) if unit is not None else None
+        with torch.no_grad():
+            emb = tiny_rn.model.encode_image(blank, normalize=True)[0]
+        if handle:
+            handle.remove()
+        return text @ emb
+
+    base = logits()
+    for i in range(0, len(words), 13):
+        code = result["codes"][i]
+        unit = int(np.argmax(np.abs(code)))
+        rise = logits(unit, float(np.sign(code[unit])) * 2.0) - base
+        assert rise[i] > rise.mean(), words[i]
