@@ -118,7 +118,10 @@ def resolve_facets(store, loaded, model_name: str, layer: str, specs: list[str],
         if sep:
             folders[check_facet_name(facet)] = Path(folder).expanduser()
         elif Path(spec).expanduser().is_dir():
-            folders.update(facet_folders(spec))
+            found = facet_folders(spec)
+            if not found:
+                raise ValueError(f"--facets {spec}: no sub-folders with images in it (each sub-folder is a facet)")
+            folders.update(found)
         else:
             named.append(check_facet_name(spec))
     for folder in [*folders.values(), *([generic] if generic else [])]:
