@@ -130,8 +130,9 @@ def check_against_brute_force(store, loaded, corpus, model, layer, reduce, k):
         assert st.n == n
         assert math.isclose(st.mean, float(high[:, unit].double().mean()), rel_tol=1e-6, abs_tol=1e-7)
         assert math.isclose(st.std, float(high[:, unit].double().std(unbiased=False)), rel_tol=1e-5, abs_tol=1e-7)
-        assert math.isclose(st.min, float(sorted_high[0, unit]), rel_tol=1e-6)
-        assert math.isclose(st.max, float(sorted_high[-1, unit]), rel_tol=1e-6)
+        # float32 conv results differ in the 6th digit with batch composition
+        assert math.isclose(st.min, float(sorted_high[0, unit]), rel_tol=1e-5, abs_tol=1e-6)
+        assert math.isclose(st.max, float(sorted_high[-1, unit]), rel_tol=1e-5, abs_tol=1e-6)
         for q in QUANTILES:
             exact = float(sorted_high[int(q * (n - 1)), unit])
             assert math.isclose(st.quantiles[str(q)], exact, rel_tol=0.03, abs_tol=2e-4), (unit, q)
