@@ -109,17 +109,20 @@ def preprocessed_batches(loaded, corpus: Path, batch_size: int):
             for i in range(0, len(pixels), batch_size)]
 
 
-def options(batch_size: int, workers: int, k: int):
+def options(batch_size: int, workers: int, k: int, checkpoint_seconds: float = 60):
     from worker.examples import ExampleOptions
 
-    return ExampleOptions(k=k, batch_size=batch_size, workers=workers, progress=False, checkpoint_seconds=60)
+    return ExampleOptions(k=k, batch_size=batch_size, workers=workers, progress=False,
+                          checkpoint_seconds=checkpoint_seconds)
 
 
 def child(mode: str, corpus: Path, batch_size: int, workers: int, k: int, rounds: int = 1):
     """(internal) One measurement in a fresh process; prints one JSON line."""
     tracemalloc.start()
     loaded = load_rn50()
-    opts = options(batch_size, workers, k)
+    # the ratio uses the default checkpoint interval; the memory runs checkpoint after every batch, so
+    # that both corpus sizes include the checkpoint's transient memory
+    opts = options(batch_size, workers, k, 60 if mode == "ratio" else 0)
     checkpoint = Path(tempfile.mkdtemp()) / "state.pt"
     out: dict = {"mode": mode}
     if mode == "ratio":
