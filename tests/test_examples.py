@@ -113,15 +113,22 @@ def check_against_brute_force(store, loaded, corpus, model, layer, reduce, k):
     shas, high, low, maps = brute_force(loaded, corpus, layer, reduce)
     examples = stored_examples(store, model, layer)
     units = high.shape[1]
+    index = {sha: i for i, sha in enumerate(shas)}
     assert len(examples) == 2 * units
+    exact = 0
     for unit in range(units):
         for sign, values, desc in (("top", high, True), ("bottom", low, False)):
             want = ranked(shas, values, unit, k, desc)
             got = examples[(unit, sign)]
-            assert [g[0] for g in got] == [shas[i] for i in want], (unit, sign)
-            assert np.allclose([g[1] for g in got], [float(values[i, unit]) for i in want], rtol=1e-4, atol=1e-5)
-            for (_, _, heat), i in zip(got, want, strict=True):
+            mine = [index[sha] for sha, _, _ in got]
+            exact += mine == want
+            # float32 results move in the 6th digit with batch composition: only near-ties may swap
+            assert np.allclose([float(values[i, unit]) for i in mine], [float(values[i, unit]) for i in want],
+                               rtol=1e-5, atol=1e-6), (unit, sign)
+            for (_, act, heat), i in zip(got, mine, strict=True):
+                assert math.isclose(act, float(values[i, unit]), rel_tol=1e-4, abs_tol=1e-5)
                 assert np.allclose(np.array(heat).ravel(), maps[i, unit].numpy(), rtol=5e-3, atol=2e-3)
+    assert exact >= 0.98 * 2 * units  # and almost every list is exactly the brute-force one
     stats = stored_stats(store, model, layer)
     n = len(shas)
     sorted_high = high.double().sort(0).values
