@@ -279,11 +279,13 @@ def test_examples_show_successes_first_then_eligible_images():
 
 # -- the demo build's text stages -------------------------------------------------------------------
 
-def test_demo_stages_run_once_on_the_probe_corpus_pictures(store, tiny_rn, tmp_path, settings):
+def test_demo_stages_run_once_on_the_probe_corpus_pictures(store, tiny_rn, tmp_path, settings, monkeypatch):
     from worker.demo import text_stages
     from worker.demo.build import DemoContext
 
-    corpus = tmp_path / "corpus"
+    monkeypatch.chdir(tmp_path)  # relative folders, as `make demo` gives them (data/...)
+    settings = settings.model_copy(update={"data_dir": Path("data")})
+    corpus = Path("data/demo/corpus")
     (corpus / "clipart").mkdir(parents=True)
     rows = []
     for i, (kind, concept) in enumerate([("photo", "A Pizza"), ("photo", "apple"), ("word", "pizza"),

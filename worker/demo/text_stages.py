@@ -3,6 +3,7 @@
 Each takes the build's `DemoContext`, skips when a finished run exists, and returns a short report.
 """
 import json
+import os
 from pathlib import Path
 
 from worker.demo.build import DemoContext, _done_before
@@ -27,14 +28,15 @@ def emotions_stage(ctx: DemoContext, feelings: Path | None = None) -> dict:
 
 def attack_set(ctx: DemoContext) -> Path:
     """A manifest (path, label) of the probe corpus's photos, labelled by the concept their caption names."""
+    out = ctx.data_dir / "demo" / "attack-set.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     with open(ctx.manifest, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            if row.get("kind") in ATTACK_KINDS and row.get("concept"):
-                rows.append({"path": str(ctx.corpus / row["path"]), "label": bare(row["concept"])})
-    out = ctx.data_dir / "demo" / "attack-set.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
+            if row.get("kind") in ATTACK_KINDS and row.get("concept"):  # manifest paths are relative to it
+                path = os.path.relpath(Path(ctx.corpus).resolve() / row["path"], out.parent.resolve())
+                rows.append({"path": path, "label": bare(row["concept"])})
     out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return out
 
