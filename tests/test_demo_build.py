@@ -65,6 +65,27 @@ def test_build_registers_the_model_and_runs_every_stage(settings, tiny, tmp_path
         assert len(s.scalars(select(Unit).where(Unit.layer_id == layers["layer4"].id)).all()) == n_units
 
 
+def test_a_stage_counts_as_done_only_after_the_stage_it_reads(settings, tiny):
+    """The regions stage reads the words stage's scores: done only if it ran after the last words run."""
+    from worker.store import recorded_run
+
+    loaded, corpus = tiny
+    ctx = build.prepare(settings, loaded=loaded, corpus=corpus)
+    assert not build._done_before(ctx, "words")
+    with recorded_run(ctx.store, "words", "demo", {}):
+        pass
+    assert build._done_before(ctx, "words") and not build._done_before(ctx, "regions", after="words")
+    with recorded_run(ctx.store, "regions", "demo", {}):
+        pass
+    assert build._done_before(ctx, "regions", after="words")
+    with pytest.raises(RuntimeError), recorded_run(ctx.store, "words", "demo", {}):
+        raise RuntimeError("killed")  # a failed words run changes nothing ...
+    assert build._done_before(ctx, "regions", after="words")
+    with recorded_run(ctx.store, "words", "demo", {}):
+        pass
+    assert not build._done_before(ctx, "regions", after="words")  # ... a finished one makes regions stale
+
+
 def test_a_stage_whose_own_import_fails_is_not_hidden(tmp_path, monkeypatch):
     (tmp_path / "stage_with_missing_dep.py").write_text("import no_such_package_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -160,5 +160,6 @@ def test_demo_stage_renders_the_default_layer_and_the_corpus_facets(sqlite_url, 
     ctx = SimpleNamespace(store=store, loaded=tiny_vit, model_name="demo", corpus=corpus)
     assert demo.demo_stage(ctx)["skipped"] == "done before"  # what the demo build runs, a second time
     with store.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 1  # ... and it records no new run
         kinds = s.execute(select(FeatureVis.kind, func.count()).group_by(FeatureVis.kind).order_by(FeatureVis.kind))
         assert kinds.all() == [("facet:text", 2), ("plain", 256)]

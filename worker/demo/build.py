@@ -46,17 +46,23 @@ def examples_stage(ctx: DemoContext) -> dict:
     return run_examples(ctx.store, ctx.loaded, ctx.model_name, ctx.manifest)
 
 
-def _done_before(ctx: DemoContext, stage: str) -> bool:
-    """Whether a run of `stage` on this model finished (for stages that do not check this themselves)."""
-    from sqlalchemy import select
+def _done_before(ctx: DemoContext, stage: str, after: str | None = None) -> bool:
+    """Whether a run of `stage` on this model finished (for stages that do not check this themselves);
+    with `after`, only a run that finished after the last finished run of that stage counts."""
+    return _last_done(ctx, stage) > (_last_done(ctx, after) if after else 0)
+
+
+def _last_done(ctx: DemoContext, stage: str) -> int:
+    """The id of the last finished run of `stage` on this model (0 if none)."""
+    from sqlalchemy import func, select
 
     from app.db import Model, Run
 
     with ctx.store.sessions() as session:
-        model = session.scalar(select(Model).where(Model.name == ctx.model_name))
-        return model is not None and session.scalar(
-            select(Run.id).where(Run.stage == stage, Run.model_id == model.id, Run.status == "done").limit(1)
-        ) is not None
+        return session.scalar(
+            select(func.max(Run.id)).join(Model, Run.model_id == Model.id)
+            .where(Model.name == ctx.model_name, Run.stage == stage, Run.status == "done")
+        ) or 0
 
 
 # the order matters only where a stage reads another's results
