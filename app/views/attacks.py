@@ -7,7 +7,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from starlette.datastructures import UploadFile
 
 from app import urls
 from app.db import Image, Model, Run
@@ -15,7 +14,7 @@ from app.deps import CacheDep, SessionDep
 from app.lookup import NotFound, get_model
 from app.probe import ProbeBusy, ProbeUnavailable, engine_of, spec_for
 from app.probe_images import MAX_BYTES, BadImage, data_uri, read_image
-from app.views.probe import capped_form, probe_error
+from app.views.probe import parse_k, probe_error, uploaded_image
 from app.web import error_page, respond
 
 router = APIRouter()
@@ -162,24 +161,12 @@ def lab_get(request: Request, session: SessionDep, cache: CacheDep, model: str,
 async def lab_post(request: Request, model: str):
     """An uploaded image (multipart field `file`) with `text`, optional `labels` and `k`."""
     try:
-        form = await capped_form(request, MAX_BYTES + 64 * 1024)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise BadImage("Send the image as the multipart form field `file`.")
-        img = read_image(await upload.read(MAX_BYTES + 1))
+        form, img, filename = await uploaded_image(request)
         text, labels = check_text(str(form.get("text") or "")), check_labels(str(form.get("labels") or "")[:20000])
-        k = parse_k(form.get("k"))
+        k = parse_k(form.get("k"), default=5, most=20)
     except BadImage as e:
         return probe_error(request, e)
-    return await run_in_threadpool(_post_lab, request, model, text, labels, k, img, upload.filename or "upload")
-
-
-def parse_k(value) -> int:
-    if value in (None, ""):
-        return 5
-    if not str(value).isdigit() or not 1 <= int(value) <= 20:
-        raise BadImage(f"k must be a whole number from 1 to 20, got {str(value)[:20]!r}")
-    return int(value)
+    return await run_in_threadpool(_post_lab, request, model, text, labels, k, img, filename)
 
 
 def _post_lab(request: Request, model: str, text: str, labels: list[str], k: int, img, filename: str):

@@ -178,17 +178,13 @@ def image_probe_get(request: Request, session: SessionDep, cache: CacheDep,
 async def image_probe_post(request: Request):
     """An uploaded image (multipart field `file`, plus `model` and `k`): read at most MAX_BYTES of the body."""
     try:
-        form = await capped_form(request, MAX_BYTES + 64 * 1024)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise BadImage("Send the image as the multipart form field `file`.")
-        img = read_image(await upload.read(MAX_BYTES + 1))
+        form, img, filename = await uploaded_image(request)
         model, k = str(form.get("model") or "") or None, parse_k(form.get("k"))
     except BadImage as e:
         return probe_error(request, e)
     if model is not None and len(model) > 128:
         return error_page(request, 422, "Invalid request: model: at most 128 characters.")
-    return await run_in_threadpool(_post_probe, request, model, k, img, upload.filename or "upload")
+    return await run_in_threadpool(_post_probe, request, model, k, img, filename)
 
 
 def _post_probe(request: Request, model: str | None, k: int, img, filename: str):
@@ -197,12 +193,21 @@ def _post_probe(request: Request, model: str | None, k: int, img, filename: str)
         return probe_image(request, session, data, img, {"upload": filename[:200]})
 
 
-def parse_k(value) -> int:
+def parse_k(value, default: int = 12, most: int = 64) -> int:
     if value in (None, ""):
-        return 12
-    if not str(value).isdigit() or not 1 <= int(value) <= 64:
-        raise BadImage(f"k must be a whole number from 1 to 64, got {str(value)[:20]!r}")
+        return default
+    if not str(value).isdigit() or not 1 <= int(value) <= most:
+        raise BadImage(f"k must be a whole number from 1 to {most}, got {str(value)[:20]!r}")
     return int(value)
+
+
+async def uploaded_image(request: Request):
+    """(form, image, filename) of a multipart upload whose image is the field `file`; BadImage otherwise."""
+    form = await capped_form(request, MAX_BYTES + 64 * 1024)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise BadImage("Send the image as the multipart form field `file`.")
+    return form, read_image(await upload.read(MAX_BYTES + 1)), upload.filename or "upload"
 
 
 async def capped_form(request: Request, limit: int):
