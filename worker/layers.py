@@ -95,6 +95,16 @@ class _Stop(Exception):
     pass
 
 
+def layer_paths(loaded: LoadedModel, names: list[str]) -> tuple[dict[str, str], bool]:
+    """Each catalogued layer's module path inside the image tower (UnknownLayer if a name is not one), and
+    whether the tower's token outputs are batch-first."""
+    paths = {spec.name: spec.module.removeprefix("visual.") for spec in catalogue(loaded)}
+    missing = [n for n in names if n not in paths]
+    if missing:
+        raise UnknownLayer(f"unknown layers {missing}; layers: {', '.join(paths)}")
+    return paths, getattr(getattr(loaded.visual, "transformer", None), "batch_first", True)
+
+
 @contextmanager
 def capture(loaded: LoadedModel, names: list[str], pre_relu: bool = False,
             stop_early: bool = False) -> Iterator[dict[str, torch.Tensor]]:
@@ -105,11 +115,7 @@ def capture(loaded: LoadedModel, names: list[str], pre_relu: bool = False,
     """
     fam = family_of(loaded)
     visual = loaded.visual
-    paths = {spec.name: spec.module.removeprefix("visual.") for spec in catalogue(loaded)}
-    missing = [n for n in names if n not in paths]
-    if missing:
-        raise UnknownLayer(f"unknown layers {missing}; layers: {', '.join(paths)}")
-    batch_first = getattr(getattr(visual, "transformer", None), "batch_first", True)
+    paths, batch_first = layer_paths(loaded, names)
     acts: dict[str, torch.Tensor] = {}
     handles = []
 

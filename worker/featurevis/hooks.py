@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
-from worker.layers import UnknownLayer, catalogue, to_grid
+from worker.layers import layer_paths, to_grid
 from worker.models import LoadedModel
 
 
@@ -25,11 +25,7 @@ def _tokens_from_grid(out: torch.Tensor, grid: torch.Tensor, batch_first: bool) 
 def capture_graph(loaded: LoadedModel, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
     """Record the named layers' activations (B, units, H, W) as part of the graph; run with `forward`."""
     visual = loaded.visual
-    paths = {spec.name: spec.module.removeprefix("visual.") for spec in catalogue(loaded)}
-    missing = [n for n in names if n not in paths]
-    if missing:
-        raise UnknownLayer(f"unknown layers {missing}; layers: {', '.join(paths)}")
-    batch_first = getattr(getattr(visual, "transformer", None), "batch_first", True)
+    paths, batch_first = layer_paths(loaded, names)
     acts: dict[str, torch.Tensor] = {}
 
     def hook(name: str, out: torch.Tensor) -> torch.Tensor | None:
