@@ -86,6 +86,30 @@ def test_a_stage_counts_as_done_only_after_the_stage_it_reads(settings, tiny):
     assert not build._done_before(ctx, "regions", after="words")  # ... a finished one makes regions stale
 
 
+def test_new_weights_at_the_same_path_start_the_demo_store_over(settings, tiny, tmp_path):
+    """A retrained demo model describes other neurons: its old results must not be shown as its own."""
+    from dataclasses import replace
+
+    from app.db import Run
+    from worker.store import recorded_run
+
+    loaded, corpus = tiny
+    weights = tmp_path / "demo.safetensors"
+    weights.write_bytes(b"first weights")
+    ctx = build.prepare(settings, loaded=replace(loaded, weights=str(weights)), corpus=corpus)
+    with recorded_run(ctx.store, "words", "demo", {}):
+        pass
+    build.prepare(settings, loaded=replace(loaded, weights=str(weights)), corpus=corpus)
+    assert build._done_before(ctx, "words")  # same weights: kept
+    weights.write_bytes(b"retrained weights")
+    build.prepare(settings, loaded=replace(loaded, weights=str(weights)), corpus=corpus)
+    assert not build._done_before(ctx, "words")
+    with ctx.store.sessions() as s:
+        assert s.scalar(select(Run.id).limit(1)) is None
+        model = s.scalar(select(Model).where(Model.name == "demo"))
+        assert model.weights.startswith(f"{weights} (sha256 ") and len(model.layers) == 4
+
+
 def test_a_stage_whose_own_import_fails_is_not_hidden(tmp_path, monkeypatch):
     (tmp_path / "stage_with_missing_dep.py").write_text("import no_such_package_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))

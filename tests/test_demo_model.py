@@ -12,7 +12,8 @@ from worker.demo import model as demo_model
 from worker.demo.train import TrainConfig, plot_losses, run, train
 
 TINY = TrainConfig(name="demo-clip-tiny", vision={"image_size": 32, "width": 8}, steps=40, batch=16, lr=3e-3,
-                   n_words=40, common_words=20, npm=False, limit=3, coloured=12, counts=10, typographic=10)
+                   n_words=40, common_words=20, npm=False, limit=3, coloured=12, counts=10, typographic=10,
+                   words_first=0.0)  # the words-only phase's loss is over fewer captions: not comparable
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +133,20 @@ def test_a_killed_training_resumes_to_the_same_result(trained, data_dir, monkeyp
     a, b = demo_model.trained_state(trained.model), demo_model.trained_state(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not train_module.resume_path(TINY, data_dir).exists()
+
+
+def test_reading_curriculum_starts_with_common_words_only():
+    from worker.demo.items import Item
+    from worker.demo.train import common_pool, pick, words_only
+
+    cfg = TrainConfig(steps=1000, words_first=0.3, common_start=10, common_words=100)
+    assert [words_only(cfg, s) for s in (0, 299, 300)] == [True, True, False]
+    assert [common_pool(cfg, s) for s in (0, 100, 300)] == [10, 10, 100]  # flat for a third, then geometric
+    assert 10 < common_pool(cfg, 200) < 100
+    groups = {kind: [Item(kind, kind, f"{kind} {i}", f"{i}", "test", "test") for i in range(200)]
+              for kind in ("word", "flag")}
+    rng = np.random.default_rng(0)
+    early = [pick(cfg, groups, rng, 50) for _ in range(300)]
+    assert {it.kind for it in early} == {"word"} and max(int(it.concept) for it in early) < 10
+    late = [pick(cfg, groups, rng, 900) for _ in range(300)]
+    assert {it.kind for it in late} == {"word", "flag"}

@@ -102,10 +102,34 @@ def prepare(settings: Settings, device: str = "cpu", loaded=None, corpus: Path |
     loaded = loaded or demo_model.load(data_dir, device)
     corpus = corpus or build_corpus(data_dir, loaded.image_size)
     store = open_store(settings)
+    weights = weights_label(loaded.weights)
     with store.sessions.begin() as session:
-        register_model(session, DEMO_MODEL, arch=loaded.arch, weights=str(loaded.weights),
+        forget_other_weights(session, weights)
+        register_model(session, DEMO_MODEL, arch=loaded.arch, weights=weights,
                        image_size=loaded.image_size, layers=catalogue(loaded), description=DESCRIPTION)
     return DemoContext(settings, store, loaded, DEMO_MODEL, corpus, corpus / MANIFEST)
+
+
+def weights_label(weights) -> str:
+    """The weights as the store records them: the path and a digest of the file, so new weights at the same
+    path (a retrained or updated demo model) are told apart."""
+    from worker.demo.model import file_digest
+
+    path = Path(str(weights)) if weights else None
+    return f"{weights} (sha256 {file_digest(path)[:16]})" if path and path.is_file() else str(weights)
+
+
+def forget_other_weights(session, weights: str) -> None:
+    """Results of the demo model with other weights describe other neurons: delete them (the database
+    cascades to its layers, units, runs and everything computed for them) so every stage runs again."""
+    from sqlalchemy import select
+
+    from app.db import Model
+
+    old = session.scalar(select(Model).where(Model.name == DEMO_MODEL))
+    if old is not None and old.weights != weights:
+        session.delete(old)
+        session.flush()
 
 
 def build_demo(settings: Settings, stages: list[str] | None = None, device: str = "cpu",

@@ -62,11 +62,17 @@ def register(name: str = ARCH, vision: dict | None = None, config_dir: Path = CO
 
 
 def create(name: str = ARCH):
-    """A fresh model: random image tower, pretrained frozen MiniLM (from the package directory)."""
+    """A fresh model: random image tower, pretrained frozen MiniLM (from the package directory).
+
+    open_clip starts every bottleneck's last batch norm at zero; with one block per stage that leaves the
+    tower nearly linear at first, and reading was learned several times slower, so they start at one."""
     import open_clip
     import torch
 
+    from worker.models import revive_random_resnet
+
     model = open_clip.create_model(name, pretrained=None)
+    revive_random_resnet(model.visual)
     model.text.lock(unlocked_layers=0, freeze_layer_norm=True)
     with torch.no_grad():
         proj = getattr(model.text, "proj", None)

@@ -5,6 +5,11 @@ and the loss is InfoNCE of each image against the whole caption bank: the image'
 positive, every other caption a negative. Only the image tower, the text projection (a linear map on top
 of MiniLM, started at the identity) and the logit scale learn.
 
+Reading first: the first `words_first` of the steps show rendered words only, from a pool of the most
+common words that grows from `common_start` to `common_words`, with the pool's words as the only negatives
+(a small classification). Without this head start a tower this small never learnt to read (0.6 % on the
+held-out font after 2,400 mixed steps); with it, 96 % (see README, "The embedded default model").
+
 Determinism: batch i is drawn from a generator seeded with (seed, i) and torch runs on a fixed number of
 threads, so a run with the same settings gives the same weights. Images are drawn by a DataLoader worker
 while the main process trains.
@@ -26,8 +31,8 @@ from tqdm import tqdm
 from worker.demo import model as demo_model
 from worker.demo.items import Item, Pools, captions, draw, load_pools, training_items
 
-MIX = {"word": 0.45, "object": 0.15, "photo": 0.02, "flag": 0.14, "logo": 0.04, "colour": 0.08,
-       "count": 0.04, "typographic": 0.08}
+MIX = {"word": 0.32, "object": 0.17, "photo": 0.03, "flag": 0.22, "logo": 0.04, "colour": 0.08,
+       "count": 0.04, "typographic": 0.10}
 
 
 @dataclass
@@ -36,16 +41,18 @@ class TrainConfig:
 
     name: str = demo_model.ARCH
     vision: dict = field(default_factory=dict)  # overrides of the config's vision_cfg (tests)
-    steps: int = 2400
+    steps: int = 3000
     batch: int = 128
-    lr: float = 4e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: float = 0.05  # fraction of steps
     seed: int = 0
     n_words: int = 10_000
-    common_words: int = 1000  # this many most common words get `common_share` of the word draws ...
-    common_share: float = 0.7
-    ramp: float = 0.25  # ... growing from the 10% most common of them over this fraction of the steps
+    words_first: float = 0.4  # this fraction of the steps shows words only (reading needs a head start) ...
+    common_start: int = 100  # ... drawn from the most common words, a pool of this many for the first third
+    # of that phase, then growing geometrically ...
+    common_words: int = 1000  # ... to this many by the end of that phase; afterwards this pool gets ...
+    common_share: float = 0.7  # ... this share of the word draws, the other words the rest
     mix: dict = field(default_factory=lambda: dict(MIX))
     init_scale: float = 30.0
     threads: int = 1
@@ -92,20 +99,28 @@ def caption_bank(model, tokenizer, texts: list[str], cache: Path | None) -> torc
 
 
 # -- the image stream --------------------------------------------------------------------------------------
+def words_only(cfg: TrainConfig, step: int) -> bool:
+    return step < cfg.words_first * cfg.steps
+
+
 def common_pool(cfg: TrainConfig, step: int) -> int:
-    """How many of the most common words the common share draws from at `step` (a reading curriculum)."""
-    start = max(1, cfg.common_words // 10)
-    grown = min(1.0, step / max(1.0, cfg.ramp * cfg.steps))
-    return int(start + (cfg.common_words - start) * grown)
+    """How many of the most common words the words-only phase draws from at `step` (a reading curriculum)."""
+    phase = max(1.0, cfg.words_first * cfg.steps)
+    grown = min(1.0, max(0.0, (step - phase / 3) / (phase * 2 / 3)))
+    start = min(cfg.common_start, cfg.common_words)
+    return int(round(start * (cfg.common_words / start) ** grown))
 
 
 def pick(cfg: TrainConfig, groups: dict[str, list[Item]], rng: np.random.Generator, step: int) -> Item:
+    """One training item: words only at first (from a growing pool of common words), then the mix."""
+    if words_only(cfg, step):
+        return groups["word"][int(rng.integers(min(common_pool(cfg, step), len(groups["word"]))))]
     kinds = [k for k in cfg.mix if groups.get(k)]
     p = np.array([cfg.mix[k] for k in kinds])
     kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
     group = groups[kind]
     if kind == "word" and rng.random() < cfg.common_share:
-        return group[int(rng.integers(min(common_pool(cfg, step), len(group))))]
+        return group[int(rng.integers(min(cfg.common_words, len(group))))]
     return group[int(rng.integers(len(group)))]
 
 
@@ -227,8 +242,14 @@ def train(cfg: TrainConfig, data_dir: Path, progress: bool = True, save_every: i
     model.text.eval()
     t0, cpu0 = time.perf_counter() - seconds, time.process_time() - cpu
     bar = tqdm(loader, initial=start, total=cfg.steps, desc="training", unit="step", disable=not progress)
+    word_rows = torch.tensor([index[w.caption] for w in groups.get("word", [])[:cfg.common_words]], dtype=torch.long)
+    rank = torch.full((len(texts),), -1, dtype=torch.long)
+    rank[word_rows] = torch.arange(len(word_rows))
     for step, (pixels, targets) in enumerate(bar, start):
-        losses.append(train_step(model, opt, lr_at(cfg, step), to_input(pixels, mean, std), targets, bank))
+        negatives = bank
+        if words_only(cfg, step):  # the words in play are the negatives, as in a small classification
+            negatives, targets = bank[word_rows[:common_pool(cfg, step)]], rank[targets]
+        losses.append(train_step(model, opt, lr_at(cfg, step), to_input(pixels, mean, std), targets, negatives))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
         if save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
@@ -262,8 +283,9 @@ def _one_thread(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def plot_losses(losses: list[float], path: Path, title: str = "demo-clip training") -> Path:
-    """The loss curve (raw and smoothed) as a PNG."""
+def plot_losses(losses: list[float], path: Path, title: str = "demo-clip training", phase_end: int = 0) -> Path:
+    """The loss curve (raw and smoothed) as a PNG; `phase_end` marks the end of the words-only phase (its
+    loss is over the words in play, afterwards over the whole caption bank)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,6 +296,9 @@ def plot_losses(losses: list[float], path: Path, title: str = "demo-clip trainin
     k = max(1, len(losses) // 50)
     smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
     ax.plot(np.arange(len(smooth)) + k - 1, smooth, lw=1.5, label=f"mean of {k}")
+    if phase_end:
+        ax.axvline(phase_end, color="grey", ls="--", lw=1)
+        ax.annotate("words only | all kinds", (phase_end, max(losses)), ha="center", va="top", fontsize=8)
     ax.set_xlabel("step")
     ax.set_ylabel("contrastive loss (InfoNCE over the caption bank)")
     ax.set_title(title)
@@ -290,5 +315,6 @@ def run(cfg: TrainConfig, data_dir: Path, out: Path = demo_model.WEIGHTS, progre
     """Train, save the trained parameters with their settings, and the loss curve beside them."""
     trained = train(cfg, data_dir, progress)
     demo_model.save_trained(trained.model, out, trained.settings)
-    plot_losses(trained.losses, Path(out).with_name(Path(out).stem + "-loss.png"))
+    plot_losses(trained.losses, Path(out).with_name(Path(out).stem + "-loss.png"),
+                phase_end=int(cfg.words_first * cfg.steps))
     return trained
