@@ -1,7 +1,7 @@
 """Rendered words and maps on a demo-sized model: the whole 10k-word stage and the maps stage, timed, beside the
 bare model forward and the bare text rendering measured in the same run.
 
-    .venv/bin/python bench/words_maps.py                 # the demo's image tower: 64 px, width 16
+    .venv/bin/python bench/words_maps.py                 # the demo's image tower: 64 px, width 24
     .venv/bin/python bench/words_maps.py --size 96 --width 32
 
 Prints seconds per part and the stage's images/s as a ratio of the bare forward's images/s.
@@ -47,7 +47,7 @@ def bare_forward(loaded, n: int, batch: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--width", type=int, default=24)
     ap.add_argument("--words", type=int, default=10_000)
     ap.add_argument("--skip-maps", action="store_true")
     args = ap.parse_args()
