@@ -14,7 +14,8 @@ shared: the load average is printed with the figures). Target:
 pipeline / bare >= 0.9. Peak memory (RSS of the worker process, and tracemalloc's Python peak) is measured
 in a fresh process per corpus size, at 1x and 10x the corpus. Target: flat.
 
-    .venv/bin/python bench/dataset_examples.py            # ratio on 96 images; memory at 48 and 480; batch 16
+    .venv/bin/python bench/dataset_examples.py            # ratio on 96 images; memory at 48 and 480; batch 16;
+                                                          # loader workers as the worker picks (0 on 2 cores)
     .venv/bin/python bench/dataset_examples.py --ratio-images 256 --batch-size 32 --workers 2 --rounds 2
 """
 import json
@@ -171,11 +172,18 @@ def run_child(*args) -> dict:
 def main(images: int = typer.Option(48, help="1x corpus size for the memory runs"),
          scale: int = typer.Option(10, help="the large corpus is this many times the 1x one"),
          ratio_images: int = typer.Option(96, help="images timed through both the bare forward and the pipeline"),
-         batch_size: int = 16, workers: int = typer.Option(1, help="DataLoader decode workers"),
+         batch_size: int = 16,
+         workers: int = typer.Option(-1, help="DataLoader decode workers (-1: what the worker picks here)"),
          k: int = typer.Option(64, help="examples kept per unit and sign"), rounds: int = 1,
          write: bool = typer.Option(False, help="also time the store write phase (1x)")):
     """Run the benchmark and print the side-by-side figures."""
     started = time.perf_counter()
+    if workers < 0:
+        import torch
+
+        from worker.examples import loader_workers
+
+        workers = loader_workers(None, torch.device("cpu"))
     tmp = Path(tempfile.mkdtemp(prefix="bench-examples-"))
     timed = write_corpus(tmp / "timed", ratio_images)
     small = write_corpus(tmp / "1x", images)

@@ -379,3 +379,17 @@ def test_spread_covers_the_range_with_a_bounded_sample():
     picked = spread(candidates, 10)
     assert len(picked) <= 10 and (5.0, 200) in picked and (-3.0, 201) in picked
     assert spread(candidates[:4], 10) == sorted(candidates[:4])
+
+
+def test_loader_workers_leave_the_cores_to_the_forward(monkeypatch):
+    import torch
+
+    from worker import examples
+
+    assert examples.loader_workers(3, torch.device("cpu")) == 3  # asked for: as asked
+    monkeypatch.setattr(examples.os, "cpu_count", lambda: 2)
+    assert examples.loader_workers(None, torch.device("cpu")) == 0
+    assert examples.loader_workers(None, torch.device("cuda")) == 1
+    monkeypatch.setattr(examples.os, "cpu_count", lambda: 16)
+    assert examples.loader_workers(None, torch.device("cpu")) == 1
+    assert examples.loader_workers(None, torch.device("cuda")) == 15
