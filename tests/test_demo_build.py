@@ -71,19 +71,19 @@ def test_a_stage_counts_as_done_only_after_the_stage_it_reads(settings, tiny):
 
     loaded, corpus = tiny
     ctx = build.prepare(settings, loaded=loaded, corpus=corpus)
-    assert not build._done_before(ctx, "words")
+    assert not build.done_before(ctx, "words")
     with recorded_run(ctx.store, "words", "demo", {}):
         pass
-    assert build._done_before(ctx, "words") and not build._done_before(ctx, "regions", after="words")
+    assert build.done_before(ctx, "words") and not build.done_before(ctx, "regions", after="words")
     with recorded_run(ctx.store, "regions", "demo", {}):
         pass
-    assert build._done_before(ctx, "regions", after="words")
+    assert build.done_before(ctx, "regions", after="words")
     with pytest.raises(RuntimeError), recorded_run(ctx.store, "words", "demo", {}):
         raise RuntimeError("killed")  # a failed words run changes nothing ...
-    assert build._done_before(ctx, "regions", after="words")
+    assert build.done_before(ctx, "regions", after="words")
     with recorded_run(ctx.store, "words", "demo", {}):
         pass
-    assert not build._done_before(ctx, "regions", after="words")  # ... a finished one makes regions stale
+    assert not build.done_before(ctx, "regions", after="words")  # ... a finished one makes regions stale
 
 
 def test_new_weights_at_the_same_path_start_the_demo_store_over(settings, tiny, tmp_path):
@@ -100,10 +100,10 @@ def test_new_weights_at_the_same_path_start_the_demo_store_over(settings, tiny, 
     with recorded_run(ctx.store, "words", "demo", {}):
         pass
     build.prepare(settings, loaded=replace(loaded, weights=str(weights)), corpus=corpus)
-    assert build._done_before(ctx, "words")  # same weights: kept
+    assert build.done_before(ctx, "words")  # same weights: kept
     weights.write_bytes(b"retrained weights")
     build.prepare(settings, loaded=replace(loaded, weights=str(weights)), corpus=corpus)
-    assert not build._done_before(ctx, "words")
+    assert not build.done_before(ctx, "words")
     with ctx.store.sessions() as s:
         assert s.scalar(select(Run.id).limit(1)) is None
         model = s.scalar(select(Model).where(Model.name == "demo"))

@@ -65,9 +65,9 @@ def run_regions(store: Store, model_name: str, layer: str) -> dict:
 
 def demo_stage(ctx) -> dict:
     """`worker.demo.build` stage: the region report for the demo model's default layer (needs the words stage)."""
-    from worker.demo.build import _done_before
+    from worker.demo.build import done_before
     from worker.layers import layer_spec
 
-    if _done_before(ctx, STAGE, after="words"):  # a second `microscope demo` writes nothing
+    if done_before(ctx, STAGE, after="words"):  # a second `microscope demo` writes nothing
         return {"skipped": "done before"}
     return run_regions(ctx.store, ctx.model_name, layer_spec(ctx.loaded).name)

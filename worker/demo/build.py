@@ -41,18 +41,18 @@ def words_stage(ctx: DemoContext) -> dict:
 def examples_stage(ctx: DemoContext) -> dict:
     from worker.examples import run_examples
 
-    if _done_before(ctx, "examples"):
+    if done_before(ctx, "examples"):
         return {"skipped": "done before"}
     return run_examples(ctx.store, ctx.loaded, ctx.model_name, ctx.manifest)
 
 
-def _done_before(ctx: DemoContext, stage: str, after: str | None = None) -> bool:
+def done_before(ctx: DemoContext, stage: str, after: str | None = None) -> bool:
     """Whether a run of `stage` on this model finished (for stages that do not check this themselves);
     with `after`, only a run that finished after the last finished run of that stage counts."""
-    return _last_done(ctx, stage) > (_last_done(ctx, after) if after else 0)
+    return last_done(ctx, stage) > (last_done(ctx, after) if after else 0)
 
 
-def _last_done(ctx: DemoContext, stage: str) -> int:
+def last_done(ctx: DemoContext, stage: str) -> int:
     """The id of the last finished run of `stage` on this model (0 if none)."""
     from sqlalchemy import func, select
 

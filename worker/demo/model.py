@@ -100,7 +100,8 @@ def save_trained(model, path: Path, settings: dict) -> Path:
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    with open(path, "rb") as f:  # streamed: the assembled checkpoint is ~100 MB
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def checkpoint_path(data_dir: Path, name: str = ARCH) -> Path:

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from worker.demo.build import DemoContext, _done_before
+from worker.demo.build import DemoContext, done_before
 
 # the paper's attack classes (figure 16), tried first when the demo's objects include them
 PAPER_TARGETS = ("waste container", "ipod", "rifle", "pizza", "radio", "shark", "library", "cat", "piggy bank")
@@ -19,7 +19,7 @@ def emotions_stage(ctx: DemoContext, feelings: Path | None = None) -> dict:
     from worker.emotions import FEELINGS
     from worker.emotions import emotions_stage as run
 
-    if _done_before(ctx, "emotions"):
+    if done_before(ctx, "emotions"):
         return {"skipped": "done before"}
     data = run(ctx.store, ctx.model_name, ctx.loaded, feelings or FEELINGS)
     quality = [w["quality"] for w in data["words"]]
@@ -58,7 +58,7 @@ def pick_attacks(labels: list[str], n: int = ATTACKS) -> list[str]:
 def typographic_stage(ctx: DemoContext) -> dict:
     from worker.typographic import Attack, attack_stage, labelled_images
 
-    if _done_before(ctx, "typographic"):
+    if done_before(ctx, "typographic"):
         return {"skipped": "done before"}
     images = attack_set(ctx)
     labels = list(dict.fromkeys(label for _, label in labelled_images(images)))
@@ -74,6 +74,6 @@ def typographic_stage(ctx: DemoContext) -> dict:
 def stroop_stage(ctx: DemoContext) -> dict:
     from worker.stroop import stroop_stage as run
 
-    if _done_before(ctx, "stroop"):
+    if done_before(ctx, "stroop"):
         return {"skipped": "done before"}
     return run(ctx.store, ctx.model_name, ctx.loaded)["scores"]

@@ -38,9 +38,9 @@ def demo_featurevis(store: Store, loaded: LoadedModel, model_name: str, corpus: 
 
 def demo_stage(ctx) -> dict:
     """The demo build's stage (`worker.demo.build.STAGES`): ctx is its DemoContext."""
-    from worker.demo.build import _done_before
+    from worker.demo.build import done_before
 
-    if _done_before(ctx, "featurevis"):  # an interrupted run is not done: the next build resumes it
+    if done_before(ctx, "featurevis"):  # an interrupted run is not done: the next build resumes it
         return {"skipped": "done before"}
     report = demo_featurevis(ctx.store, ctx.loaded, ctx.model_name, ctx.corpus)
     rendered = report["plain"]["rendered"] + report.get("facets", {}).get("rendered", 0)
