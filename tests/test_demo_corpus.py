@@ -106,3 +106,13 @@ def test_multimodal_criterion_counts_shared_concepts_among_top_images():
 
 def test_logos_and_text_images_are_not_counted_as_pictures():
     assert {"word", "typographic", "logo"} <= set(NON_TEXT_EXCLUDED)
+
+
+def test_labelled_things_carry_their_own_name_and_the_plain_caption(pools):
+    groups = training_items(pools)
+    labelled, plain = groups["labelled"], {it.asset: it for it in groups["object"] + groups["flag"]}
+    assert labelled and all(it.kind == "labelled" and it.word for it in labelled)
+    for it in labelled:
+        assert it.caption == plain[it.asset].caption  # the word adds nothing the picture does not say
+        assert it.word == pools.assets[it.asset].name
+    assert "labelled" in NON_TEXT_EXCLUDED

@@ -150,3 +150,43 @@ def test_reading_curriculum_starts_with_common_words_only():
     assert {it.kind for it in early} == {"word"} and max(int(it.concept) for it in early) < 10
     late = [pick(cfg, groups, rng, 900) for _ in range(300)]
     assert {it.kind for it in late} == {"word", "flag"}
+
+
+def test_pictures_first_phase_shows_no_text_then_reading_starts():
+    from worker.demo.items import TEXT_KINDS, Item
+    from worker.demo.train import common_pool, pick, pictures_only, words_only
+
+    cfg = TrainConfig(steps=1000, pictures_first=0.2, words_first=0.3, common_start=10, common_words=100)
+    assert [pictures_only(cfg, s) for s in (0, 199, 200)] == [True, True, False]
+    assert [words_only(cfg, s) for s in (199, 200, 499, 500)] == [False, True, True, False]
+    assert [common_pool(cfg, s) for s in (200, 300, 500)] == [10, 10, 100]  # the pool grows within its phase
+    groups = {kind: [Item(kind, kind, f"{kind} {i}", f"{i}", "test", "test") for i in range(50)]
+              for kind in ("word", "flag", "typographic", "labelled", "object")}
+    rng = np.random.default_rng(0)
+    early = {pick(cfg, groups, rng, 100).kind for _ in range(300)}
+    assert early == {"flag", "object"} and not early & set(TEXT_KINDS)
+    assert {pick(cfg, groups, rng, 300).kind for _ in range(100)} == {"word"}
+
+
+def test_hoyer_sparsity_is_scale_free_and_counts_active_units():
+    from worker.demo.train import hoyer
+
+    dense, sparse = torch.ones(3, 100, 2, 2), torch.zeros(3, 100, 2, 2)
+    sparse[:, :4] = 1.0
+    assert hoyer(dense).item() == pytest.approx(1.0)
+    assert hoyer(sparse).item() == pytest.approx(0.2)  # sqrt(4 / 100)
+    assert hoyer(sparse * 1e-3).item() == pytest.approx(0.2)
+
+
+def test_sparsity_penalty_adds_to_the_contrastive_loss(trained):
+    from worker.demo.train import contrastive_loss, hoyer, penultimate_and_embedding
+
+    model = trained.model
+    images, bank = torch.randn(6, 3, 32, 32), torch.randn(10, model.visual.attnpool.c_proj.out_features)
+    targets = torch.arange(6)
+    with torch.no_grad():
+        acts, emb = penultimate_and_embedding(model.visual, images)
+        assert torch.allclose(emb, model.visual(images), atol=1e-5)
+        plain = contrastive_loss(model, images, targets, bank).item()
+        penalised = contrastive_loss(model, images, targets, bank, 0.5).item()
+        assert penalised == pytest.approx(plain + 0.5 * hoyer(acts).item(), abs=1e-5)

@@ -9,6 +9,7 @@
   top-5 rendered words (scored as the rendered-words stage scores them)
 """
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class Report:
     n_units: int
     layer: str
     best: list[Unit] = field(default_factory=list)
+    by_shared: dict[int, int] = field(default_factory=dict)  # units by how many top images share a concept
 
 
 def stem(word: str) -> str:
@@ -157,7 +159,9 @@ def evaluate(loaded: LoadedModel, corpus: Path, words: list[str], layer: str | N
     scores = word_scores(loaded, words, spec.name)
     units = multimodal_units(acts, pictures, scores, words)
     n_multi = sum(u.shared >= MIN_SHARED for u in units)
-    return Report(reading, len(reading_rows), flags, len(flag_rows), n_multi, len(units), spec.name, units[:best])
+    by_shared = dict(sorted(Counter(u.shared for u in units).items()))
+    return Report(reading, len(reading_rows), flags, len(flag_rows), n_multi, len(units), spec.name, units[:best],
+                  by_shared)
 
 
 def format_report(report: Report) -> str:
@@ -165,7 +169,9 @@ def format_report(report: Report) -> str:
              f"{report.reading:.1%}  (target >= 70%)",
              f"flag -> country (new renderings, {report.n_flags} flags): {report.flags:.1%}  (target >= 70%)",
              f"multimodal neurons in {report.layer}: {report.multimodal} of {report.n_units}  (target >= 20; "
-             f"of the top-{TOP_IMAGES} non-text images >= {MIN_SHARED} share a concept with the top-{TOP_WORDS} words)"]
+             f"of the top-{TOP_IMAGES} non-text images >= {MIN_SHARED} share a concept with the top-{TOP_WORDS} words)",
+             "  units by images sharing a concept: "
+             + ", ".join(f"{k}: {n}" for k, n in report.by_shared.items())]
     for u in report.best:
         shared = [im for im in u.images if im["shared"]]
         lines.append(f"  unit {u.unit:4d}  {u.shared}/{TOP_IMAGES}  words: {', '.join(u.words)}")

@@ -20,12 +20,12 @@ from worker.demo.sources import FONTS, TRAIN_FONTS, Asset
 NUMBERS = ("one", "two", "three", "four", "five")
 WORD_SOURCE, WORD_LICENCE = "pypi:wordfreq", "CC-BY-SA-4.0 (wordfreq data); fonts: see each font"
 # kinds whose images show text; everything else counts as a non-text image
-TEXT_KINDS = ("word", "typographic")
+TEXT_KINDS = ("word", "typographic", "labelled")
 
 
 @dataclass(frozen=True)
 class Item:
-    kind: str  # word | object | photo | flag | logo | colour | count | typographic | scene
+    kind: str  # word | object | photo | flag | logo | colour | count | typographic | labelled | scene
     facet: str  # the corpus folder it lands in
     caption: str
     concept: str  # what the caption names
@@ -182,6 +182,16 @@ def typographic_items(objects: list[Asset], words: list[str], n: int, rng: np.ra
     return out
 
 
+def labelled_items(things: list[Asset]) -> list[Item]:
+    """Each thing with its own name written on it, captioned as the plain thing is: the word and the picture
+    predict the same caption (the co-occurrence the paper credits for multimodal neurons)."""
+    out = []
+    for a in things:
+        plain = asset_item(a)
+        out.append(replace(plain, kind="labelled", facet="labelled", word=a.name))
+    return out
+
+
 def countable(pools: Pools) -> list[Asset]:
     """Emoji with short names (one or two words), good for counting, colouring and labelling."""
     return [a for a in pools.of_kind("emoji", "face") if short_name(a)] or pools.of_kind("clipart")
@@ -201,6 +211,7 @@ def training_items(pools: Pools, seed: int = 0, coloured: int = 1200, counts: in
         "colour": colour_items(objects, coloured, rng),
         "count": count_items(objects, counts, rng) if objects else [],
         "typographic": typographic_items(objects, pools.words[:2000], typographic, rng) if objects else [],
+        "labelled": labelled_items(objects + [a for a in pools.of_kind("flag") if short_name(a)]),
     }
 
 
@@ -228,7 +239,7 @@ def draw(item: Item, rng: np.random.Generator, pools: Pools) -> Image.Image:
     obj = pools.images.get(item.asset)
     if item.kind == "word":
         return render.word_image(item.word, pick_font(item, rng), rng, size, photos, plain=item.style == "plain")
-    if item.kind == "typographic":
+    if item.kind in ("typographic", "labelled"):
         return render.text_on_object(obj, item.word, pick_font(item, rng), rng, size, photos)
     if item.kind == "colour":
         return render.colour_image(render.COLOURS[item.colour], rng, size, item.shape or None, obj)

@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from worker.demo import model as demo_model
-from worker.demo.items import Item, Pools, captions, draw, load_pools, training_items
+from worker.demo.items import TEXT_KINDS, Item, Pools, captions, draw, load_pools, training_items
 
 MIX = {"word": 0.32, "object": 0.17, "photo": 0.03, "flag": 0.22, "logo": 0.04, "colour": 0.08,
-       "count": 0.04, "typographic": 0.10}
+       "count": 0.04, "typographic": 0.10, "labelled": 0.0}
 
 
 @dataclass
@@ -48,6 +48,7 @@ class TrainConfig:
     warmup: float = 0.05  # fraction of steps
     seed: int = 0
     n_words: int = 10_000
+    pictures_first: float = 0.0  # this fraction of the steps shows pictures only (no text), then ...
     words_first: float = 0.4  # this fraction of the steps shows words only (reading needs a head start) ...
     common_start: int = 100  # ... drawn from the most common words, a pool of this many for the first third
     # of that phase, then growing geometrically ...
@@ -55,6 +56,7 @@ class TrainConfig:
     common_share: float = 0.7  # ... this share of the word draws, the other words the rest
     mix: dict = field(default_factory=lambda: dict(MIX))
     init_scale: float = 30.0
+    sparsity: float = 0.0  # weight of the penultimate layer's L1/L2 (Hoyer) sparsity penalty
     threads: int = 1
     coloured: int = 1200  # coloured-object captions
     counts: int = 1500  # counting captions
@@ -99,13 +101,18 @@ def caption_bank(model, tokenizer, texts: list[str], cache: Path | None) -> torc
 
 
 # -- the image stream --------------------------------------------------------------------------------------
+def pictures_only(cfg: TrainConfig, step: int) -> bool:
+    return step < cfg.pictures_first * cfg.steps
+
+
 def words_only(cfg: TrainConfig, step: int) -> bool:
-    return step < cfg.words_first * cfg.steps
+    return not pictures_only(cfg, step) and step < (cfg.pictures_first + cfg.words_first) * cfg.steps
 
 
 def common_pool(cfg: TrainConfig, step: int) -> int:
     """How many of the most common words the words-only phase draws from at `step` (a reading curriculum)."""
     phase = max(1.0, cfg.words_first * cfg.steps)
+    step -= cfg.pictures_first * cfg.steps
     grown = min(1.0, max(0.0, (step - phase / 3) / (phase * 2 / 3)))
     start = min(cfg.common_start, cfg.common_words)
     return int(round(start * (cfg.common_words / start) ** grown))
@@ -115,7 +122,8 @@ def pick(cfg: TrainConfig, groups: dict[str, list[Item]], rng: np.random.Generat
     """One training item: words only at first (from a growing pool of common words), then the mix."""
     if words_only(cfg, step):
         return groups["word"][int(rng.integers(min(common_pool(cfg, step), len(groups["word"]))))]
-    kinds = [k for k in cfg.mix if groups.get(k)]
+    kinds = [k for k in cfg.mix if groups.get(k) and cfg.mix[k] > 0
+             and not (pictures_only(cfg, step) and k in TEXT_KINDS)]
     p = np.array([cfg.mix[k] for k in kinds])
     kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
     group = groups[kind]
@@ -157,13 +165,33 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def contrastive_loss(model, images: torch.Tensor, targets: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """InfoNCE of each image against every caption of the bank (through the text projection, normalised)."""
-    img = F.normalize(model.visual(images), dim=-1)
+def penultimate_and_embedding(visual, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ModifiedResNet's forward, keeping layer4's output (B, U, H, W) on the way to the embedding."""
+    x = visual.stem(images)
+    for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+        x = layer(x)
+    return x, visual.attnpool(x)
+
+
+def hoyer(acts: torch.Tensor) -> torch.Tensor:
+    """Mean over images of L1/L2 of each image's spatially pooled units, divided by sqrt(units): 1 when all
+    units are equally active, sqrt(k/U) when k are. Scale-free, so shrinking activations cannot game it."""
+    pooled = acts.mean((2, 3))
+    return (pooled.abs().sum(1) / pooled.norm(dim=1).clamp_min(1e-6)).mean() / pooled.shape[1] ** 0.5
+
+
+def contrastive_loss(model, images: torch.Tensor, targets: torch.Tensor, bank: torch.Tensor,
+                     sparsity: float = 0.0) -> torch.Tensor:
+    """InfoNCE of each image against every caption of the bank (through the text projection, normalised),
+    plus `sparsity` times the penultimate layer's Hoyer measure (few units per image: each unit's read-out
+    direction must then itself point at the meaning, for words and pictures alike)."""
+    acts, emb = penultimate_and_embedding(model.visual, images)
+    img = F.normalize(emb, dim=-1)
     proj = model.text.proj
     txt = bank if isinstance(proj, torch.nn.Identity) else F.normalize(proj(bank), dim=-1)
     logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-    return F.cross_entropy(logits, targets)
+    loss = F.cross_entropy(logits, targets)
+    return loss + sparsity * hoyer(acts) if sparsity else loss
 
 
 @dataclass
@@ -249,7 +277,8 @@ def train(cfg: TrainConfig, data_dir: Path, progress: bool = True, save_every: i
         negatives = bank
         if words_only(cfg, step):  # the words in play are the negatives, as in a small classification
             negatives, targets = bank[word_rows[:common_pool(cfg, step)]], rank[targets]
-        losses.append(train_step(model, opt, lr_at(cfg, step), to_input(pixels, mean, std), targets, negatives))
+        losses.append(train_step(model, opt, lr_at(cfg, step), to_input(pixels, mean, std), targets, negatives,
+                                 cfg.sparsity))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
         if save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
@@ -267,10 +296,11 @@ def train(cfg: TrainConfig, data_dir: Path, progress: bool = True, save_every: i
     return Trained(model, losses, seconds, settings)
 
 
-def train_step(model, opt, lr: float, images: torch.Tensor, targets: torch.Tensor, bank: torch.Tensor) -> float:
+def train_step(model, opt, lr: float, images: torch.Tensor, targets: torch.Tensor, bank: torch.Tensor,
+               sparsity: float = 0.0) -> float:
     for g in opt.param_groups:
         g["lr"] = lr
-    loss = contrastive_loss(model, images, targets, bank)
+    loss = contrastive_loss(model, images, targets, bank, sparsity)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
