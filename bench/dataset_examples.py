@@ -117,9 +117,14 @@ def options(batch_size: int, workers: int, k: int, checkpoint_seconds: float = 6
                           checkpoint_seconds=checkpoint_seconds)
 
 
-def child(mode: str, corpus: Path, batch_size: int, workers: int, k: int, rounds: int = 1):
+def child(mode: str, corpus: Path, batch_size: int, workers: int, k: int, rounds: int = 1, keep_heap: bool = True):
     """(internal) One measurement in a fresh process; prints one JSON line."""
-    tracemalloc.start()
+    from worker.allocator import keep_freed_memory
+
+    if keep_heap:
+        keep_freed_memory()  # what the worker does: both sides of the ratio run with the same allocator
+    if mode != "ratio":  # tracing every Python allocation slows the pipeline's Python side (0.79-0.84 vs 0.90)
+        tracemalloc.start()
     loaded = load_rn50()
     # the ratio uses the default checkpoint interval; the memory runs checkpoint after every batch, so
     # that both corpus sizes include the checkpoint's transient memory
@@ -131,13 +136,15 @@ def child(mode: str, corpus: Path, batch_size: int, workers: int, k: int, rounds
         n = sum(len(b) for b in batches)
         time_bare(loaded, batches[:1])  # warm both paths up once (allocator, oneDNN primitives)
         time_pipeline(loaded, corpus, options(batch_size, 0, k), checkpoint)
-        bare = pipe = 0.0
+        bare, pipe = [], []
         for _ in range(rounds):
-            bare += time_bare(loaded, batches)
+            bare.append(time_bare(loaded, batches))
             seconds, images = time_pipeline(loaded, corpus, opts, checkpoint)
             assert images == n, (images, n)
-            pipe += seconds
-        out |= {"images": n * rounds, "bare_s": bare, "pipeline_s": pipe}
+            pipe.append(seconds)
+        ratios = sorted(b / p for b, p in zip(bare, pipe, strict=True))
+        out |= {"images": n * rounds, "bare_s": sum(bare), "pipeline_s": sum(pipe), "ratios": ratios,
+                "median_ratio": ratios[len(ratios) // 2]}
     else:
         seconds, images = time_pipeline(loaded, corpus, opts, checkpoint)
         out |= {"images": images, "pipeline_s": seconds}
@@ -146,6 +153,7 @@ def child(mode: str, corpus: Path, batch_size: int, workers: int, k: int, rounds
     out["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["children_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     out["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
+    out["minor_faults_per_image"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt / max(1, out["images"])
     print(json.dumps(out))
 
 
@@ -174,8 +182,11 @@ def main(images: int = typer.Option(48, help="1x corpus size for the memory runs
          ratio_images: int = typer.Option(96, help="images timed through both the bare forward and the pipeline"),
          batch_size: int = 16,
          workers: int = typer.Option(-1, help="DataLoader decode workers (-1: what the worker picks here)"),
-         k: int = typer.Option(64, help="examples kept per unit and sign"), rounds: int = 1,
-         write: bool = typer.Option(False, help="also time the store write phase (1x)")):
+         k: int = typer.Option(64, help="examples kept per unit and sign"),
+         rounds: int = typer.Option(5, help="alternating bare / pipeline rounds (the ratio is their median: "
+                                            "a shared VM's noise moves single rounds by +-10 %)"),
+         write: bool = typer.Option(False, help="also time the store write phase (1x)"),
+         allocator: bool = typer.Option(False, help="also time both with glibc's default malloc thresholds")):
     """Run the benchmark and print the side-by-side figures."""
     started = time.perf_counter()
     if workers < 0:
@@ -196,7 +207,15 @@ def main(images: int = typer.Option(48, help="1x corpus size for the memory runs
     pipe_ips = ratio["images"] / ratio["pipeline_s"]
     print(f"bare forward      {bare_ips:7.2f} img/s   ({ratio['images']} images in {ratio['bare_s']:.1f} s)")
     print(f"pipeline          {pipe_ips:7.2f} img/s   ({ratio['images']} images in {ratio['pipeline_s']:.1f} s)")
-    print(f"pipeline / bare   {pipe_ips / bare_ips:7.3f}        (target >= 0.9)")
+    print(f"pipeline / bare   {ratio['median_ratio']:7.3f}        (target >= 0.9; median of {rounds} "
+          f"alternating rounds, range {ratio['ratios'][0]:.3f}-{ratio['ratios'][-1]:.3f}; minor page faults per image "
+          f"{ratio['minor_faults_per_image']:.0f})")
+    if allocator:
+        plain = run_child("ratio", timed, batch_size, workers, k, "--rounds", rounds, "--no-keep-heap")
+        plain_ips = plain["images"] / plain["pipeline_s"]
+        print(f"glibc malloc defaults (what the worker changes): bare {plain['images'] / plain['bare_s']:.2f} img/s, "
+              f"pipeline {plain_ips:.2f} img/s, {plain['minor_faults_per_image']:.0f} faults/image; "
+              f"the kept heap gives the pipeline {pipe_ips / plain_ips:.2f}x")
     rows = [("1x", images, run_child("write" if write else "memory", small, batch_size, workers, k)),
             (f"{scale}x", images * scale, run_child("memory", large, batch_size, workers, k))]
     print(f"{'corpus':<8}{'images':>8}{'img/s':>9}{'peak RSS MiB':>14}{'loader RSS MiB':>16}{'tracemalloc MiB':>17}")

@@ -10,6 +10,9 @@ common words that grows from `common_start` to `common_words`, with the pool's w
 (a small classification). Without this head start a tower this small never learnt to read (0.6 % on the
 held-out font after 2,400 mixed steps); with it, 96 % (see README, "The embedded default model").
 
+Knobs tried for multimodal neurons and left off by default (each measured in the README's table; none
+helped): `labelled` items in the mix, a `pictures_first` phase before reading, a `sparsity` penalty.
+
 Determinism: batch i is drawn from a generator seeded with (seed, i) and torch runs on a fixed number of
 threads, so a run with the same settings gives the same weights. Images are drawn by a DataLoader worker
 while the main process trains.
@@ -346,5 +349,5 @@ def run(cfg: TrainConfig, data_dir: Path, out: Path = demo_model.WEIGHTS, progre
     trained = train(cfg, data_dir, progress)
     demo_model.save_trained(trained.model, out, trained.settings)
     plot_losses(trained.losses, Path(out).with_name(Path(out).stem + "-loss.png"),
-                phase_end=int(cfg.words_first * cfg.steps))
+                phase_end=int((cfg.pictures_first + cfg.words_first) * cfg.steps))
     return trained
