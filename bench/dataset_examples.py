@@ -117,8 +117,12 @@ def options(batch_size: int, workers: int, k: int, checkpoint_seconds: float = 6
                           checkpoint_seconds=checkpoint_seconds)
 
 
-def child(mode: str, corpus: Path, batch_size: int, workers: int, k: int, rounds: int = 1):
+def child(mode: str, corpus: Path, batch_size: int, workers: int, k: int, rounds: int = 1, keep_heap: bool = True):
     """(internal) One measurement in a fresh process; prints one JSON line."""
+    from worker.allocator import keep_freed_memory
+
+    if keep_heap:
+        keep_freed_memory()  # what the worker does: both sides of the ratio run with the same allocator
     if mode != "ratio":  # tracing every Python allocation slows the pipeline's Python side (0.79-0.84 vs 0.90)
         tracemalloc.start()
     loaded = load_rn50()
@@ -181,7 +185,8 @@ def main(images: int = typer.Option(48, help="1x corpus size for the memory runs
          k: int = typer.Option(64, help="examples kept per unit and sign"),
          rounds: int = typer.Option(5, help="alternating bare / pipeline rounds (the ratio is their median: "
                                             "a shared VM's noise moves single rounds by +-10 %)"),
-         write: bool = typer.Option(False, help="also time the store write phase (1x)")):
+         write: bool = typer.Option(False, help="also time the store write phase (1x)"),
+         allocator: bool = typer.Option(False, help="also time both with glibc's default malloc thresholds")):
     """Run the benchmark and print the side-by-side figures."""
     started = time.perf_counter()
     if workers < 0:
@@ -205,6 +210,12 @@ def main(images: int = typer.Option(48, help="1x corpus size for the memory runs
     print(f"pipeline / bare   {ratio['median_ratio']:7.3f}        (target >= 0.9; median of {rounds} "
           f"alternating rounds, range {ratio['ratios'][0]:.3f}-{ratio['ratios'][-1]:.3f}; minor page faults per image "
           f"{ratio['minor_faults_per_image']:.0f})")
+    if allocator:
+        plain = run_child("ratio", timed, batch_size, workers, k, "--rounds", rounds, "--no-keep-heap")
+        plain_ips = plain["images"] / plain["pipeline_s"]
+        print(f"glibc malloc defaults (what the worker changes): bare {plain['images'] / plain['bare_s']:.2f} img/s, "
+              f"pipeline {plain_ips:.2f} img/s, {plain['minor_faults_per_image']:.0f} faults/image; "
+              f"the kept heap gives the pipeline {pipe_ips / plain_ips:.2f}x")
     rows = [("1x", images, run_child("write" if write else "memory", small, batch_size, workers, k)),
             (f"{scale}x", images * scale, run_child("memory", large, batch_size, workers, k))]
     print(f"{'corpus':<8}{'images':>8}{'img/s':>9}{'peak RSS MiB':>14}{'loader RSS MiB':>16}{'tracemalloc MiB':>17}")

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitStats, now
 from app.keys import UnitKey
+from worker.allocator import keep_freed_memory
 from worker.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, Shard, survey
 from worker.images import store_images
 from worker.layers import activations, catalogue, family_of, layer_spec
@@ -256,6 +257,7 @@ def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opt
            save) -> None:
     """Run the corpus through the model from `progress.cursor` on, checkpointing as it goes."""
     device = loaded.device
+    keep_freed_memory()
     loaded.model.to(memory_format=torch.channels_last)
     names = list(progress.layers)
     per_batch = opts.batch_size * opts.shard.count  # each shard keeps about batch_size images per batch
