@@ -185,11 +185,7 @@ def typographic_items(objects: list[Asset], words: list[str], n: int, rng: np.ra
 def labelled_items(things: list[Asset]) -> list[Item]:
     """Each thing with its own name written on it, captioned as the plain thing is: the word and the picture
     predict the same caption (the co-occurrence the paper credits for multimodal neurons)."""
-    out = []
-    for a in things:
-        plain = asset_item(a)
-        out.append(replace(plain, kind="labelled", facet="labelled", word=a.name))
-    return out
+    return [replace(asset_item(a), kind="labelled", facet="labelled", word=a.name) for a in things]
 
 
 def countable(pools: Pools) -> list[Asset]:

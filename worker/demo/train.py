@@ -169,11 +169,14 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def penultimate_and_embedding(visual, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ModifiedResNet's forward, keeping layer4's output (B, U, H, W) on the way to the embedding."""
-    x = visual.stem(images)
-    for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
-        x = layer(x)
-    return x, visual.attnpool(x)
+    """open_clip's own forward of the image tower, keeping layer4's output (B, U, H, W) on the way."""
+    kept = []
+    handle = visual.layer4.register_forward_hook(lambda _m, _i, out: kept.append(out))
+    try:
+        emb = visual(images)
+    finally:
+        handle.remove()
+    return kept[0], emb
 
 
 def hoyer(acts: torch.Tensor) -> torch.Tensor:
