@@ -116,3 +116,19 @@ def test_labelled_things_carry_their_own_name_and_the_plain_caption(pools):
         assert it.caption == plain[it.asset].caption  # the word adds nothing the picture does not say
         assert it.word == pools.assets[it.asset].name
     assert "labelled" in NON_TEXT_EXCLUDED
+
+
+def test_named_words_follow_how_often_picture_captions_use_them(pools):
+    from dataclasses import replace
+
+    from worker.demo.items import named_words
+
+    base = word_item("x")
+    pictures = [replace(base, kind="colour", caption=c) for c in
+                ["the color red", "a red circle", "a red dog", "the flag of Red", "a blue circle", "a zzzq dog"]]
+    pools = replace(pools, words=["red", "blue", "circle", "dog", "the", "of", "flag", "color", "a"])
+    counts = {}
+    for it in named_words(pools, pictures, cap=3):
+        assert it.kind == "word" and it.caption == it.word
+        counts[it.word] = counts.get(it.word, 0) + 1
+    assert counts == {"red": 3, "blue": 1, "circle": 2, "dog": 2}  # capped; function, template, unknown words out

@@ -20,19 +20,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from worker.demo.corpus import read_manifest
-from worker.demo.items import TEXT_KINDS
+from worker.demo.items import STOP_WORDS, TEMPLATE_WORDS, TEXT_KINDS
 from worker.models import LoadedModel
 
 TOP_IMAGES, TOP_WORDS, MIN_SHARED = 9, 5, 3
-# words our caption templates add (they name the template, not the picture's concept)
-TEMPLATE_WORDS = frozenset({"photo", "flag", "logo", "color", "labeled"})
-# function words: they carry no concept (numbers, colours and nouns stay)
-STOP_WORDS = frozenset("""a an the and or but nor so yet of in on at to from by for with without into onto over under
-above below up down out off about as than then that this these those there here it its it's he she they them
-his her their our your my me we you i is are was were be been being am do does did has have had will would
-shall should can could may might must not no all any some each every both either neither such own same other
-very just also too only what which who whom whose when where why how if while because until after before
-again further once more most less few s t""".split())
 NON_TEXT_EXCLUDED = (*TEXT_KINDS, "logo")  # logos are often wordmarks: reading, not multimodality
 
 

@@ -21,6 +21,15 @@ NUMBERS = ("one", "two", "three", "four", "five")
 WORD_SOURCE, WORD_LICENCE = "pypi:wordfreq", "CC-BY-SA-4.0 (wordfreq data); fonts: see each font"
 # kinds whose images show text; everything else counts as a non-text image
 TEXT_KINDS = ("word", "typographic", "labelled")
+# words our caption templates add (they name the template, not the picture's concept)
+TEMPLATE_WORDS = frozenset({"photo", "flag", "logo", "color", "labeled"})
+# function words: they carry no concept (numbers, colours and nouns stay)
+STOP_WORDS = frozenset("""a an the and or but nor so yet of in on at to from by for with without into onto over under
+above below up down out off about as than then that this these those there here it its it's he she they them
+his her their our your my me we you i is are was were be been being am do does did has have had will would
+shall should can could may might must not no all any some each every both either neither such own same other
+very just also too only what which who whom whose when where why how if while because until after before
+again further once more most less few s t""".split())
 
 
 @dataclass(frozen=True)
@@ -188,6 +197,19 @@ def labelled_items(things: list[Asset]) -> list[Item]:
     return [replace(asset_item(a), kind="labelled", facet="labelled", word=a.name) for a in things]
 
 
+def named_words(pools: Pools, pictures: Iterable[Item], cap: int = 20) -> list[Item]:
+    """Rendered words that name what the pictures show, each listed as often as picture captions use it (at
+    most `cap` times): written words in the world are mostly about the things around them, so the words a
+    model sees written should be the ones its pictures are about, as often."""
+    known = set(pools.words)
+    uses: dict[str, int] = {}
+    for it in pictures:
+        for w in set(re.findall(r"[a-z]+", it.caption.lower())) - STOP_WORDS - TEMPLATE_WORDS:
+            if w in known:
+                uses[w] = uses.get(w, 0) + 1
+    return [word_item(w) for w in sorted(uses) for _ in range(min(cap, uses[w]))]
+
+
 def countable(pools: Pools) -> list[Asset]:
     """Emoji with short names (one or two words), good for counting, colouring and labelling."""
     return [a for a in pools.of_kind("emoji", "face") if short_name(a)] or pools.of_kind("clipart")
@@ -198,7 +220,7 @@ def training_items(pools: Pools, seed: int = 0, coloured: int = 1200, counts: in
     """The items training draws from, grouped by kind. Words are drawn in any training font."""
     rng = np.random.default_rng(seed)
     objects = countable(pools)
-    return {
+    groups = {
         "word": [word_item(w) for w in pools.words],
         "object": [asset_item(a) for a in pools.of_kind("emoji", "face", "clipart")],
         "photo": [asset_item(a) for a in pools.of_kind("photo")],
@@ -209,6 +231,8 @@ def training_items(pools: Pools, seed: int = 0, coloured: int = 1200, counts: in
         "typographic": typographic_items(objects, pools.words[:2000], typographic, rng) if objects else [],
         "labelled": labelled_items(objects + [a for a in pools.of_kind("flag") if short_name(a)]),
     }
+    pictures = [it for kind in ("object", "photo", "flag", "colour", "count") for it in groups[kind]]
+    return {**groups, "named": named_words(pools, pictures)}
 
 
 def captions(groups: Iterable[Iterable[Item]]) -> list[str]:

@@ -35,7 +35,7 @@ from worker.demo import model as demo_model
 from worker.demo.items import TEXT_KINDS, Item, Pools, captions, draw, load_pools, training_items
 
 MIX = {"word": 0.32, "object": 0.17, "photo": 0.03, "flag": 0.22, "logo": 0.04, "colour": 0.08,
-       "count": 0.04, "typographic": 0.10, "labelled": 0.0}
+       "count": 0.04, "typographic": 0.10, "labelled": 0.0, "named": 0.0}
 
 
 @dataclass
@@ -60,6 +60,8 @@ class TrainConfig:
     mix: dict = field(default_factory=lambda: dict(MIX))
     init_scale: float = 30.0
     sparsity: float = 0.0  # weight of the penultimate layer's L1/L2 (Hoyer) sparsity penalty
+    soft_targets: float = 0.0  # > 0: each image's target is spread over captions the text tower finds alike
+    # (softmax of this sharpness times cosine); 0: its own caption only
     threads: int = 1
     coloured: int = 1200  # coloured-object captions
     counts: int = 1500  # counting captions
@@ -126,7 +128,7 @@ def pick(cfg: TrainConfig, groups: dict[str, list[Item]], rng: np.random.Generat
     if words_only(cfg, step):
         return groups["word"][int(rng.integers(min(common_pool(cfg, step), len(groups["word"]))))]
     kinds = [k for k in cfg.mix if groups.get(k) and cfg.mix[k] > 0
-             and not (pictures_only(cfg, step) and k in TEXT_KINDS)]
+             and not (pictures_only(cfg, step) and groups[k][0].kind in TEXT_KINDS)]
     p = np.array([cfg.mix[k] for k in kinds])
     kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
     group = groups[kind]
@@ -186,8 +188,16 @@ def hoyer(acts: torch.Tensor) -> torch.Tensor:
     return (pooled.abs().sum(1) / pooled.norm(dim=1).clamp_min(1e-6)).mean() / pooled.shape[1] ** 0.5
 
 
+def soft_targets(bank: torch.Tensor, targets: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """(B, bank) target distributions: caption j gets weight exp(sharpness * (cos(own, j) - 1)), normalised, by
+    the frozen text features. Near-synonyms ("blue", "the color blue": cosine 0.89) stop being negatives that
+    push a rendered word away from the picture it names; unrelated captions (cosine < 0.5) keep ~0 weight."""
+    feats = F.normalize(bank, dim=-1)
+    return F.softmax(sharpness * (feats[targets] @ feats.T - 1), dim=-1)
+
+
 def contrastive_loss(model, images: torch.Tensor, targets: torch.Tensor, bank: torch.Tensor,
-                     sparsity: float = 0.0) -> torch.Tensor:
+                     sparsity: float = 0.0, soft: float = 0.0) -> torch.Tensor:
     """InfoNCE of each image against every caption of the bank (through the text projection, normalised),
     plus `sparsity` times the penultimate layer's Hoyer measure (few units per image: each unit's read-out
     direction must then itself point at the meaning, for words and pictures alike)."""
@@ -196,7 +206,7 @@ def contrastive_loss(model, images: torch.Tensor, targets: torch.Tensor, bank: t
     proj = model.text.proj
     txt = bank if isinstance(proj, torch.nn.Identity) else F.normalize(proj(bank), dim=-1)
     logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-    loss = F.cross_entropy(logits, targets)
+    loss = F.cross_entropy(logits, soft_targets(bank, targets, soft) if soft else targets)
     return loss + sparsity * hoyer(acts) if sparsity else loss
 
 
@@ -284,7 +294,7 @@ def train(cfg: TrainConfig, data_dir: Path, progress: bool = True, save_every: i
         if words_only(cfg, step):  # the words in play are the negatives, as in a small classification
             negatives, targets = bank[word_rows[:common_pool(cfg, step)]], rank[targets]
         losses.append(train_step(model, opt, lr_at(cfg, step), to_input(pixels, mean, std), targets, negatives,
-                                 cfg.sparsity))
+                                 cfg.sparsity, cfg.soft_targets))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
         if save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
@@ -303,10 +313,10 @@ def train(cfg: TrainConfig, data_dir: Path, progress: bool = True, save_every: i
 
 
 def train_step(model, opt, lr: float, images: torch.Tensor, targets: torch.Tensor, bank: torch.Tensor,
-               sparsity: float = 0.0) -> float:
+               sparsity: float = 0.0, soft: float = 0.0) -> float:
     for g in opt.param_groups:
         g["lr"] = lr
-    loss = contrastive_loss(model, images, targets, bank, sparsity)
+    loss = contrastive_loss(model, images, targets, bank, sparsity, soft)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
