@@ -193,23 +193,27 @@ def test_sparsity_penalty_adds_to_the_contrastive_loss(trained):
 
 
 def test_soft_targets_spread_only_over_captions_the_text_tower_finds_alike():
-    from worker.demo.train import soft_targets
+    from worker.demo.train import Soft, soft_targets
 
     bank = torch.tensor([[1.0, 0.0, 0.0], [0.95, 0.31, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]) * 3  # unnormalised
-    q = soft_targets(bank, torch.tensor([0, 2]), sharpness=20.0)
+    q = soft_targets(bank, torch.tensor([0, 2]), Soft(20.0))
     assert torch.allclose(q.sum(1), torch.ones(2))
     assert q[0].argmax() == 0 and 0.2 < q[0, 1] / q[0, 0] < 0.5  # cosine 0.95: exp(-1) of its own weight
     assert q[0, 2] < 1e-8 and q[0, 3] < 1e-4  # unrelated captions are left as negatives
     assert q[1, 2] > 0.99  # a caption with no near-synonym keeps its one-hot target
+    near = soft_targets(bank, torch.tensor([0]), Soft(1.0, neighbours=1))
+    assert near[0, 2:].sum() == 0 and near[0, :2].sum() == pytest.approx(1.0)  # only the nearest caption shares
+    only = soft_targets(bank, torch.tensor([0, 1]), Soft(1.0, rows=torch.tensor([False, True, False, False])))
+    assert only[0].tolist() == [1.0, 0.0, 0.0, 0.0] and only[1, 0] > 0.1  # row 0 not spread, row 1 spread
 
 
 def test_soft_targets_in_the_loss_reduce_to_one_hot_when_sharp(trained):
-    from worker.demo.train import contrastive_loss
+    from worker.demo.train import Soft, contrastive_loss
 
     model = trained.model
     images, bank = torch.randn(4, 3, 32, 32), torch.eye(8, model.visual.attnpool.c_proj.out_features)
     targets = torch.arange(4)
     with torch.no_grad():
         hard = contrastive_loss(model, images, targets, bank).item()
-        assert contrastive_loss(model, images, targets, bank, soft=1000.0).item() == pytest.approx(hard, abs=1e-4)
-        assert contrastive_loss(model, images, targets, bank, soft=1.0).item() != pytest.approx(hard, abs=1e-3)
+        assert contrastive_loss(model, images, targets, bank, soft=Soft(1000.0)).item() == pytest.approx(hard, abs=1e-4)
+        assert contrastive_loss(model, images, targets, bank, soft=Soft(1.0)).item() != pytest.approx(hard, abs=1e-3)

@@ -62,6 +62,8 @@ class TrainConfig:
     sparsity: float = 0.0  # weight of the penultimate layer's L1/L2 (Hoyer) sparsity penalty
     soft_targets: float = 0.0  # > 0: each image's target is spread over captions the text tower finds alike
     # (softmax of this sharpness times cosine); 0: its own caption only
+    soft_neighbours: int = 0  # spread over this many nearest captions only (0: the whole bank)
+    soft_words_only: bool = False  # spread only the targets of rendered words (reading for meaning)
     threads: int = 1
     coloured: int = 1200  # coloured-object captions
     counts: int = 1500  # counting captions
@@ -188,16 +190,32 @@ def hoyer(acts: torch.Tensor) -> torch.Tensor:
     return (pooled.abs().sum(1) / pooled.norm(dim=1).clamp_min(1e-6)).mean() / pooled.shape[1] ** 0.5
 
 
-def soft_targets(bank: torch.Tensor, targets: torch.Tensor, sharpness: float) -> torch.Tensor:
+@dataclass(frozen=True)
+class Soft:
+    """How targets are spread (see `soft_targets`)."""
+
+    sharpness: float
+    neighbours: int = 0  # the nearest captions that share the target (0: all)
+    rows: torch.Tensor | None = None  # bool over the bank: captions whose targets are spread (None: all)
+
+
+def soft_targets(bank: torch.Tensor, targets: torch.Tensor, soft: Soft) -> torch.Tensor:
     """(B, bank) target distributions: caption j gets weight exp(sharpness * (cos(own, j) - 1)), normalised, by
     the frozen text features. Near-synonyms ("blue", "the color blue": cosine 0.89) stop being negatives that
     push a rendered word away from the picture it names; unrelated captions (cosine < 0.5) keep ~0 weight."""
     feats = F.normalize(bank, dim=-1)
-    return F.softmax(sharpness * (feats[targets] @ feats.T - 1), dim=-1)
+    logits = soft.sharpness * (feats[targets] @ feats.T - 1)
+    if soft.neighbours:
+        kept = logits.topk(min(soft.neighbours + 1, logits.shape[1]), dim=1).indices
+        logits = torch.full_like(logits, -torch.inf).scatter(1, kept, logits.gather(1, kept))
+    q = F.softmax(logits, dim=-1)
+    if soft.rows is not None:
+        q = torch.where(soft.rows[targets][:, None], q, F.one_hot(targets, q.shape[1]).to(q.dtype))
+    return q
 
 
 def contrastive_loss(model, images: torch.Tensor, targets: torch.Tensor, bank: torch.Tensor,
-                     sparsity: float = 0.0, soft: float = 0.0) -> torch.Tensor:
+                     sparsity: float = 0.0, soft: Soft | None = None) -> torch.Tensor:
     """InfoNCE of each image against every caption of the bank (through the text projection, normalised),
     plus `sparsity` times the penultimate layer's Hoyer measure (few units per image: each unit's read-out
     direction must then itself point at the meaning, for words and pictures alike)."""
@@ -289,12 +307,15 @@ def train(cfg: TrainConfig, data_dir: Path, progress: bool = True, save_every: i
     word_rows = torch.tensor([index[w.caption] for w in groups.get("word", [])[:cfg.common_words]], dtype=torch.long)
     rank = torch.full((len(texts),), -1, dtype=torch.long)
     rank[word_rows] = torch.arange(len(word_rows))
+    is_word = torch.zeros(len(texts), dtype=torch.bool)
+    is_word[[index[w.caption] for w in groups.get("word", [])]] = True
     for step, (pixels, targets) in enumerate(bar, start):
-        negatives = bank
+        negatives, soft = bank, spread(cfg, is_word)
         if words_only(cfg, step):  # the words in play are the negatives, as in a small classification
             negatives, targets = bank[word_rows[:common_pool(cfg, step)]], rank[targets]
+            soft = spread(cfg, None)
         losses.append(train_step(model, opt, lr_at(cfg, step), to_input(pixels, mean, std), targets, negatives,
-                                 cfg.sparsity, cfg.soft_targets))
+                                 cfg.sparsity, soft))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
         if save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
@@ -312,8 +333,14 @@ def train(cfg: TrainConfig, data_dir: Path, progress: bool = True, save_every: i
     return Trained(model, losses, seconds, settings)
 
 
+def spread(cfg: TrainConfig, is_word: torch.Tensor | None) -> Soft | None:
+    if not cfg.soft_targets:
+        return None
+    return Soft(cfg.soft_targets, cfg.soft_neighbours, is_word if cfg.soft_words_only else None)
+
+
 def train_step(model, opt, lr: float, images: torch.Tensor, targets: torch.Tensor, bank: torch.Tensor,
-               sparsity: float = 0.0, soft: float = 0.0) -> float:
+               sparsity: float = 0.0, soft: Soft | None = None) -> float:
     for g in opt.param_groups:
         g["lr"] = lr
     loss = contrastive_loss(model, images, targets, bank, sparsity, soft)
