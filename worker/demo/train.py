@@ -11,7 +11,8 @@ common words that grows from `common_start` to `common_words`, with the pool's w
 held-out font after 2,400 mixed steps); with it, 96 % (see README, "The embedded default model").
 
 Knobs tried for multimodal neurons and left off by default (each measured in the README's table; none
-helped): `labelled` items in the mix, a `pictures_first` phase before reading, a `sparsity` penalty.
+helped): `labelled` items and `named` words in the mix, a `pictures_first` phase before reading, a
+`sparsity` penalty, `soft_targets` (whole bank or nearest captions, every caption or words only).
 
 Determinism: batch i is drawn from a generator seeded with (seed, i) and torch runs on a fixed number of
 threads, so a run with the same settings gives the same weights. Images are drawn by a DataLoader worker
