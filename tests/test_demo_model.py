@@ -81,6 +81,10 @@ def test_assemble_refuses_weights_of_another_architecture(trained, tmp_path):
         demo_model.assemble(bad, tmp_path / "out.safetensors", TINY.name)
     with pytest.raises(FileNotFoundError, match="demo train"):
         demo_model.assemble(tmp_path / "missing.safetensors", tmp_path / "out.safetensors", TINY.name)
+    deeper = tmp_path / "deeper.safetensors"  # every expected key, plus a block the config does not have
+    save_file({**demo_model.trained_state(trained.model), "visual.layer3.1.conv1.weight": torch.zeros(1)}, str(deeper))
+    with pytest.raises(ValueError, match="unexpected.*layer3.1"):
+        demo_model.assemble(deeper, tmp_path / "out.safetensors", TINY.name)
 
 
 def test_run_writes_weights_settings_and_loss_curve(data_dir, tmp_path):

@@ -124,8 +124,9 @@ def assemble(trained: Path, out: Path, name: str = ARCH) -> Path:
         return out
     model = create(name)
     state = load_file(str(trained))
-    missing = [k for k in trained_state(model) if k not in state]
-    unexpected = [k for k in state if not k.startswith(TRAINED_PREFIXES)]
+    expected = trained_state(model)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]  # e.g. the blocks of a deeper tower: never dropped
     if missing or unexpected:
         raise ValueError(f"{trained} does not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict(state, strict=False)
