@@ -44,10 +44,11 @@ def test_the_guaranteed_fonts_are_installed():
     assert {"dejavu-sans", "liberation-serif"} <= set(available_fonts())
 
 
-def test_common_words_are_ten_thousand_minus_digit_tokens():
+def test_common_words_are_ten_thousand_minus_digit_and_symbol_tokens():
     words = common_words()
     assert 9_900 < len(words) <= 10_000 and words[:3] == ["the", "to", "and"]
     assert not any(c.isdigit() for w in words for c in w)
+    assert all(any(c.isalpha() for c in w) for w in words) and "u.s" in words and "😂" not in words
 
 
 def test_reduction_is_mean_over_sizes_of_max_over_positions():

@@ -39,10 +39,11 @@ Reader = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def common_words(n: int = N_WORDS) -> list[str]:
-    """wordfreq's n most common English words, without tokens that contain digits ("00", "2nd")."""
+    """wordfreq's n most common English words, without tokens that contain digits ("00", "2nd") or no letter
+    at all ("😂", "_", the blank U+2800: as rendered words they topped many neurons while saying nothing)."""
     from wordfreq import top_n_list
 
-    return [w for w in top_n_list("en", n) if not any(c.isdigit() for c in w)]
+    return [w for w in top_n_list("en", n) if not any(c.isdigit() for c in w) and any(c.isalpha() for c in w)]
 
 
 def default_plan(loaded: LoadedModel) -> RenderPlan:
