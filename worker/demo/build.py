@@ -11,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.db import Model, Run, now
 from app.settings import Settings
 
 DEMO_MODEL = "demo"
+WEIGHTS_STAGE = "demo-weights"  # a run that records the digest of the weights the store was built with
 DESCRIPTION = ("The embedded default: a small CLIP this project trains on registry data (a ModifiedResNet "
                "image tower, 64 px, learned against the frozen pretrained MiniLM text tower).")
 
@@ -102,32 +104,41 @@ def prepare(settings: Settings, device: str = "cpu", loaded=None, corpus: Path |
     loaded = loaded or demo_model.load(data_dir, device)
     corpus = corpus or build_corpus(data_dir, loaded.image_size)
     store = open_store(settings)
-    weights = weights_label(loaded.weights)
+    digest = weights_digest(loaded.weights)
     with store.sessions.begin() as session:
-        forget_other_weights(session, weights)
-        register_model(session, DEMO_MODEL, arch=loaded.arch, weights=weights,
-                       image_size=loaded.image_size, layers=catalogue(loaded), description=DESCRIPTION)
+        forget_other_weights(session, digest)
+        model = register_model(session, DEMO_MODEL, arch=loaded.arch, weights=loaded.weights,
+                               image_size=loaded.image_size, layers=catalogue(loaded), description=DESCRIPTION)
+        if weights_seen(session, model.id) != digest:
+            session.add(Run(stage=WEIGHTS_STAGE, model_id=model.id, weights=loaded.weights,
+                            settings={"sha256": digest}, status="done", finished_at=now()))
     return DemoContext(settings, store, loaded, DEMO_MODEL, corpus, corpus / MANIFEST)
 
 
-def weights_label(weights) -> str:
-    """The weights as the store records them: the path and a digest of the file, so new weights at the same
-    path (a retrained or updated demo model) are told apart."""
+def weights_digest(weights) -> str:
+    """What tells the demo's weights apart: the file's digest (a retrained model at the same path differs).
+    Recorded as a run of its own: Model.weights stays the path, which the stages and the live probe load."""
     from worker.demo.model import file_digest
 
     path = Path(str(weights)) if weights else None
-    return f"{weights} (sha256 {file_digest(path)[:16]})" if path and path.is_file() else str(weights)
+    return file_digest(path) if path and path.is_file() else str(weights)
 
 
-def forget_other_weights(session, weights: str) -> None:
+def weights_seen(session, model_id: int) -> str | None:
+    from sqlalchemy import select
+
+    settings = session.scalar(select(Run.settings).where(Run.model_id == model_id, Run.stage == WEIGHTS_STAGE)
+                              .order_by(Run.id.desc()).limit(1))
+    return (settings or {}).get("sha256")
+
+
+def forget_other_weights(session, digest: str) -> None:
     """Results of the demo model with other weights describe other neurons: delete them (the database
     cascades to its layers, units, runs and everything computed for them) so every stage runs again."""
     from sqlalchemy import select
 
-    from app.db import Model
-
     old = session.scalar(select(Model).where(Model.name == DEMO_MODEL))
-    if old is not None and old.weights != weights:
+    if old is not None and weights_seen(session, old.id) != digest:
         session.delete(old)
         session.flush()
 
