@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.db import Model, Run, now
+from app.db import Model, Run
 from app.settings import Settings
 
 DEMO_MODEL = "demo"
@@ -98,7 +98,7 @@ def prepare(settings: Settings, device: str = "cpu", loaded=None, corpus: Path |
     from worker.demo import model as demo_model
     from worker.demo.corpus import MANIFEST, build_corpus
     from worker.layers import catalogue
-    from worker.store import open_store, register_model
+    from worker.store import finish_run, open_store, register_model, start_run
 
     data_dir = Path(settings.data_dir)
     loaded = loaded or demo_model.load(data_dir, device)
@@ -106,12 +106,11 @@ def prepare(settings: Settings, device: str = "cpu", loaded=None, corpus: Path |
     store = open_store(settings)
     digest = weights_digest(loaded.weights)
     with store.sessions.begin() as session:
-        forget_other_weights(session, digest)
+        kept = forget_other_weights(session, digest)
         model = register_model(session, DEMO_MODEL, arch=loaded.arch, weights=loaded.weights,
                                image_size=loaded.image_size, layers=catalogue(loaded), description=DESCRIPTION)
-        if weights_seen(session, model.id) != digest:
-            session.add(Run(stage=WEIGHTS_STAGE, model_id=model.id, weights=loaded.weights,
-                            settings={"sha256": digest}, status="done", finished_at=now()))
+        if not kept:
+            finish_run(session, start_run(session, WEIGHTS_STAGE, model, {"sha256": digest}), {})
     return DemoContext(settings, store, loaded, DEMO_MODEL, corpus, corpus / MANIFEST)
 
 
@@ -132,15 +131,19 @@ def weights_seen(session, model_id: int) -> str | None:
     return (settings or {}).get("sha256")
 
 
-def forget_other_weights(session, digest: str) -> None:
+def forget_other_weights(session, digest: str) -> bool:
     """Results of the demo model with other weights describe other neurons: delete them (the database
-    cascades to its layers, units, runs and everything computed for them) so every stage runs again."""
+    cascades to its layers, units, runs and everything computed for them) so every stage runs again.
+    True when the store already holds these weights' results."""
     from sqlalchemy import select
 
     old = session.scalar(select(Model).where(Model.name == DEMO_MODEL))
-    if old is not None and weights_seen(session, old.id) != digest:
+    if old is not None and weights_seen(session, old.id) == digest:
+        return True
+    if old is not None:
         session.delete(old)
         session.flush()
+    return False
 
 
 def build_demo(settings: Settings, stages: list[str] | None = None, device: str = "cpu",
