@@ -15,7 +15,9 @@ def train_cmd(steps: int = typer.Option(None, min=1, help="optimiser steps (defa
               seed: int = typer.Option(None, help="random seed"),
               threads: int = typer.Option(None, min=1, help="torch threads (1 keeps a shared machine usable)"),
               out: Path = typer.Option(None, help="where to write the trained weights (default: the repo's "
-                                                  "worker/demo/weights/demo-clip.safetensors)")):
+                                                  "worker/demo/weights/demo-clip.safetensors)"),
+              device: str = typer.Option("cpu", help="cuda | cpu | auto (the committed weights were trained on cpu)"),
+              workers: int = typer.Option(1, min=1, help="processes drawing the training images")):
     """Train the demo model from scratch (deterministic), save its weights, settings and loss curve."""
     import json
     from dataclasses import fields
@@ -31,7 +33,9 @@ def train_cmd(steps: int = typer.Option(None, min=1, help="optimiser steps (defa
                  if v is not None}
     cfg = TrainConfig(**{**base.__dict__, **overrides})
     out = out or demo_model.WEIGHTS
-    trained = run(cfg, Path(Settings().data_dir), out)
+    from worker.options import resolve_device
+
+    trained = run(cfg, Path(Settings().data_dir), out, device=resolve_device(device), workers=workers)
     typer.echo(f"trained {cfg.steps} steps x {cfg.batch} images in {trained.seconds / 60:.1f} min; "
                f"final loss {trained.settings['final_loss']:.3f} (first {trained.losses[0]:.3f})")
     typer.echo(f"weights: {out} ({out.stat().st_size / 2**20:.1f} MB); loss curve: "

@@ -15,8 +15,9 @@ helped): `labelled` items and `named` words in the mix, a `pictures_first` phase
 `sparsity` penalty, `soft_targets` (whole bank or nearest captions, every caption or words only).
 
 Determinism: batch i is drawn from a generator seeded with (seed, i) and torch runs on a fixed number of
-threads, so a run with the same settings gives the same weights. Images are drawn by a DataLoader worker
-while the main process trains.
+threads, so a run with the same settings gives the same weights. Images are drawn by DataLoader workers
+(`workers`, taking the batches in turn) while the main process trains, on the CPU or a GPU (`device`; the
+same settings on another device give nearly, not bit-for-bit, the same weights).
 """
 import hashlib
 import json
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from worker.demo import model as demo_model
@@ -141,7 +142,9 @@ def pick(cfg: TrainConfig, groups: dict[str, list[Item]], rng: np.random.Generat
 
 
 class Batches(IterableDataset):
-    """Batch i: uint8 images (B, H, W, 3) and caption indices, drawn from a generator seeded (seed, i)."""
+    """Batch i: uint8 images (B, H, W, 3) and caption indices, drawn from a generator seeded (seed, i).
+    With several loader workers, worker k draws batches start + k, start + k + n, ...; the DataLoader takes
+    them from its workers in turn, so the order is the same as with one."""
 
     def __init__(self, cfg: TrainConfig, pools: Pools, groups: dict[str, list[Item]], index: dict[str, int],
                  start: int = 0):
@@ -154,13 +157,16 @@ class Batches(IterableDataset):
         return torch.from_numpy(pixels), torch.tensor([self.index[it.caption] for it in items])
 
     def __iter__(self):
-        for i in range(self.start, self.cfg.steps):
+        info = get_worker_info()
+        k, n = (info.id, info.num_workers) if info else (0, 1)
+        for i in range(self.start + k, self.cfg.steps, n):
             yield self.batch(i)
 
 
 def to_input(pixels: torch.Tensor, mean, std) -> torch.Tensor:
     x = pixels.permute(0, 3, 1, 2).float().div_(255)
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    m, s = (torch.tensor(v, device=pixels.device).view(1, 3, 1, 1) for v in (mean, std))
+    x = (x - m) / s
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -276,29 +282,40 @@ def save_resume(path: Path, model, opt, losses: list[float], seconds: float, cpu
     tmp.replace(path)
 
 
-def load_resume(path: Path, model, opt) -> tuple[list[float], float, float]:
+def load_resume(path: Path, model, opt, device: str = "cpu") -> tuple[list[float], float, float]:
     """Continue a killed run with the same settings: every batch depends only on (seed, step), so the
     result is the same as an uninterrupted run."""
     if not path.is_file():
         return [], 0.0, 0.0
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=False, map_location=device)
     model.load_state_dict(state["model"], strict=False)
     opt.load_state_dict(state["opt"])
     return state["losses"], state["seconds"], state["cpu"]
 
 
-def train(cfg: TrainConfig, data_dir: Path, progress: bool = True, save_every: int = 200) -> Trained:
+def train(cfg: TrainConfig, data_dir: Path, progress: bool = True, save_every: int = 200, device: str = "cpu",
+          workers: int = 1) -> Trained:
     """Train from scratch (or resume the same settings' killed run); returns the model, the loss of every
     step and the wall time of the loop."""
     torch.set_num_threads(cfg.threads)
     model, pools, groups, texts, bank = prepare(cfg, data_dir)
+    return fit(cfg, model, pools, groups, texts, bank, resume_path(cfg, data_dir), progress, save_every, device,
+               workers)
+
+
+def fit(cfg: TrainConfig, model, pools: Pools, groups: dict[str, list[Item]], texts: list[str], bank: torch.Tensor,
+        resume: Path | None = None, progress: bool = True, save_every: int = 200, device: str = "cpu",
+        workers: int = 1) -> Trained:
+    """The training loop on `device`, with `workers` processes drawing batches (the batches, and so the
+    result on one device, do not depend on how many)."""
     index = {t: i for i, t in enumerate(texts)}
     mean, std = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]
+    model.to(device)
+    bank = bank.to(device)
     opt = optimiser(model, cfg)
-    resume = resume_path(cfg, data_dir)
-    losses, seconds, cpu = load_resume(resume, model, opt)
+    losses, seconds, cpu = load_resume(resume, model, opt, device) if resume else ([], 0.0, 0.0)
     start = len(losses)
-    loader = DataLoader(Batches(cfg, pools, groups, index, start), batch_size=None, num_workers=1,
+    loader = DataLoader(Batches(cfg, pools, groups, index, start), batch_size=None, num_workers=workers,
                         prefetch_factor=4, worker_init_fn=_one_thread)
     model.visual.to(memory_format=torch.channels_last)
     model.train()
@@ -310,27 +327,30 @@ def train(cfg: TrainConfig, data_dir: Path, progress: bool = True, save_every: i
     rank[word_rows] = torch.arange(len(word_rows))
     is_word = torch.zeros(len(texts), dtype=torch.bool)
     is_word[[index[w.caption] for w in groups.get("word", [])]] = True
+    is_word = is_word.to(device)
     for step, (pixels, targets) in enumerate(bar, start):
         negatives, soft = bank, spread(cfg, is_word)
         if words_only(cfg, step):  # the words in play are the negatives, as in a small classification
-            negatives, targets = bank[word_rows[:common_pool(cfg, step)]], rank[targets]
+            negatives, targets = bank[word_rows[:common_pool(cfg, step)].to(device)], rank[targets]
             soft = spread(cfg, None)
-        losses.append(train_step(model, opt, lr_at(cfg, step), to_input(pixels, mean, std), targets, negatives,
+        images = to_input(pixels.to(device, non_blocking=True), mean, std)
+        losses.append(train_step(model, opt, lr_at(cfg, step), images, targets.to(device), negatives,
                                  cfg.sparsity, soft))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
-        if save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
+        if resume and save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
             save_resume(resume, model, opt, losses, time.perf_counter() - t0, time.process_time() - cpu0)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     model.visual.to(memory_format=torch.contiguous_format)
-    model.eval()
-    resume.unlink(missing_ok=True)
+    model.to("cpu").eval()
+    if resume:
+        resume.unlink(missing_ok=True)
     settings = {"config": asdict(cfg), "config_digest": cfg.digest(), "n_captions": len(texts),
                 "n_items": {k: len(v) for k, v in groups.items()},
                 "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu, 1),
                 "load_average": [round(x, 1) for x in os.getloadavg()], "resumed_at": start or None,
                 "final_loss": round(float(np.mean(losses[-50:])), 4), "first_loss": round(losses[0], 4),
-                "torch": torch.__version__, "cpu_count": os.cpu_count()}
+                "torch": torch.__version__, "cpu_count": os.cpu_count(), "device": str(device)}
     return Trained(model, losses, seconds, settings)
 
 
@@ -385,9 +405,10 @@ def plot_losses(losses: list[float], path: Path, title: str = "demo-clip trainin
     return path
 
 
-def run(cfg: TrainConfig, data_dir: Path, out: Path = demo_model.WEIGHTS, progress: bool = True) -> Trained:
+def run(cfg: TrainConfig, data_dir: Path, out: Path = demo_model.WEIGHTS, progress: bool = True,
+        device: str = "cpu", workers: int = 1) -> Trained:
     """Train, save the trained parameters with their settings, and the loss curve beside them."""
-    trained = train(cfg, data_dir, progress)
+    trained = train(cfg, data_dir, progress, device=device, workers=workers)
     demo_model.save_trained(trained.model, out, trained.settings)
     plot_losses(trained.losses, Path(out).with_name(Path(out).stem + "-loss.png"),
                 phase_end=int((cfg.pictures_first + cfg.words_first) * cfg.steps))
