@@ -4,7 +4,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from app.web import ROOT
+from app.paths import ROOT
 
 
 def alembic_config(url: str) -> Config:

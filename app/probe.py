@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.cache import Cache
 from app.db import Artifact, Layer, Model
-from app.web import ROOT
+from app.paths import ROOT
 
 READOUT = "readout"  # the artifact name worker/attribution.py writes
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")

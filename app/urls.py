@@ -4,6 +4,7 @@ from functools import cache as cache_fn
 from urllib.parse import quote, urlencode
 
 from app.keys import UnitKey
+from app.paths import ROOT
 
 
 def _q(**params) -> str:
@@ -38,8 +39,6 @@ def static(name: str) -> str:
 
 @cache_fn
 def _static_version(name: str) -> str:
-    from app.web import ROOT
-
     try:
         return hashlib.blake2b((ROOT / "static" / name).read_bytes(), digest_size=6).hexdigest()
     except OSError:

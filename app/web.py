@@ -1,5 +1,4 @@
 """Rendering: every page is a template plus a dict, and the same dict is its JSON twin."""
-from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -8,9 +7,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 
 from app import urls
+from app.paths import ROOT
 from app.security import csrf_field, current_editor
 
-ROOT = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=str(ROOT / "templates"))
 templates.env.globals["urls"] = urls
 templates.env.globals.update(current_editor=current_editor, csrf_field=csrf_field)  # edit forms

@@ -1,4 +1,7 @@
 """Store round-trips and migrations on a real SQLite file and the real Postgres."""
+import subprocess
+import sys
+
 from sqlalchemy import inspect, select
 
 from app.db import (
@@ -93,3 +96,9 @@ def test_sqlite_uses_wal(sqlite_url):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
+
+
+def test_the_store_imports_without_the_web_app():
+    """The worker writes the store; it must not pull in the web framework (FastAPI, templates) to do so."""
+    code = "import sys, worker.store; assert not {'fastapi', 'starlette', 'app.web'} & set(sys.modules), sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
