@@ -56,7 +56,8 @@ def main() -> None:
     from worker.maps import run_maps
     from worker.render_text import render_all
     from worker.store import open_store
-    from worker.words import common_words, default_plan, run_words
+    from worker.text_scores import common_words, default_plan
+    from worker.words import run_words
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-words-"))
     loaded = tiny_model(args.size, args.width, tmp)

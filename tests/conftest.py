@@ -9,7 +9,8 @@ from sqlalchemy import create_engine, text
 from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
-from worker.store import LayerSpec, open_store, register_model
+from worker.layers import LayerSpec
+from worker.store import open_store, register_model
 
 PG_ADMIN_URL = os.environ.get("MICROSCOPE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

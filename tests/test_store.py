@@ -22,7 +22,8 @@ from app.db import (
 from app.keys import UnitKey
 from app.lookup import unit_by_key
 from app.migrate import downgrade, upgrade
-from worker.store import LayerSpec, finish_run, register_model, start_run
+from worker.layers import LayerSpec
+from worker.store import finish_run, register_model, start_run
 
 
 def test_register_model_creates_units_and_is_idempotent(store):

@@ -1,4 +1,7 @@
 """Rendered words: deterministic rasters, scores equal to a direct computation, resumable, stored on both backends."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +9,8 @@ from sqlalchemy import select
 
 from app.db import Artifact, Unit, UnitText, Word, WordScore
 from worker.render_text import RenderPlan, available_fonts, reduce_variants, render, render_all
-from worker.words import Checkpoints, common_words, layer_reader, run_words, score_resumable, settings_hash
+from worker.text_scores import common_words, layer_reader
+from worker.words import Checkpoints, run_words, score_resumable, settings_hash
 
 WORDS = ["king", "queen", "man", "woman", "paris", "france", "running", "eating", "singing", "walking",
          "telecommunications", "the", "of", "red", "blue", "dog", "cat", "london", "japan", "music"]
@@ -151,3 +155,10 @@ def test_worker_commands_words_and_regions(settings, store):
     assert bad.exit_code == 2 and "unknown font 'no-such-font'" in bad.output
     missing = CliRunner().invoke(worker_cli, ["regions", "nomodel"], env=env)
     assert missing.exit_code == 2 and "no model 'nomodel'" in missing.output
+
+
+def test_text_scoring_and_the_demo_evaluation_import_without_the_store():
+    """They run on machines without the web/store stack (a lent GPU box): no SQLAlchemy, pydantic or FastAPI."""
+    code = ("import sys, worker.text_scores, worker.layers, worker.demo.evaluate, worker.demo.train; "
+            "assert not {'sqlalchemy', 'pydantic', 'fastapi', 'worker.store'} & set(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -42,10 +42,10 @@ from app.keys import UnitKey
 from worker.allocator import keep_freed_memory
 from worker.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, Shard, survey
 from worker.images import store_images
-from worker.layers import activations, catalogue, family_of, layer_spec
+from worker.layers import LayerSpec, activations, catalogue, family_of, layer_spec
 from worker.models import LoadedModel
 from worker.stats import QUANTILES, Moments, Samples, Sketch, restore, spread, state_of
-from worker.store import LayerSpec, Store, finish_run, register_model, start_run
+from worker.store import Store, finish_run, register_model, start_run
 from worker.topk import TopK
 
 STAGE = "examples"

@@ -12,7 +12,17 @@ import torch
 from torch import nn
 
 from worker.models import LoadedModel
-from worker.store import LayerSpec
+
+
+@dataclass
+class LayerSpec:
+    """A layer as the store registers it: its name, module path in the model, unit count and kind."""
+
+    name: str
+    module: str
+    n_units: int
+    kind: str = "conv"
+    is_default: bool = False
 
 
 class UnknownLayer(ValueError):

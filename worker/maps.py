@@ -7,7 +7,7 @@
    cell averages what its crops saw. The grid is stored per neuron (MapActivation.grid, rows x cols)
    with a heat overlay PNG.
 2. Country names (all Natural Earth countries) and the largest cities' names are rendered like words
-   (`worker.words.score_texts`: spatial mean, max over positions, mean over sizes); PlaceScore keeps
+   (`worker.text_scores.score_texts`: spatial mean, max over positions, mean over sizes); PlaceScore keeps
    each neuron's top countries and cities, and a choropleth PNG colours every country by its name's
    score with dots for the cities.
 """
@@ -30,20 +30,17 @@ from worker.models import LoadedModel
 from worker.places import cities, countries
 from worker.render_text import RenderPlan
 from worker.store import Store
+from worker.text_scores import channels_last, default_plan, layer_reader, to_batch
 from worker.words import (
     Checkpoints,
     artifact,
-    channels_last,
-    default_plan,
     ensure_model,
-    layer_reader,
     layer_units,
     model_fingerprint,
     npy_bytes,
     put_artifact,
     score_resumable,
     settings_hash,
-    to_batch,
     write_matrix,
 )
 

@@ -1,7 +1,10 @@
 """The worker's side of the store: open it (migrated), register models and layers, record runs."""
+from __future__ import annotations
+
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -11,6 +14,9 @@ from app.db import Layer, Model, Run, Unit, make_engine, make_sessionmaker, now
 from app.migrate import upgrade
 from app.settings import Settings
 from worker import code_version
+
+if TYPE_CHECKING:
+    from worker.layers import LayerSpec
 
 
 @dataclass
@@ -24,15 +30,6 @@ def open_store(settings: Settings | None = None) -> Store:
     settings = settings or Settings()
     upgrade(settings.db_url)
     return Store(make_sessionmaker(make_engine(settings.db_url)), Cache(settings.cache_root), settings)
-
-
-@dataclass
-class LayerSpec:
-    name: str
-    module: str
-    n_units: int
-    kind: str = "conv"
-    is_default: bool = False
 
 
 def register_model(session: Session, name: str, arch: str, weights: str | None, image_size: int,

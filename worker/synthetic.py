@@ -31,7 +31,8 @@ from app.db import (
 )
 from app.keys import UnitKey
 from app.unit_text import refresh_unit_text
-from worker.store import LayerSpec, Store, register_model
+from worker.layers import LayerSpec
+from worker.store import Store, register_model
 
 K_EXAMPLES = 4  # per sign
 K_WORDS = 5  # per sign

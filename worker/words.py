@@ -1,103 +1,30 @@
-"""Rendered-word scores: every neuron's response to the 10,000 most common English words, drawn as images.
-
-Score of a word for a unit = mean over font sizes of the max over positions (and the fonts that slot
-uses, see `worker.render_text`) of the unit's activation, where one image's activation is the
-**spatial mean** of the unit's map. The mean (not the max or the centre position) is the same
-reduction the dataset-example stage defaults to, and it rewards a word however it is placed.
+"""The rendered-words stage: every neuron's response to the 10,000 most common English words, drawn as images
+(scored by `worker.text_scores`), written to the store.
 
 Two matrices come out, words x units: post-ReLU (the layer's output, used for the top words and the
 image-based word embedding) and pre-ReLU (ResNets only; the most negative words come from it, as the
-most negative dataset examples do). Pure compute (`score_texts`) is separate from the writes
-(`write_word_scores`); `run_words` resumes from per-chunk checkpoints in the cache.
+most negative dataset examples do). The writes (`write_word_scores`) are separate from the
+compute; `run_words` resumes from per-chunk checkpoints in the cache.
 """
 import hashlib
 import io
 import json
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from sqlalchemy import delete, insert, select
 from tqdm import tqdm
 
 from app.db import Artifact, Layer, Model, Unit, Word, WordScore
-from worker.layers import activations, family_of, layer_spec
+from worker.layers import layer_spec
 from worker.models import LoadedModel
-from worker.render_text import RenderPlan, reduce_variants, render_all
+from worker.render_text import RenderPlan
 from worker.store import Store
+from worker.text_scores import REDUCTION, Reader, channels_last, common_words, default_plan, layer_reader, score_texts
 
 STAGE = "words"
-N_WORDS = 10_000
 TOP, BOTTOM = 50, 20
-REDUCTION = "spatial mean per image; max over positions; mean over font sizes"
-
-# images -> (pre, post) spatial means, each (B, units)
-Reader = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def common_words(n: int = N_WORDS) -> list[str]:
-    """wordfreq's n most common English words, without tokens that contain digits ("00", "2nd") or no letter
-    at all ("😂", "_", the blank U+2800: as rendered words they topped many neurons while saying nothing)."""
-    from wordfreq import top_n_list
-
-    return [w for w in top_n_list("en", n) if not any(c.isdigit() for c in w) and any(c.isalpha() for c in w)]
-
-
-def default_plan(loaded: LoadedModel) -> RenderPlan:
-    """Two sizes x two positions in two fonts (4 images a word): the cheapest plan that still varies all three."""
-    return RenderPlan(canvas=loaded.image_size)
-
-
-def layer_reader(loaded: LoadedModel, layer: str) -> Reader:
-    """Spatial means of one layer: pre-ReLU where the catalogue knows it (ResNets), else the output twice."""
-    has_pre = family_of(loaded).pre_relu is not None
-
-    def read(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        grid = activations(loaded, images, [layer], pre_relu=has_pre)[layer]
-        post = torch.relu(grid) if has_pre else grid
-        return grid.mean(dim=(2, 3)), post.mean(dim=(2, 3))
-
-    return read
-
-
-def to_batch(pixels: np.ndarray, mean, std, device="cpu") -> torch.Tensor:
-    """uint8 (B, H, W, 3) at the model's resolution -> normalised float (B, 3, H, W), channels_last."""
-    x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255)
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return ((x - m) / s).contiguous(memory_format=torch.channels_last)
-
-
-@torch.inference_mode()
-def score_texts(read: Reader, texts: list[str], plan: RenderPlan, mean, std, batch_size: int = 256,
-                device="cpu", bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(pre, post) float32 (len(texts), units): each text rendered in every variant of the plan, reduced."""
-    per = max(1, batch_size // plan.n_variants)
-    pres, posts = [], []
-    for i in range(0, len(texts), per):
-        chunk = texts[i:i + per]
-        pixels = render_all(chunk, plan)
-        flat = pixels.reshape(-1, *pixels.shape[2:])
-        pre, post = read(to_batch(flat, mean, std, device))
-        n, v = len(chunk), plan.n_variants
-        pres.append(reduce_variants(pre.float().cpu().numpy().reshape(n, v, -1), plan))
-        posts.append(reduce_variants(post.float().cpu().numpy().reshape(n, v, -1), plan))
-        if bar is not None:
-            bar.update(len(chunk))
-    return np.concatenate(pres).astype(np.float32), np.concatenate(posts).astype(np.float32)
-
-
-@contextmanager
-def channels_last(loaded: LoadedModel) -> Iterator[None]:
-    """Run the tower channels_last (1.5x faster on CPU), then give the caller its model back unchanged."""
-    loaded.visual.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        loaded.visual.to(memory_format=torch.contiguous_format)
 
 
 def model_fingerprint(loaded: LoadedModel) -> str:

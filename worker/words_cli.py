@@ -52,7 +52,8 @@ def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None
     import time
 
     from worker.options import clean_errors
-    from worker.words import common_words, run_words
+    from worker.text_scores import common_words
+    from worker.words import run_words
 
     style = _style(fonts, scales)
     store, loaded, model_name = _setup(arch, weights, config_dir, name, device)

@@ -49,7 +49,7 @@ def evaluate_cmd(weights: Path = typer.Option(None, help="trained weights (defau
     from worker.demo import model as demo_model
     from worker.demo.corpus import build_corpus
     from worker.demo.evaluate import evaluate, format_report
-    from worker.words import common_words
+    from worker.text_scores import common_words
 
     data_dir = Path(Settings().data_dir)
     loaded = demo_model.load(data_dir, trained=weights or demo_model.WEIGHTS)

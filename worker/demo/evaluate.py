@@ -98,7 +98,7 @@ def heldout(rows: list[dict], facet: str) -> list[dict]:
 
 def unit_activations(loaded: LoadedModel, files: list[str], layer: str, batch: int = 256) -> np.ndarray:
     """(images, units) spatial means of the layer's output."""
-    from worker.words import layer_reader
+    from worker.text_scores import layer_reader
 
     read = layer_reader(loaded, layer)
     out = []
@@ -111,7 +111,7 @@ def unit_activations(loaded: LoadedModel, files: list[str], layer: str, batch: i
 
 def word_scores(loaded: LoadedModel, words: list[str], layer: str) -> np.ndarray:
     """(words, units) as the rendered-words stage scores them (its default render plan)."""
-    from worker.words import default_plan, layer_reader, score_texts
+    from worker.text_scores import default_plan, layer_reader, score_texts
 
     with tqdm(total=len(words), desc="words", unit="word", leave=False) as bar:
         return score_texts(layer_reader(loaded, layer), words, default_plan(loaded), loaded.mean, loaded.std,
