@@ -24,6 +24,7 @@ def train_cmd(steps: int = typer.Option(None, min=1, help="optimiser steps (defa
 
     from worker.demo import model as demo_model
     from worker.demo.train import TrainConfig, run
+    from worker.options import resolve_device
 
     base = TrainConfig()
     if demo_model.SETTINGS.is_file():  # reproduce the committed weights unless told otherwise
@@ -33,8 +34,6 @@ def train_cmd(steps: int = typer.Option(None, min=1, help="optimiser steps (defa
                  if v is not None}
     cfg = TrainConfig(**{**base.__dict__, **overrides})
     out = out or demo_model.WEIGHTS
-    from worker.options import resolve_device
-
     trained = run(cfg, Path(Settings().data_dir), out, device=resolve_device(device), workers=workers)
     typer.echo(f"trained {cfg.steps} steps x {cfg.batch} images in {trained.seconds / 60:.1f} min; "
                f"final loss {trained.settings['final_loss']:.3f} (first {trained.losses[0]:.3f})")
