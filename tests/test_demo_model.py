@@ -1,6 +1,8 @@
 """The demo model's code on a tiny configuration: training lowers the contrastive loss and is repeatable,
 and the trained weights round-trip through the full open_clip checkpoint."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import open_clip
@@ -221,3 +223,13 @@ def test_soft_targets_in_the_loss_reduce_to_one_hot_when_sharp(trained):
         hard = contrastive_loss(model, images, targets, bank).item()
         assert contrastive_loss(model, images, targets, bank, soft=Soft(1000.0)).item() == pytest.approx(hard, abs=1e-4)
         assert contrastive_loss(model, images, targets, bank, soft=Soft(1.0)).item() != pytest.approx(hard, abs=1e-3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_demo_train_on_cuda_without_a_gpu_says_so(tmp_path):
+    out = tmp_path / "w.safetensors"
+    args = ["demo", "train", "--device", "cuda", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-c", "from app.cli import main; main()", *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "no CUDA device" in proc.stdout + proc.stderr, proc
+    assert not out.exists()
