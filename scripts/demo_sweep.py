@@ -198,7 +198,7 @@ def run_one(folder: Path, out: Path, name: str, smoke: bool) -> None:
     model = image_model(vision, cfg.init_scale)
     report = {"name": name, "cfg": overrides, "vision": vision, "device": device,
               "params": sum(p.numel() for p in model.visual.parameters())}
-    trained = fit(cfg, model, b["pools"], b["groups"], b["texts"], b["bank"], None, True, 0, device, workers)
+    trained = fit(cfg, model, b["pools"], b["groups"], b["texts"], b["bank"], device=device, workers=workers)
     report.update(steps=cfg.steps, train_s=round(trained.seconds, 1), final_loss=trained.settings["final_loss"])
     _write(out, report)
     state = trained_state(trained.model)
