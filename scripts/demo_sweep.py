@@ -1,11 +1,12 @@
 """Train variants of the demo model side by side on a GPU box and evaluate each, in one call.
 
 Made for a lent GPU machine that has torch but neither the MiniLM weights (90 MB) nor this repo's data:
-`pack` (here, after `microscope demo corpus`) writes everything the runs need into one folder under 60 MB
-with the repo: the drawn assets, the caption bank (MiniLM features, int8 per row), the evaluation images
-and text features, the fonts. `run` (there) trains each variant with `worker.demo.train.fit` (image tower,
-logit scale; the text tower is frozen, so no MiniLM is needed) and evaluates it with
-`worker.demo.evaluate`'s own functions, writing OUT/<name>.json (+ the weights when under 15 MB).
+`pack` (here, after `microscope demo corpus`) writes everything the runs need into one 45 MB folder (with
+the 14 MB repo and the three wheels, inside the 64 MiB a device call carries): the drawn assets, the
+caption bank (MiniLM features, int8 per row), the evaluation images and text features, the fonts.
+`run` (there) trains each variant with `worker.demo.train.fit` (image tower, logit scale; the text tower is
+frozen, so no MiniLM is needed) and evaluates it with `worker.demo.evaluate`'s own functions, writing
+OUT/<name>.json (+ the weights when under 15 MB).
 
     .venv/bin/python scripts/demo_sweep.py pack .sweep          # here; .sweep is git-ignored
     python3 scripts/demo_sweep.py run .sweep "$OUT" base wide64  # there (open_clip, ftfy, wcwidth as wheels)
