@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,14 +38,6 @@ VARIANTS = {  # TrainConfig overrides, vision overrides, loader workers
 
 
 # -- pack (here) -------------------------------------------------------------------------------------------
-def committed_config():
-    from worker.demo import model as demo_model
-    from worker.demo.train import TrainConfig
-
-    saved = json.loads(demo_model.SETTINGS.read_text())["config"]
-    return TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved})
-
-
 def pack(folder: Path, data: Path = Path("data")) -> None:
     import numpy as np
     import torch
@@ -58,7 +49,7 @@ def pack(folder: Path, data: Path = Path("data")) -> None:
     from worker.demo.corpus import read_manifest
     from worker.demo.evaluate import NON_TEXT_EXCLUDED, embed_texts, heldout
     from worker.demo.items import captions, load_pools, training_items
-    from worker.demo.train import caption_bank
+    from worker.demo.train import caption_bank, committed_config
     from worker.text_scores import common_words
 
     cfg = committed_config()
@@ -153,11 +144,10 @@ def image_model(vision: dict, init_scale: float):
 
 
 def evaluate(model, b: dict, device: str, limit: int | None = None) -> dict:
-    import numpy as np
     import torch
     from open_clip.transform import image_transform
 
-    from worker.demo.evaluate import MIN_SHARED, embed_images, multimodal_units, unit_activations, word_scores
+    from worker.demo.evaluate import MIN_SHARED, multimodal_units, top1, unit_activations, word_scores
     from worker.layers import layer_spec
     from worker.models import LoadedModel
 
@@ -166,10 +156,7 @@ def evaluate(model, b: dict, device: str, limit: int | None = None) -> dict:
                          None, size, tuple(mean), tuple(std), torch.device(device))
     out = {}
     for name in ("reading", "flags"):
-        labels, text = b["text"][name]
-        rows = b["evals"][name]
-        pred = (embed_images(loaded, [r["file"] for r in rows]) @ text.T).argmax(1).numpy()
-        out[name] = round(float((pred == np.array([labels.index(r["concept"]) for r in rows])).mean()), 4)
+        out[name] = round(top1(loaded, b["evals"][name], *b["text"][name]), 4)
     layer = layer_spec(loaded, None).name
     pictures, words = b["evals"]["pictures"][:limit], b["words"][:limit]
     units = multimodal_units(unit_activations(loaded, [r["file"] for r in pictures], layer), pictures,

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 from app.db import Model, Run
 from app.settings import Settings
 
@@ -56,10 +58,6 @@ def done_before(ctx: DemoContext, stage: str, after: str | None = None) -> bool:
 
 def last_done(ctx: DemoContext, stage: str) -> int:
     """The id of the last finished run of `stage` on this model (0 if none)."""
-    from sqlalchemy import func, select
-
-    from app.db import Model, Run
-
     with ctx.store.sessions() as session:
         return session.scalar(
             select(func.max(Run.id)).join(Model, Run.model_id == Model.id)
@@ -124,8 +122,6 @@ def weights_digest(weights) -> str:
 
 
 def weights_seen(session, model_id: int) -> str | None:
-    from sqlalchemy import select
-
     settings = session.scalar(select(Run.settings).where(Run.model_id == model_id, Run.stage == WEIGHTS_STAGE)
                               .order_by(Run.id.desc()).limit(1))
     return (settings or {}).get("sha256")
@@ -135,8 +131,6 @@ def forget_other_weights(session, digest: str) -> bool:
     """Results of the demo model with other weights describe other neurons: delete them (the database
     cascades to its layers, units, runs and everything computed for them) so every stage runs again.
     True when the store already holds these weights' results."""
-    from sqlalchemy import select
-
     old = session.scalar(select(Model).where(Model.name == DEMO_MODEL))
     if old is not None and weights_seen(session, old.id) == digest:
         return True

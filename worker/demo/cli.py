@@ -19,17 +19,11 @@ def train_cmd(steps: int = typer.Option(None, min=1, help="optimiser steps (defa
               device: str = typer.Option("cpu", help="cuda | cpu | auto (the committed weights were trained on cpu)"),
               workers: int = typer.Option(1, min=1, help="processes drawing the training images")):
     """Train the demo model from scratch (deterministic), save its weights, settings and loss curve."""
-    import json
-    from dataclasses import fields
-
     from worker.demo import model as demo_model
-    from worker.demo.train import TrainConfig, run
+    from worker.demo.train import TrainConfig, committed_config, run
     from worker.options import resolve_device
 
-    base = TrainConfig()
-    if demo_model.SETTINGS.is_file():  # reproduce the committed weights unless told otherwise
-        saved = json.loads(demo_model.SETTINGS.read_text()).get("config", {})
-        base = TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved})
+    base = committed_config()  # reproduce the committed weights unless told otherwise
     overrides = {k: v for k, v in {"steps": steps, "batch": batch, "seed": seed, "threads": threads}.items()
                  if v is not None}
     cfg = TrainConfig(**{**base.__dict__, **overrides})

@@ -85,11 +85,13 @@ def zero_shot(loaded: LoadedModel, rows: list[dict], prompt: str) -> float:
     if not rows:
         return float("nan")
     labels = sorted({r["concept"] for r in rows})
-    text = embed_texts(loaded, [prompt.format(c) for c in labels])
-    img = embed_images(loaded, [r["file"] for r in rows])
-    pred = (img @ text.T).argmax(1).numpy()
-    truth = np.array([labels.index(r["concept"]) for r in rows])
-    return float((pred == truth).mean())
+    return top1(loaded, rows, labels, embed_texts(loaded, [prompt.format(c) for c in labels]))
+
+
+def top1(loaded: LoadedModel, rows: list[dict], labels: list[str], text: torch.Tensor) -> float:
+    """Share of `rows` whose image is nearest the text feature of its own concept (`text[i]` for `labels[i]`)."""
+    pred = (embed_images(loaded, [r["file"] for r in rows]) @ text.T).argmax(1).numpy()
+    return float((pred == np.array([labels.index(r["concept"]) for r in rows])).mean())
 
 
 def heldout(rows: list[dict], facet: str) -> list[dict]:

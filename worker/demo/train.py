@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,14 @@ class TrainConfig:
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def committed_config() -> TrainConfig:
+    """The settings the committed weights were trained with (the defaults when there are none)."""
+    if not demo_model.SETTINGS.is_file():
+        return TrainConfig()
+    saved = json.loads(demo_model.SETTINGS.read_text()).get("config", {})
+    return TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved})
 
 
 # -- the caption bank --------------------------------------------------------------------------------------
