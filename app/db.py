@@ -41,6 +41,9 @@ class Model(Base):
     arch: Mapped[str] = mapped_column(String(128))  # open_clip architecture name
     weights: Mapped[str | None] = mapped_column(String(512))  # open_clip tag or checkpoint path
     image_size: Mapped[int] = mapped_column(Integer, default=224)
+    # how the worker built it (worker.load_settings.LoadSettings.record() + config dirs): QuickGELU, mean, std,
+    # interpolation, resize mode, image size; the server's probes rebuild the model from exactly this
+    load: Mapped[dict] = mapped_column(default=dict)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     layers: Mapped[list["Layer"]] = relationship(

@@ -242,7 +242,8 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
 def register(store: Store, loaded: LoadedModel, model_name: str) -> None:
     """Create (or update) the model, all its catalogued layers and their unit rows."""
     with store.sessions.begin() as session:
-        register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded))
+        register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded),
+                       load=loaded.record())
 
 
 def probe_grids(loaded: LoadedModel, specs: list[LayerSpec]) -> list[tuple[int, int]]:

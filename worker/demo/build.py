@@ -106,7 +106,8 @@ def prepare(settings: Settings, device: str = "cpu", loaded=None, corpus: Path |
     with store.sessions.begin() as session:
         kept = forget_other_weights(session, digest)
         model = register_model(session, DEMO_MODEL, arch=loaded.arch, weights=loaded.weights,
-                               image_size=loaded.image_size, layers=catalogue(loaded), description=DESCRIPTION)
+                               image_size=loaded.image_size, layers=catalogue(loaded), description=DESCRIPTION,
+                               load=loaded.record())
         if not kept:
             finish_run(session, start_run(session, WEIGHTS_STAGE, model, {"sha256": digest}), {})
     return DemoContext(settings, store, loaded, DEMO_MODEL, corpus, corpus / MANIFEST)
