@@ -22,6 +22,7 @@ from sqlalchemy import (
     exc,
     inspect,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
@@ -42,8 +43,9 @@ class Model(Base):
     weights: Mapped[str | None] = mapped_column(String(512))  # open_clip tag or checkpoint path
     image_size: Mapped[int] = mapped_column(Integer, default=224)
     # how the worker built it (worker.load_settings.LoadSettings.record() + config dirs): QuickGELU, mean, std,
-    # interpolation, resize mode, image size; the server's probes rebuild the model from exactly this
-    load: Mapped[dict] = mapped_column(default=dict)
+    # interpolation, resize mode, image size; the server's probes rebuild the model from exactly this.
+    # JSONB on Postgres: plain json has no equality, and pages SELECT DISTINCT models.
+    load: Mapped[dict] = mapped_column(JSON().with_variant(JSONB(), "postgresql"), default=dict)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     layers: Mapped[list["Layer"]] = relationship(

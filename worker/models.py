@@ -284,10 +284,15 @@ def load_model(arch: str, weights: str | None = None, device: str = "cpu",
         fill_weights(model, path, kind, arch)
     model.eval()
     pp = PreprocessCfg(**model.visual.preprocess_cfg)
-    return LoadedModel(arch=arch, weights=weights, model=model, preprocess=image_transform_v2(pp, is_train=False),
+    return LoadedModel(arch=arch, weights=weights, model=model, preprocess=preprocess_for(model),
                        tokenizer=open_clip.get_tokenizer(arch), image_size=settings.image_size,
                        mean=tuple(pp.mean), std=tuple(pp.std), device=torch.device(device), settings=settings,
                        config_dirs=tuple(portable(d) for d in config_dirs), cache_dir=overrides.cache_dir, tag=tag)
+
+
+def preprocess_for(model: torch.nn.Module) -> Callable:
+    """The inference transform open_clip's create_model_and_transforms gives for the model as built."""
+    return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
 
 
 def portable(path: str | Path) -> str:

@@ -5,6 +5,7 @@ Revises: 0004
 """
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0005_models_load"
 down_revision = "0004"
@@ -14,7 +15,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("models") as batch:
-        batch.add_column(sa.Column("load", sa.JSON(), nullable=False, server_default=sa.text("'{}'")))
+        # JSONB on Postgres: plain json has no equality operator, and pages SELECT DISTINCT models
+        batch.add_column(sa.Column("load", sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False,
+                                   server_default=sa.text("'{}'")))
 
 
 def downgrade() -> None:
