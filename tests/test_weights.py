@@ -8,7 +8,6 @@ import huggingface_hub.constants
 import open_clip
 import pytest
 import torch
-from open_clip.model import convert_weights_to_lp
 from open_clip.pretrained import _pcfg
 from PIL import Image
 from sqlalchemy import select
@@ -16,6 +15,7 @@ from typer.testing import CliRunner
 
 from app.db import Model
 from app.probe import _load, spec_for
+from worker.checkpoints import save_openai_archive
 from worker.cli import worker_cli
 from worker.layers import activations, catalogue
 from worker.load_settings import LoadOverrides
@@ -26,25 +26,12 @@ ROOT = Path(__file__).parent.parent
 
 
 def openai_archive(arch: str, path: Path, seed: int = 0) -> torch.nn.Module:
-    """A tiny CLIP saved as OpenAI saved theirs: QuickGELU, weights cast to fp16 the way OpenAI's
-    `convert_weights` did, an `input_resolution` tensor, the text mask a constant, `torch.jit.trace` of
-    forward/encode_* (open_clip's `load_openai_model` reads such an archive; see the test below).
-    Returns the (fp16-cast) model whose state dict the archive holds."""
+    """A tiny random-init CLIP with QuickGELU saved in OpenAI's TorchScript format; returns the (fp16-cast)
+    model whose state dict the archive holds."""
     open_clip.add_model_config(CONFIG_DIR)
     torch.manual_seed(seed)
-    model = open_clip.create_model(arch, quick_gelu=True).eval()
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, tuple) else size
-    model.register_buffer("input_resolution", torch.tensor(size))
-    mask = model._buffers.pop("attn_mask")  # OpenAI's text mask is a plain attribute: a constant in the trace
-    model.attn_mask = mask
-    image, text = torch.rand(2, 3, size, size), torch.zeros(2, model.context_length, dtype=torch.int)
-    traced = torch.jit.trace_module(model, {"forward": (image, text), "encode_text": (text,),
-                                            "encode_image": (image,)}, check_trace=False)
-    convert_weights_to_lp(model)  # the traced module shares these parameters: the archive holds fp16 too
-    torch.jit.save(traced, str(path))
-    del model.input_resolution, model.attn_mask
-    model.register_buffer("attn_mask", mask, persistent=False)
+    model = open_clip.create_model(arch, quick_gelu=True)
+    save_openai_archive(model, path)
     return model
 
 

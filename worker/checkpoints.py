@@ -174,3 +174,29 @@ def _matches(cfg: dict, shape: dict) -> bool:
     elif not isinstance(layers, list):
         return False
     return all(shape.get(k) == v for k, v in want.items() if k in shape)
+
+
+def save_openai_archive(model: torch.nn.Module, path: str | Path) -> Path:
+    """Save `model` as OpenAI saved RN50.pt … ViT-L-14.pt, for tests and benchmarks (no real archive exists
+    here): weights cast to fp16 as OpenAI's `convert_weights` did (the model is cast in place), an
+    `input_resolution` tensor, the text mask a constant of the trace (not a tensor in the state dict), and
+    `torch.jit.trace` of forward / encode_text / encode_image. open_clip's `load_openai_model` reads it."""
+    from open_clip.model import convert_weights_to_lp
+
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, tuple | list) else int(size)
+    image, text = torch.rand(2, 3, size, size), torch.zeros(2, model.context_length, dtype=torch.int)
+    mask = model._buffers.pop("attn_mask")
+    model.attn_mask = mask
+    model.register_buffer("input_resolution", torch.tensor(size))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings and torch.jit's deprecation notices
+            traced = torch.jit.trace_module(model.eval(), {"forward": (image, text), "encode_text": (text,),
+                                                           "encode_image": (image,)}, check_trace=False)
+            convert_weights_to_lp(model)  # the trace shares these parameters: the archive holds fp16 too
+            torch.jit.save(traced, str(path))
+    finally:
+        del model.input_resolution, model.attn_mask
+        model.register_buffer("attn_mask", mask, persistent=False)
+    return Path(path)
