@@ -248,3 +248,16 @@ def test_a_real_process_prints_only_the_one_line(archives):
                             "--config-dir", str(CONFIG_DIR)], capture_output=True, text=True, cwd=ROOT)
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
     assert "looks like ViT" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_every_command_that_loads_a_model_takes_the_same_loading_options():
+    import typer.main
+
+    commands = typer.main.get_command(worker_cli).commands
+    options = {name: {p.name for p in cmd.params} for name, cmd in commands.items()}
+    shared = {"arch", "weights", "config_dir", "quickgelu", "mean", "std", "interpolation", "resize_mode",
+              "image_size", "cache_dir"}
+    loaders = {name for name, params in options.items() if "weights" in params}
+    assert loaders >= {"layers", "register", "examples", "featurevis", "words", "maps", "attribution", "emotions",
+                       "typographic", "stroop"}
+    assert all(shared <= options[name] for name in loaders)

@@ -122,6 +122,13 @@ def resolve_settings(arch: str, tag: str | None, kind: str | None, overrides: Lo
     return overrides.apply(settings)
 
 
+def tag_of(arch: str, weights: str | None, path: str | None) -> str | None:
+    """The open_clip tag the weights are: the one asked for, or the one the given file belongs to."""
+    if path is None:
+        return None
+    return tag_of_file(arch, path) if is_checkpoint_path(weights) else weights
+
+
 def tag_of_file(arch: str, path: str | Path) -> str | None:
     """The tag whose weights `path` is: a file in tag's Hugging Face repo folder, or named as its URL's file."""
     path = Path(path)
@@ -277,7 +284,7 @@ def load_model(arch: str, weights: str | None = None, device: str = "cpu",
     check_arch(arch)
     path = resolve_weights(arch, weights, overrides.cache_dir)
     kind = checkpoint_format(path) if path else None
-    tag = (weights if path and not is_checkpoint_path(weights) else tag_of_file(arch, path)) if path else None
+    tag = tag_of(arch, weights, path)
     settings = resolve_settings(arch, tag, kind, overrides)
     model = build_model(arch, settings, device)
     if path:
