@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # must precede any huggingface_hub
 import logging  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import open_clip  # noqa: E402
@@ -63,7 +63,7 @@ class LoadedModel:
     settings: LoadSettings | None = None  # how it was built (None only for hand-made instances)
     config_dirs: tuple[str, ...] = ()
     cache_dir: str | None = None
-    tag: str | None = field(default=None)  # the open_clip tag the weights are (also when given as a file)
+    tag: str | None = None  # the open_clip tag the weights are (also when given as a file)
 
     @property
     def visual(self) -> torch.nn.Module:

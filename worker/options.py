@@ -55,11 +55,6 @@ CacheDir = Annotated[str | None, typer.Option(
          "<dir>/RN50.pt (default: the Hugging Face cache and ~/.cache/clip)")]
 
 
-LOAD_ANNOTATIONS = {"arch": Arch, "weights": Weights, "config_dir": ConfigDirs, "quickgelu": QuickGelu,
-                    "mean": Triple, "std": Triple, "interpolation": Interpolation, "resize_mode": ResizeMode,
-                    "image_size": ImageSize, "cache_dir": CacheDir}
-LOAD_DEFAULTS = {name: None for name in LOAD_ANNOTATIONS if name != "arch"}
-
 EXIT_USAGE = 2
 
 
@@ -95,9 +90,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _source(arch: str, weights: str | None, config_dir: list[Path] | None, quickgelu: bool | None,
-            mean: str | None, std: str | None, interpolation: str | None, resize_mode: str | None,
-            image_size: int | None, cache_dir: str | None) -> ModelSource:
+def _source(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, quickgelu: QuickGelu = None,
+            mean: Triple = None, std: Triple = None, interpolation: Interpolation = None,
+            resize_mode: ResizeMode = None, image_size: ImageSize = None, cache_dir: CacheDir = None) -> ModelSource:
     """The options `model_options` adds, checked, as one object."""
     try:
         overrides = LoadOverrides(quickgelu, triple(mean, "mean"), triple(std, "std"), interpolation, resize_mode,
@@ -117,7 +112,7 @@ def triple(text: str | None, name: str) -> tuple[float, ...] | None:
         fail(f"--{name} takes three numbers like 0.5,0.5,0.5, got {text!r}")
 
 
-_SOURCE_OPTIONS = inspect.signature(_source).parameters.values()
+_SOURCE_OPTIONS = list(inspect.signature(_source).parameters.values())  # the shared options, as typer reads them
 
 
 def model_options(command: Callable) -> Callable:
@@ -126,9 +121,7 @@ def model_options(command: Callable) -> Callable:
     Why a decorator: typer has no option groups, and copying ten flags into every stage would let them drift."""
     params = list(inspect.signature(command).parameters.values())
     at = [p.name for p in params].index("source")
-    shared = [p.replace(annotation=LOAD_ANNOTATIONS[p.name], default=LOAD_DEFAULTS.get(p.name, p.empty))
-              for p in _SOURCE_OPTIONS]
-    new = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in [*params[:at], *shared, *params[at + 1:]]]
+    new = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in [*params[:at], *_SOURCE_OPTIONS, *params[at + 1:]]]
 
     @functools.wraps(command)
     def run(**kwargs):
