@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from app.db import Model
 from app.probe import _load, spec_for
-from worker.checkpoints import save_openai_archive
+from worker.checkpoints import looks_like, save_openai_archive
 from worker.cli import worker_cli
 from worker.layers import activations, catalogue
 from worker.load_settings import LoadOverrides
@@ -201,8 +201,8 @@ def _truncated(source: Path, path: Path) -> Path:
 BAD = {
     "wrong architecture": (lambda a, t: a["tiny-vit-oa"][0], "tiny-rn-oa", [],
                            ["does not fit tiny-rn-oa", "missing keys (visual.bn1.weight", "unexpected keys",
-                            "looks like ViT (width 64, layers 2, patch_size 8, image_size 32, embed_dim 64) = "
-                            "tiny-vit / tiny-vit-oa; pass that architecture"]),
+                            "looks like ViT (width 64, layers 2, patch_size 8, image_size 32, embed_dim 64, "
+                            "text_width 64, text_layers 1) = tiny-vit / tiny-vit-oa; pass that architecture"]),
     "wrong input size": (lambda a, t: a["tiny-rn-oa"][0], "tiny-rn-oa", ["--image-size", "96"],
                          ["1 tensor of another shape (e.g. visual.attnpool.positional_embedding is [5, 512] in the "
                           "file, [10, 512] here)", "ModifiedResNet (width 16, layers [1, 1, 1, 1], image_size 64",
@@ -210,8 +210,9 @@ BAD = {
     "non-CLIP archive": (lambda a, t: _non_clip_archive(t / "net.pt"), "tiny-rn-oa", [],
                          ["missing keys", "not an open_clip CLIP (no visual.* tower; keys like 0.weight"]),
     "no config matches": (lambda a, t: _unregistered_vit(t / "wide.safetensors"), "tiny-vit-oa", [],
-                          ["looks like ViT (width 96, layers 1, patch_size 8, image_size 32, embed_dim 64), which "
-                           "no open_clip config matches; write one (--config-dir)"]),
+                          ["looks like ViT (width 96, layers 1, patch_size 8, image_size 32, embed_dim 64, "
+                           "text_width 64, text_layers 1), which no open_clip config matches; write one "
+                           "(--config-dir)"]),
     "truncated archive": (lambda a, t: _truncated(a["tiny-rn-oa"][0], t / "half.pt"), "tiny-rn-oa", [],
                           ["half.pt is truncated or corrupt"]),
     "truncated safetensors": (lambda a, t: _truncated(save_checkpoint(a["tiny-rn-oa"][1], t / "w.safetensors"),
@@ -261,3 +262,18 @@ def test_every_command_that_loads_a_model_takes_the_same_loading_options():
     assert loaders >= {"layers", "register", "examples", "featurevis", "words", "maps", "attribution", "emotions",
                        "typographic", "stroop"}
     assert all(shared <= options[name] for name in loaders)
+
+
+@pytest.mark.parametrize("arch, like", [
+    ("RN50x4", "ModifiedResNet (width 80, layers [4, 6, 10, 6], image_size 288, embed_dim 640, text_width 640, "
+               "text_layers 12) = RN50x4 / "),
+    ("ViT-B-32", "ViT (width 768, layers 12, patch_size 32, image_size 224, embed_dim 512, text_width 512, "
+                 "text_layers 12) = ViT-B-32 / ViT-B-32-quickgelu"),
+    ("ViT-L-14-336", "ViT (width 1024, layers 24, patch_size 14, image_size 336, embed_dim 768, text_width 768, "
+                     "text_layers 12) = ViT-L-14-336 / "),
+])
+def test_a_real_size_checkpoint_is_named_by_the_open_clip_configs_it_matches(arch, like):
+    """Shapes of the real architectures (on the meta device: no memory), matched against every config."""
+    with torch.device("meta"):
+        state = open_clip.create_model(arch, device="meta").state_dict()
+    assert like in looks_like(state, "RN50")

@@ -132,8 +132,13 @@ def looks_like(state: dict[str, torch.Tensor], arch: str) -> str:
     if shape is None:
         return (f"The file is not an open_clip CLIP (no visual.* tower; keys like {', '.join(list(state)[:SHOWN])})"
                 "; pass a CLIP checkpoint")
-    names = [n for n in open_clip.list_models() if _matches(open_clip.get_model_config(n) or {}, shape)]
-    text = f"The file looks like {shape['tower']} ({', '.join(f'{k} {v}' for k, v in shape.items() if k != 'tower')})"
+    decoder = any(k.startswith("text_decoder.") for k in state)  # CoCa
+    names = [n for n in open_clip.list_models() if _matches(open_clip.get_model_config(n) or {}, shape, decoder)]
+    names.sort(key=len)  # the plain name (ViT-L-14) before its variants (ViT-L-14-quickgelu)
+    sizes = ", ".join(f"{k} {v}" for k, v in shape.items() if k != "tower")
+    text = f"The file looks like {shape['tower']}" + (f" ({sizes})" if sizes else "")
+    if shape["tower"] == "timm tower":
+        return f"{text}; pass the open_clip architecture it was trained as (a timm trunk's keys name no sizes here)"
     if arch in names:
         return f"{text}, which is {arch}'s config: an option (--image-size?) built another model"
     if names:
@@ -143,8 +148,11 @@ def looks_like(state: dict[str, torch.Tensor], arch: str) -> str:
 
 def describe(state: dict[str, torch.Tensor]) -> dict | None:
     """The vision tower's family and sizes, as OpenAI's `build_model` reads them from the keys."""
-    embed = state.get("text_projection")
+    embed, text = state.get("text_projection"), state.get("ln_final.weight")
     base = {"embed_dim": int(embed.shape[1])} if embed is not None and embed.ndim == 2 else {}
+    if text is not None:
+        base["text_width"] = int(text.shape[0])
+        base["text_layers"] = len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")})
     if "visual.conv1.weight" in state and "visual.positional_embedding" in state:
         conv = state["visual.conv1.weight"]
         grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
@@ -161,14 +169,17 @@ def describe(state: dict[str, torch.Tensor]) -> dict | None:
     return None
 
 
-def _matches(cfg: dict, shape: dict) -> bool:
-    vision = cfg.get("vision_cfg", {})
-    if shape["tower"] == "timm tower" or "timm_model_name" in vision:
+def _matches(cfg: dict, shape: dict, decoder: bool) -> bool:
+    vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    if shape["tower"] == "timm tower" or "timm_model_name" in vision or ("multimodal_cfg" in cfg) != decoder:
+        return False
+    if "text_width" in shape and "hf_model_name" in text:  # the file's text tower is open_clip's own
         return False
     layers = vision.get("layers")
     layers = list(layers) if isinstance(layers, list | tuple) else layers
     want = {"width": vision.get("width"), "layers": layers, "image_size": vision.get("image_size"),
-            "embed_dim": cfg.get("embed_dim")}
+            "embed_dim": cfg.get("embed_dim"), "text_width": text.get("width", 512),  # CLIPTextCfg's defaults
+            "text_layers": text.get("layers", 12)}
     if shape["tower"] == "ViT":
         want["patch_size"] = vision.get("patch_size")
     elif not isinstance(layers, list):
