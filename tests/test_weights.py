@@ -90,6 +90,21 @@ def test_the_state_dict_without_quickgelu_is_another_model(archives, tmp_path):
     assert a.keys() == b.keys() and not any(torch.allclose(a[k], b[k]) for k in a)
 
 
+def test_the_file_kind_is_read_from_its_bytes_and_wrappers_are_undone(archives, tmp_path):
+    path, model = archives["tiny-rn-oa"]
+    renamed = tmp_path / "weights.bin"
+    renamed.write_bytes(path.read_bytes())
+    archive = load_model("tiny-rn-oa", str(renamed), config_dirs=(CONFIG_DIR,))
+    assert archive.settings.quick_gelu  # a TorchScript archive, whatever its name
+    legacy = tmp_path / "train.ckpt"  # the pre-zip torch.save format, DataParallel keys, a training wrapper
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, legacy,
+               _use_new_zipfile_serialization=False)
+    assert legacy.read_bytes()[:1] == b"\x80"
+    wrapped = load_model("tiny-rn-oa", str(legacy), config_dirs=(CONFIG_DIR,), overrides=LoadOverrides(quick_gelu=True))
+    a, b = archive.model.state_dict(), wrapped.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.fixture
 def tiny_tag(monkeypatch, empty_caches):
     """Give tiny-vit-oa an open_clip tag (as the registry's real ones are: hf_hub repo, OpenAI-style url,
