@@ -111,7 +111,12 @@ def tag_settings(arch: str, tag: str | None) -> LoadSettings:
     base = {**asdict(PreprocessCfg()), **{k: v for k, v in pretrained.items() if k in asdict(PreprocessCfg())}}
     return LoadSettings(quick_gelu=bool(pretrained.get("quick_gelu", model_cfg.get("quick_gelu", False))),
                         mean=tuple(base["mean"]), std=tuple(base["std"]), interpolation=base["interpolation"],
-                        resize_mode=base["resize_mode"], image_size=model_cfg["vision_cfg"]["image_size"])
+                        resize_mode=base["resize_mode"], image_size=native_size(model_cfg))
+
+
+def native_size(model_cfg: dict) -> int:
+    """The config's input side (open_clip's CLIPVisionCfg default when a config leaves it out)."""
+    return model_cfg.get("vision_cfg", {}).get("image_size", 224)
 
 
 def resolve_settings(arch: str, tag: str | None, kind: str | None, overrides: LoadOverrides) -> LoadSettings:
@@ -220,7 +225,7 @@ def resolve_weights(arch: str, weights: str | None, cache_dir: str | None = None
 # -- building and filling the model -----------------------------------------------------------------------
 def build_model(arch: str, settings: LoadSettings, device: str) -> torch.nn.Module:
     """A random-init open_clip model built with `settings` (no weights: those are loaded and checked here)."""
-    native = check_arch(arch)["vision_cfg"]["image_size"]
+    native = native_size(check_arch(arch))
     with quiet_logging():  # open_clip logs "initialized randomly" at WARNING: noise before a one-line error
         return open_clip.create_model(
             arch, pretrained=None, device=device, pretrained_text=False, quick_gelu=settings.quick_gelu,
