@@ -347,9 +347,10 @@ class Batch:
 class CorpusBatches(IterableDataset):
     """The corpus as numbered batches of `batch_entries` entries from batch `start` on.
 
-    With several DataLoader workers, worker w takes batches w, w+W, … and the loader's round robin
-    puts them back in order, so batch numbers (and what is in each batch) never depend on the
-    number of workers.
+    With several DataLoader workers, worker w takes batches start+w, start+w+W, … and the loader's
+    round robin (worker 0, 1, …, W-1, 0, …) puts them back in order, so batch numbers (and what is in
+    each batch) never depend on the number of workers. Counting from `start`, not from 0, is what lets
+    a run resume with workers: worker 0 must hold the first batch asked for.
     """
 
     def __init__(self, corpus: str | Path, transform: Callable, batch_entries: int, start: int = 0,
@@ -361,7 +362,7 @@ class CorpusBatches(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for number, chunk in enumerate(batched(iter_entries(self.corpus), self.batch_entries)):
-            if number >= self.start and number % workers == worker:
+            if number >= self.start and (number - self.start) % workers == worker:
                 yield self.load(number, chunk)
 
     def load(self, number: int, chunk: list[Entry]) -> Batch:
