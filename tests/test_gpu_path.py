@@ -1,14 +1,21 @@
 """The GPU path's bugs, each reproduced on the CPU: a resume with loader workers, non-finite
 activations (fp16 overflow), the pinned batch handed to the device copy, precision in the job's
 fingerprint, and JPEG decoding through torchvision (the GPU decoder's code path, run with device="cpu")."""
+import math
+
+import numpy as np
 import pytest
 import torch
 from sqlalchemy import select
+from test_examples import CONFIG_DIR, make_corpus, same, settings_at, snapshot, stored_examples, stored_stats
+from typer.testing import CliRunner
 
-from app.db import DatasetExample, UnitStats
-from test_examples import make_corpus, same, settings_at, snapshot
+from app.db import Blob, Run
 from worker import examples
+from worker.cli import worker_cli
+from worker.corpus import CorpusBatches, Shard, content_hash
 from worker.examples import ExampleOptions, run_examples
+from worker.precision import PrecisionMismatch
 from worker.store import open_store
 
 
@@ -43,3 +50,117 @@ def test_a_run_resumed_with_two_loader_workers_gives_the_uninterrupted_store(tmp
     reference = open_store(settings_at(tmp_path / "reference"))
     run_examples(reference, tiny_rn, "tiny", corpus, ["layer1"], opts)
     same(snapshot(resumed, runs=False), snapshot(reference, runs=False))
+
+
+def poison_first_image(monkeypatch, layer: str) -> None:
+    """The corpus's first image gets +inf at one position of unit 0 (an fp16 overflow) and 1e6
+    everywhere in unit 1 (finite, but beyond float16's 65504)."""
+    real, done = examples.activations, []
+
+    def poisoned(loaded, x, names, pre_relu=True):
+        acts = real(loaded, x, names, pre_relu=pre_relu)
+        if x.shape[0] > 1 and not done:  # not the one-image probe of the grid
+            acts[layer][0, 0, 0, 0] = float("inf")
+            acts[layer][0, 1] = 1e6
+            done.append(True)
+        return acts
+
+    monkeypatch.setattr(examples, "activations", poisoned)
+
+
+def test_an_inf_activation_is_dropped_and_counted_and_a_huge_heatmap_stays_finite(store, tiny_rn, tmp_path,
+                                                                                   monkeypatch):
+    corpus = make_corpus(tmp_path / "corpus", n=12, bad=False)
+    first = content_hash((corpus / "000.jpg").read_bytes())[0]
+    poison_first_image(monkeypatch, "layer1")
+    opts = ExampleOptions(k=3, batch_size=5, samples=6, workers=0, progress=False)
+    report = run_examples(store, tiny_rn, "tiny", corpus, ["layer1"], opts)
+    stats = stored_stats(store, "tiny", "layer1")
+    assert (stats[0].n, stats[1].n, stats[2].n) == (11, 12, 12)
+    assert math.isfinite(stats[0].max) and stats[0].max < 1e3 and math.isfinite(stats[0].std)
+    got = stored_examples(store, "tiny", "layer1")
+    assert first not in [sha for sha, _, _ in got[(0, "top")] + got[(0, "bottom")]]
+    sha, activation, heat = got[(1, "top")][0]
+    assert sha == first and activation == pytest.approx(1e6)
+    assert np.allclose(heat, 1e6, rtol=1e-3)  # float16 alone would have stored inf
+    assert report["non_finite"] == {"layer1": 1} and report["images"] == 12
+
+
+def test_the_device_copy_is_handed_the_loaders_own_batch_tensor(store, tiny_rn, tmp_path, monkeypatch):
+    """With pin_memory the loader pins each batch's pixel tensor; a copy made before the transfer (an
+    index) would be pageable and the non-blocking copy synchronous. (Pinning itself needs a CUDA driver.)"""
+    corpus = make_corpus(tmp_path / "corpus", n=10)  # holds a duplicate: not every image is fresh
+    loaded, handed = set(), []
+    real_load, real_to = CorpusBatches.load, torch.Tensor.to
+
+    def load(self, number, chunk):
+        batch = real_load(self, number, chunk)
+        loaded.add(batch.pixels.data_ptr())
+        return batch
+
+    def to(self, *args, **kwargs):
+        if kwargs.get("non_blocking") and self.dim() == 4:
+            handed.append(self.data_ptr())
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(CorpusBatches, "load", load)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    report = run_examples(store, tiny_rn, "tiny", corpus, ["layer1"],
+                          ExampleOptions(k=2, batch_size=4, samples=0, workers=0, progress=False))
+    assert report["duplicates"] == 1
+    assert len(handed) == 3 and set(handed) <= loaded  # the last batch holds only bad files
+
+
+def top_sets(store, layer: str) -> dict[tuple[int, str], set[str]]:
+    return {key: {sha for sha, _, _ in rows} for key, rows in stored_examples(store, "tiny", layer).items()}
+
+
+def test_bf16_is_in_the_fingerprint_and_its_top_k_agrees_with_fp32(tiny_rn, tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n=24, bad=False)
+    stores, reports = {}, {}
+    for precision in ("fp32", "bf16"):
+        stores[precision] = open_store(settings_at(tmp_path / precision))
+        opts = ExampleOptions(k=8, batch_size=8, samples=0, workers=0, progress=False, precision=precision)
+        reports[precision] = run_examples(stores[precision], tiny_rn, "tiny", corpus, ["layer4"], opts)
+    runs = {p: s.sessions().scalars(select(Run)).one() for p, s in stores.items()}
+    assert [runs[p].settings["precision"] for p in runs] == ["fp32", "bf16"]
+    assert [r["precision"] for r in reports.values()] == ["fp32", "bf16"]
+    assert runs["fp32"].settings["fingerprint"] != runs["bf16"].settings["fingerprint"]
+    full, half = top_sets(stores["fp32"], "layer4"), top_sets(stores["bf16"], "layer4")
+    overlap = np.mean([len(full[key] & half[key]) / 8 for key in full])
+    assert 0.8 < overlap < 1.0  # bf16 computes something else, close to fp32
+
+
+def test_a_checkpoint_at_another_precision_is_one_clear_line_and_stays(tmp_path, tiny_rn, monkeypatch):
+    corpus = make_corpus(tmp_path / "corpus", n=12, bad=False)
+    settings = settings_at(tmp_path / "store")
+    opts = ExampleOptions(k=3, batch_size=4, samples=0, workers=0, progress=False, checkpoint_seconds=0)
+    with monkeypatch.context() as m:
+        interrupt_after_checkpoints(m, 1)
+        with pytest.raises(Interrupted):
+            run_examples(open_store(settings), tiny_rn, "tiny-rn", corpus, ["layer1"], opts)
+    saved = list((settings.data_dir / "checkpoints").iterdir())
+    monkeypatch.setenv("MICROSCOPE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("MICROSCOPE_CACHE_DIR", str(settings.cache_dir))
+    monkeypatch.setenv("MICROSCOPE_DATABASE_URL", settings.db_url)
+    args = ["examples", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--corpus", str(corpus), "--layer", "layer1",
+            "--k", "3", "--batch-size", "4", "--samples", "0", "--workers", "0", "--no-progress", "--device", "cpu"]
+    result = CliRunner().invoke(worker_cli, [*args, "--precision", "bf16"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert "at precision fp32 exists" in result.stderr and "--precision fp32" in result.stderr
+    assert list((settings.data_dir / "checkpoints").iterdir()) == saved
+    bad = CliRunner().invoke(worker_cli, [*args, "--precision", "fp64"])
+    assert bad.exit_code == 2 and "--precision must be one of fp32, bf16, fp16, auto" in bad.stderr
+
+
+def test_shards_of_mixed_precision_do_not_merge(store, tiny_rn, tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n=10, bad=False)
+    common = {"k": 2, "batch_size": 4, "samples": 0, "workers": 0, "progress": False}
+    first = run_examples(store, tiny_rn, "tiny", corpus, ["layer1"], ExampleOptions(shard=Shard(0, 2), **common))
+    assert first["waiting_for_shards"]
+    with pytest.raises(PrecisionMismatch, match="shards of mixed precision do not merge.*--precision fp32"):
+        run_examples(store, tiny_rn, "tiny", corpus, ["layer1"],
+                     ExampleOptions(shard=Shard(1, 2), precision="bf16", **common))
+    with store.sessions() as s:
+        assert len(s.scalars(select(Blob.key)).all()) == 1  # shard 0's state is kept
