@@ -164,3 +164,19 @@ def test_shards_of_mixed_precision_do_not_merge(store, tiny_rn, tmp_path):
                      ExampleOptions(shard=Shard(1, 2), precision="bf16", **common))
     with store.sessions() as s:
         assert len(s.scalars(select(Blob.key)).all()) == 1  # shard 0's state is kept
+
+
+def test_feature_vis_renders_in_bf16_under_its_own_settings_hash(tiny_rn):
+    from worker.featurevis.render import RenderSettings, render
+    from worker.featurevis.stage import FeatureVisSettings, variants
+
+    fp32, bf16 = RenderSettings(steps=3), RenderSettings(steps=3, precision="bf16")
+    assert "precision" not in fp32.as_dict()  # images stored before precision was a setting stay valid
+    hashes = [variants(FeatureVisSettings(r), "tiny-rn", None, "layer4")[0].settings_hash for r in (fp32, bf16)]
+    assert hashes[0] != hashes[1]
+    full, half = (render(tiny_rn, "layer4:3", [7], r) for r in (fp32, bf16))
+    assert torch.isfinite(half.images).all() and not torch.equal(full.images, half.images)
+    assert half.objective.dtype == torch.float32
+    assert torch.allclose(full.history[0], half.history[0], rtol=0.05, atol=0.05)  # same start, bf16 noise
+    with pytest.raises(ValueError, match="--precision must be one of"):
+        RenderSettings(precision="fp8")
