@@ -1,19 +1,22 @@
 """The GPU path's bugs, each reproduced on the CPU: a resume with loader workers, non-finite
 activations (fp16 overflow), the pinned batch handed to the device copy, precision in the job's
 fingerprint, and JPEG decoding through torchvision (the GPU decoder's code path, run with device="cpu")."""
+import io
 import math
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sqlalchemy import select
-from test_examples import CONFIG_DIR, make_corpus, same, settings_at, snapshot, stored_examples, stored_stats
+from test_examples import CONFIG_DIR, make_corpus, pattern, same, settings_at, snapshot, stored_examples, stored_stats
 from typer.testing import CliRunner
 
 from app.db import Blob, Run
 from worker import examples
 from worker.cli import worker_cli
-from worker.corpus import CorpusBatches, Shard, content_hash
+from worker.corpus import MAX_PIXELS, CorpusBatches, Shard, content_hash, decode
+from worker.device_decode import DeviceDecoder
 from worker.examples import ExampleOptions, run_examples
 from worker.precision import PrecisionMismatch
 from worker.store import open_store
@@ -180,3 +183,44 @@ def test_feature_vis_renders_in_bf16_under_its_own_settings_hash(tiny_rn):
     assert torch.allclose(full.history[0], half.history[0], rtol=0.05, atol=0.05)  # same start, bf16 noise
     with pytest.raises(ValueError, match="--precision must be one of"):
         RenderSettings(precision="fp8")
+
+
+def jpeg_bytes(img: Image.Image, **options) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **options)
+    return buf.getvalue()
+
+
+def test_jpegs_decoded_by_torchvision_match_the_pil_path_within_one_level(tiny_rn):
+    """The device decoder's code path, run with device="cpu": decode_jpeg, then the model's own
+    Resize/CenterCrop on tensors, against PIL + open_clip's preprocess (no draft: small images)."""
+    rotated = Image.Exif()
+    rotated[0x0112] = 6  # EXIF orientation: rotate 90°
+    cases = [jpeg_bytes(pattern(3).resize((150, 110))), jpeg_bytes(pattern(4).resize((40, 30))),
+             jpeg_bytes(pattern(5).convert("L").resize((90, 90))),
+             jpeg_bytes(pattern(6).resize((128, 100)), progressive=True),
+             jpeg_bytes(pattern(7).resize((100, 80)), quality=95, subsampling=0),
+             jpeg_bytes(pattern(8).resize((120, 70)), exif=rotated)]
+    decoder = DeviceDecoder(tiny_rn.preprocess, torch.device("cpu"), MAX_PIXELS)
+    std = torch.tensor(tiny_rn.std).view(3, 1, 1)
+    for got, data in zip(decoder.decode(cases), cases, strict=True):
+        levels = ((got - tiny_rn.preprocess(decode(data))) * std * 255).abs()  # in 1/255 steps
+        assert levels.max() <= 1.01 and levels.mean() < 0.3
+
+
+def test_a_run_with_jpegs_decoded_on_the_device_matches_the_pil_run(tiny_rn, tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n=16)  # half JPEG, half PNG, and bad files
+    (corpus / "sub" / "garbled.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9")
+    (corpus / "sub" / "cut.jpg").write_bytes((corpus / "002.jpg").read_bytes()[:400])
+    stores, reports = {}, {}
+    for mode in ("workers", "device"):
+        stores[mode] = open_store(settings_at(tmp_path / mode))
+        opts = ExampleOptions(k=4, batch_size=6, samples=0, workers=0, progress=False, jpeg_decode=mode)
+        reports[mode] = run_examples(stores[mode], tiny_rn, "tiny", corpus, ["layer4"], opts)
+    for key in ("images", "duplicates", "skipped", "entries"):
+        assert reports["device"][key] == reports["workers"][key], key
+    assert reports["device"]["skipped"]["truncated"] == 2  # cut.jpg left to PIL, like truncated.png
+    pil, device = top_sets(stores["workers"], "layer4"), top_sets(stores["device"], "layer4")
+    assert np.mean([len(pil[key] & device[key]) / 4 for key in pil]) > 0.9
+    with stores["device"].sessions() as s:
+        assert s.scalars(select(Run)).one().settings["jpeg_decode"] == "device"

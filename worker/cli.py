@@ -141,11 +141,15 @@ def examples_cmd(
     samples: int = typer.Option(256, min=0, help="activation samples kept per unit (for studies)"),
     checkpoint_every: float = typer.Option(60.0, min=0, help="seconds between checkpoints"),
     precision: Precision = "auto",
+    jpeg_decode: str = typer.Option("auto", help="workers (PIL in the loader processes) | device "
+                                                 "(torchvision/nvJPEG on the model's device) | auto (device "
+                                                 "with CUDA); other formats always decode in the workers"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Top-K and most-negative-K dataset examples with heatmaps, activation statistics and samples."""
     from app.settings import Settings
     from worker.corpus import Shard
+    from worker.device_decode import resolve_mode
     from worker.examples import REDUCTIONS, ExampleOptions, run_examples
     from worker.options import clean_errors, fail, model_name_for, open_model, precision_for, resolve_device
     from worker.store import open_store
@@ -159,6 +163,8 @@ def examples_cmd(
                               precision=precision_for(precision, device))
     loaded = open_model(arch, weights, config_dir, device)
     model_name = name or model_name_for(arch, weights)
+    with clean_errors(ValueError):
+        opts.jpeg_decode = resolve_mode(jpeg_decode, loaded.device, loaded.preprocess)
     with clean_errors():
         report = run_examples(open_store(Settings()), loaded, model_name, corpus, layer or None, opts)
     skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"

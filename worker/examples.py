@@ -41,6 +41,7 @@ from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Un
 from app.keys import UnitKey
 from worker.allocator import keep_freed_memory
 from worker.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, Shard, survey
+from worker.device_decode import DeviceDecoder
 from worker.images import store_images
 from worker.layers import LayerSpec, activations, catalogue, family_of, layer_spec
 from worker.models import LoadedModel
@@ -67,12 +68,15 @@ class ExampleOptions:
     max_pixels: int = MAX_PIXELS
     progress: bool = True
     precision: str = "fp32"  # fp32 | bf16 | fp16 (worker.precision; the command resolves "auto")
+    jpeg_decode: str = "workers"  # workers (PIL) | device (worker.device_decode; the command resolves "auto")
 
     def check(self) -> None:
         if self.reduce not in REDUCTIONS:
             raise ValueError(f"--reduce must be one of {', '.join(REDUCTIONS)}, got {self.reduce!r}")
         if self.k < 1 or self.batch_size < 1 or self.samples < 0 or (self.workers or 0) < 0:
             raise ValueError("--k and --batch-size must be >= 1, --samples and --workers >= 0")
+        if self.jpeg_decode not in ("workers", "device"):
+            raise ValueError(f"--jpeg-decode must be workers or device, got {self.jpeg_decode!r}")
         if self.precision not in DTYPES:
             raise ValueError(f"--precision must be one of {', '.join(DTYPES)}, got {self.precision!r}")
 
@@ -93,6 +97,7 @@ class Job:
     batch_size: int
     samples: int
     precision: str
+    jpeg_decode: str  # the decoders round differently: a few 1/255 steps, enough to reorder near-ties
 
     @property
     def fingerprint(self) -> str:
@@ -102,7 +107,7 @@ class Job:
         return {"corpus": self.corpus, "entries": self.entries, "layers": list(self.layers), "k": self.k,
                 "reduce": self.reduce, "batch_size": self.batch_size, "samples": self.samples,
                 "shard": str(shard), "signal": signal, "precision": self.precision,
-                "fingerprint": self.fingerprint}
+                "jpeg_decode": self.jpeg_decode, "fingerprint": self.fingerprint}
 
 
 class LayerState:
@@ -216,7 +221,7 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
     n_entries, digest = survey(corpus)
     job = Job(model_name, loaded.arch, loaded.weights, str(Path(corpus).expanduser().resolve()), digest,
               n_entries, tuple(s.name for s in specs), opts.k, opts.reduce, opts.batch_size, opts.samples,
-              opts.precision)
+              opts.precision, opts.jpeg_decode)
     signal = "pre-relu" if family_of(loaded).pre_relu else "output"
     check_precision(store, job, opts.shard)
     run_id = open_run(store, job, opts.shard, signal)
@@ -273,8 +278,10 @@ def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opt
     loaded.model.to(memory_format=torch.channels_last)
     names = list(progress.layers)
     per_batch = opts.batch_size * opts.shard.count  # each shard keeps about batch_size images per batch
+    on_device = opts.jpeg_decode == "device"
     dataset = CorpusBatches(corpus, loaded.preprocess, per_batch, progress.cursor, opts.shard, opts.max_pixels,
-                            draft=loaded.image_size)
+                            draft=loaded.image_size, jpeg_on_device=on_device)
+    decoder = DeviceDecoder(loaded.preprocess, device, opts.max_pixels) if on_device else None
     workers = loader_workers(opts.workers, device)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
@@ -289,7 +296,7 @@ def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opt
         for batch in loader:
             if batch.number != progress.cursor:
                 raise RuntimeError(f"corpus batches out of order: got {batch.number}, expected {progress.cursor}")
-            progress.absorb(batch, forward, opts.reduce, device)
+            progress.absorb(decoder.finish(batch) if decoder else batch, forward, opts.reduce, device)
             bar.update(batch.n_entries)
             bar.set_postfix(images=progress.counts["images"], refresh=False)
             if time.monotonic() - last_save >= opts.checkpoint_seconds:
