@@ -84,7 +84,17 @@ class DeviceDecoder:
             images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
         except RuntimeError:  # one bad file fails the batched call: decode them one by one
             images = [self.one(d) for d in data]
-        return [self.fallback(j) if img is None else self.transform(img) for j, img in zip(jpegs, images, strict=True)]
+        out: list = [None] * len(jpegs)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, (jpeg, image) in enumerate(zip(jpegs, images, strict=True)):
+            if image is None:
+                out[i] = self.fallback(jpeg)
+            else:
+                by_shape.setdefault(tuple(image.shape), []).append(i)
+        for rows in by_shape.values():  # one transform call per size: a few kernels, not a few per image
+            for i, x in zip(rows, self.transform(torch.stack([images[i] for i in rows])), strict=True):
+                out[i] = x
+        return out
 
     def one(self, data: torch.Tensor) -> torch.Tensor | None:
         try:

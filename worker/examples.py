@@ -309,8 +309,8 @@ def to_device(pixels: torch.Tensor, fresh: torch.Tensor, device: torch.device) -
     left it, page-locked, so the copy is asynchronous; it is indexed on the device. Indexing first
     would make a pageable copy, and a copy from pageable memory is synchronous."""
     x = pixels.to(device, non_blocking=True)
-    if not bool(fresh.all()):
-        x = x[fresh.to(device)]
+    if not bool(fresh.all()):  # rows picked by index: a boolean mask on the device would wait for it
+        x = x.index_select(0, fresh.nonzero().squeeze(1).to(device, non_blocking=True))
     return x.contiguous(memory_format=torch.channels_last)
 
 
