@@ -1,6 +1,7 @@
 """The GPU path's bugs, each reproduced on the CPU: a resume with loader workers, non-finite
 activations (fp16 overflow), the pinned batch handed to the device copy, precision in the job's
 fingerprint, and JPEG decoding through torchvision (the GPU decoder's code path, run with device="cpu")."""
+import dataclasses
 import io
 import math
 
@@ -224,3 +225,24 @@ def test_a_run_with_jpegs_decoded_on_the_device_matches_the_pil_run(tiny_rn, tmp
     assert np.mean([len(pil[key] & device[key]) / 4 for key in pil]) > 0.9
     with stores["device"].sessions() as s:
         assert s.scalars(select(Run)).one().settings["jpeg_decode"] == "device"
+
+
+def test_words_and_maps_read_the_model_at_its_precision_under_their_own_hash(store, tiny_rn):
+    from worker.maps import layer_maps
+    from worker.render_text import RenderPlan
+    from worker.text_scores import layer_reader
+    from worker.words import run_words
+
+    half = dataclasses.replace(tiny_rn, precision="bf16")
+    words, plan = ["king", "queen", "paris", "dog", "music", "red"], RenderPlan(tiny_rn.image_size, scales=(0.3,))
+    full_words = run_words(store, tiny_rn, "tiny", "layer2", words=words, plan=plan, batch_size=8)
+    half_words = run_words(store, half, "tiny", "layer2", words=words, plan=plan, batch_size=8)
+    assert "skipped" not in half_words and half_words["hash"] != full_words["hash"]
+    assert run_words(store, half, "tiny", "layer2", words=words, plan=plan)["skipped"] == "up to date"
+    x = torch.rand(3, 3, tiny_rn.image_size, tiny_rn.image_size)
+    with torch.inference_mode():
+        for reader in (layer_reader, layer_maps):
+            full, low = reader(tiny_rn, "layer2")(x), reader(half, "layer2")(x)
+            for a, b in zip(*(r if isinstance(r, tuple) else (r,) for r in (full, low)), strict=True):
+                assert b.dtype == torch.float32 and not torch.equal(a, b)
+                assert torch.allclose(a, b, rtol=0.05, atol=0.05 * float(a.abs().max()))

@@ -161,7 +161,7 @@ def examples_cmd(
         opts = ExampleOptions(k=k, reduce=reduce, batch_size=batch_size, workers=workers, shard=Shard.parse(shard),
                               checkpoint_seconds=checkpoint_every, samples=samples, progress=progress,
                               precision=precision_for(precision, device))
-    loaded = open_model(arch, weights, config_dir, device)
+    loaded = open_model(arch, weights, config_dir, device, opts.precision)
     model_name = name or model_name_for(arch, weights)
     with clean_errors(ValueError):
         opts.jpeg_decode = resolve_mode(jpeg_decode, loaded.device, loaded.preprocess)

@@ -76,12 +76,17 @@ def resolve_device(device: str) -> str:
 
 
 def open_model(arch: str, weights: str | None = None, config_dirs: list[Path] | None = None,
-               device: str = "auto"):
-    """`worker.models.load_model` for a command: a bad name, missing weights or config dir exit 2."""
+               device: str = "auto", precision: str = "fp32"):
+    """`worker.models.load_model` for a command: a bad name, missing weights or config dir exit 2.
+    `precision` (fp32 | bf16 | fp16 | auto) is resolved for the device and kept on the model."""
     from worker.models import load_model
 
+    device = resolve_device(device)
+    resolved = precision_for(precision, device)
     with clean_errors():
-        return load_model(arch, weights, resolve_device(device), tuple(config_dirs or ()))
+        loaded = load_model(arch, weights, device, tuple(config_dirs or ()))
+    loaded.precision = resolved
+    return loaded
 
 
 def precision_for(asked: str, device) -> str:
