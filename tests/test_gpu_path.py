@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from app.db import Blob, Run
 from worker import examples
 from worker.cli import worker_cli
-from worker.corpus import MAX_PIXELS, CorpusBatches, Shard, content_hash, decode
+from worker.corpus import MAX_PIXELS, CorpusBatches, Shard, content_hash, decode, device_decodable
 from worker.device_decode import DeviceDecoder
 from worker.examples import ExampleOptions, run_examples
 from worker.precision import PrecisionMismatch
@@ -194,14 +194,19 @@ def jpeg_bytes(img: Image.Image, **options) -> bytes:
 
 def test_jpegs_decoded_by_torchvision_match_the_pil_path_within_one_level(tiny_rn):
     """The device decoder's code path, run with device="cpu": decode_jpeg, then the model's own
-    Resize/CenterCrop on tensors, against PIL + open_clip's preprocess (no draft: small images)."""
+    Resize/CenterCrop on tensors, against PIL + open_clip's preprocess (no draft: small images). Rotated
+    (EXIF) and CMYK JPEGs stay with PIL: nvJPEG ignores the orientation."""
     rotated = Image.Exif()
     rotated[0x0112] = 6  # EXIF orientation: rotate 90°
+    assert not device_decodable(jpeg_bytes(pattern(8).resize((120, 70)), exif=rotated))
+    assert not device_decodable(jpeg_bytes(pattern(8).convert("CMYK")))
+    assert not device_decodable(jpeg_bytes(pattern(8))[:-300])  # truncated
     cases = [jpeg_bytes(pattern(3).resize((150, 110))), jpeg_bytes(pattern(4).resize((40, 30))),
              jpeg_bytes(pattern(5).convert("L").resize((90, 90))),
              jpeg_bytes(pattern(6).resize((128, 100)), progressive=True),
              jpeg_bytes(pattern(7).resize((100, 80)), quality=95, subsampling=0),
-             jpeg_bytes(pattern(8).resize((120, 70)), exif=rotated)]
+             jpeg_bytes(pattern(7).resize((100, 80)))]  # two of one size: transformed as one stack
+    assert all(device_decodable(c) for c in cases)
     decoder = DeviceDecoder(tiny_rn.preprocess, torch.device("cpu"), MAX_PIXELS)
     std = torch.tensor(tiny_rn.std).view(3, 1, 1)
     for got, data in zip(decoder.decode(cases), cases, strict=True):
@@ -213,6 +218,9 @@ def test_a_run_with_jpegs_decoded_on_the_device_matches_the_pil_run(tiny_rn, tmp
     corpus = make_corpus(tmp_path / "corpus", n=16)  # half JPEG, half PNG, and bad files
     (corpus / "sub" / "garbled.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9")
     (corpus / "sub" / "cut.jpg").write_bytes((corpus / "002.jpg").read_bytes()[:400])
+    rotated = Image.Exif()
+    rotated[0x0112] = 8
+    (corpus / "sub" / "rotated.jpg").write_bytes(jpeg_bytes(pattern(40), exif=rotated))  # left to PIL
     stores, reports = {}, {}
     for mode in ("workers", "device"):
         stores[mode] = open_store(settings_at(tmp_path / mode))

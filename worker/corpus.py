@@ -30,6 +30,7 @@ CAPTION_KEYS = ("caption", "text", "title")
 MAX_BYTES = 64 * 2**20
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+EXIF_ORIENTATION = 0x0112
 SKIP_REASONS = ("missing", "unreadable", "empty", "too-large", "not-image", "truncated", "corrupt",
                 "bad-manifest-line")
 
@@ -316,18 +317,23 @@ def is_whole_jpeg(data: bytes) -> bool:
     return data.startswith(JPEG_START) and data.rstrip(b"\0\n\r ").endswith(JPEG_END)
 
 
-def check_size(data: bytes, max_pixels: int = MAX_PIXELS) -> None:
-    """Skip("too-large") / Skip("not-image") from the header alone (nothing is decoded)."""
+def device_decodable(data: bytes, max_pixels: int = MAX_PIXELS) -> bool:
+    """Whether a whole JPEG can go to the GPU decoder, from its header alone: RGB or grey, and upright
+    (nvJPEG ignores EXIF orientation, and CMYK needs PIL's conversion). Skip("too-large") if too big;
+    False when the header does not parse (PIL then gives the reason)."""
+    if not is_whole_jpeg(data):
+        return False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > max_pixels:
                     raise Skip("too-large")
+                return img.mode in ("RGB", "L") and img.getexif().get(EXIF_ORIENTATION, 1) == 1
     except Image.DecompressionBombError:
         raise Skip("too-large") from None
-    except (UnidentifiedImageError, OSError):
-        raise Skip("not-image") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return False
 
 
 def open_entry(entry: Entry, max_pixels: int = MAX_PIXELS) -> tuple[str, Image.Image]:
@@ -369,7 +375,8 @@ class Batch:
 
 class CorpusBatches(IterableDataset):
     """The corpus as numbered batches of `batch_entries` entries from batch `start` on. With
-    `jpeg_on_device`, a whole JPEG is read and hashed but left undecoded (`worker.device_decode`).
+    `jpeg_on_device`, a whole, upright RGB or grey JPEG is read and hashed but left undecoded
+    (`worker.device_decode`).
 
     With several DataLoader workers, worker w takes batches start+w, start+w+W, … and the loader's
     round robin (worker 0, 1, …, W-1, 0, …) puts them back in order, so batch numbers (and what is in
@@ -400,8 +407,7 @@ class CorpusBatches(IterableDataset):
                 _, hash64 = content_hash(data)
                 if not self.shard.owns(hash64):
                     continue
-                if self.jpeg_on_device and is_whole_jpeg(data):
-                    check_size(data, self.max_pixels)
+                if self.jpeg_on_device and device_decodable(data, self.max_pixels):
                     jpegs.append(data)
                     jpeg_rows.append(len(entries))
                 else:

@@ -1,14 +1,16 @@
 """JPEG decoding on the model's device (nvJPEG on a GPU, through `torchvision.io.decode_jpeg`), for when
-the CPU's decoders cannot keep a GPU fed (an H200 forwards RN50x4 far faster than 15 PIL processes
-decode photos).
+the CPU's decoders cannot keep a GPU fed (whether they can is what bench/gpu_check.sh measures: PIL
+workers against nvJPEG, side by side).
 
-Loader workers still read and hash every file (`CorpusBatches(jpeg_on_device=True)`), but hand a JPEG's
-bytes on undecoded; `DeviceDecoder.finish` decodes a batch's JPEGs in one batched call on the device and
-runs the model's own preprocessing transforms there on tensors (torchvision's Resize and CenterCrop take
-tensors, and round to uint8 as PIL does). A JPEG the device decoder rejects is decoded again with PIL
-in the main process, so a bad file is skipped for the same reason as on the CPU path. Pixels differ
-from the PIL path only by the decoders' and resamplers' rounding (a few 1/255 steps), and large photos
-are decoded at full size (no DCT-scaled draft).
+Loader workers still read and hash every file (`CorpusBatches(jpeg_on_device=True)`), but hand an
+upright RGB or grey JPEG's bytes on undecoded. (nvJPEG ignores EXIF orientation: `decode_jpeg` applies it
+only on the CPU; so rotated photos, like CMYK ones, are decoded by PIL in the workers.)
+`DeviceDecoder.finish` decodes a batch's JPEGs in one batched call on the device and runs the model's own
+preprocessing transforms there on tensors, one call per image size (torchvision's Resize and CenterCrop
+take tensors, and round to uint8 as PIL does). A JPEG the device decoder rejects is decoded again with
+PIL in the main process, so a bad file is skipped for the same reason as on the CPU path. Pixels differ
+from the PIL path only by the decoders' and resamplers' rounding (at most 1/255 in the tests), and large
+photos are decoded at full size (no DCT-scaled draft).
 """
 from collections import Counter
 from collections.abc import Callable
@@ -81,7 +83,7 @@ class DeviceDecoder:
         """Each JPEG preprocessed on the device, or the Skip PIL gives the ones the device rejects."""
         data = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
         try:
-            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError:  # one bad file fails the batched call: decode them one by one
             images = [self.one(d) for d in data]
         out: list = [None] * len(jpegs)
@@ -98,7 +100,7 @@ class DeviceDecoder:
 
     def one(self, data: torch.Tensor) -> torch.Tensor | None:
         try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError:
             return None
 
