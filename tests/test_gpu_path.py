@@ -152,8 +152,10 @@ def test_a_checkpoint_at_another_precision_is_one_clear_line_and_stays(tmp_path,
     result = CliRunner().invoke(worker_cli, [*args, "--precision", "bf16"])
     assert result.exit_code == 2, result.output
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
-    assert "at precision fp32 exists" in result.stderr and "--precision fp32" in result.stderr
+    assert "at --precision fp32 exists" in result.stderr and "resume it with --precision fp32" in result.stderr
     assert list((settings.data_dir / "checkpoints").iterdir()) == saved
+    other_decoder = CliRunner().invoke(worker_cli, [*args, "--precision", "fp32", "--jpeg-decode", "device"])
+    assert other_decoder.exit_code == 2 and "at --jpeg-decode workers exists" in other_decoder.stderr
     bad = CliRunner().invoke(worker_cli, [*args, "--precision", "fp64"])
     assert bad.exit_code == 2 and "--precision must be one of fp32, bf16, fp16, auto" in bad.stderr
 
@@ -163,7 +165,7 @@ def test_shards_of_mixed_precision_do_not_merge(store, tiny_rn, tmp_path):
     common = {"k": 2, "batch_size": 4, "samples": 0, "workers": 0, "progress": False}
     first = run_examples(store, tiny_rn, "tiny", corpus, ["layer1"], ExampleOptions(shard=Shard(0, 2), **common))
     assert first["waiting_for_shards"]
-    with pytest.raises(PrecisionMismatch, match="shards of mixed precision do not merge.*--precision fp32"):
+    with pytest.raises(PrecisionMismatch, match="shards of mixed precision do not merge.*with --precision fp32"):
         run_examples(store, tiny_rn, "tiny", corpus, ["layer1"],
                      ExampleOptions(shard=Shard(1, 2), precision="bf16", **common))
     with store.sessions() as s:

@@ -16,6 +16,10 @@ Compute streams the corpus once with memory O(units × K). `--shard i/N` takes t
 hash is i mod N. State is checkpointed to a file every `checkpoint_seconds`, so a killed run resumes
 where it stopped. Shard states go into `blobs`; the shard that finds all N there merges them and
 writes. Writing replaces whole units per transaction, and is idempotent.
+
+The forward runs at `precision` (fp32, or bf16 / fp16 autocast: `worker.precision`), and JPEGs may be
+decoded on the model's device (`worker.device_decode`); both are part of the job's fingerprint, and a
+checkpoint or shard state made with another value stops the run with one line instead of mixing.
 """
 import hashlib
 import io
@@ -329,18 +333,22 @@ def loader_workers(requested: int | None, device: torch.device) -> int:
 # -- checkpoints and shard states -------------------------------------------------------------------
 
 def check_precision(store: Store, job: Job, shard: Shard) -> None:
-    """PrecisionMismatch if this job's checkpoint or shard states exist at another precision: resuming
-    or merging them would mix two precisions' top-K, so the user decides (one line says how)."""
-    for other in (replace(job, precision=p) for p in DTYPES if p != job.precision):
+    """PrecisionMismatch if this job's checkpoint or shard states exist at another precision or JPEG
+    decoder: resuming or merging them would mix two computations' top-K, so the user decides (one line
+    says how)."""
+    others = [("precision", p) for p in DTYPES] + [("jpeg-decode", d) for d in ("workers", "device")]
+    for option, value in others:
+        other = replace(job, **{option.replace("-", "_"): value})
+        mine = getattr(job, option.replace("-", "_"))
+        if value == mine:
+            continue
         path = checkpoint_path(store, other, shard)
         if path.is_file():
-            raise PrecisionMismatch(f"a checkpoint of this run at precision {other.precision} exists ({path}): "
-                                    f"resume it with --precision {other.precision}, or delete it to start "
-                                    f"again at {job.precision}")
+            raise PrecisionMismatch(f"a checkpoint of this run at --{option} {value} exists ({path}): resume it "
+                                    f"with --{option} {value}, or delete it to start again at {mine}")
         if shard.count > 1 and stored_shard_states(store, other):
-            raise PrecisionMismatch(f"other shards of this job ran at precision {other.precision}: shards of "
-                                    f"mixed precision do not merge; run shard {shard} with --precision "
-                                    f"{other.precision}")
+            raise PrecisionMismatch(f"other shards of this job ran at --{option} {value}: shards of mixed "
+                                    f"{option} do not merge; run shard {shard} with --{option} {value}")
 
 
 def checkpoint_path(store: Store, job: Job, shard: Shard) -> Path:

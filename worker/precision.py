@@ -16,7 +16,8 @@ CHOICES = (*DTYPES, "auto")
 
 
 class PrecisionMismatch(ValueError):
-    """State saved at another precision exists for the same job (a checkpoint, a shard's state)."""
+    """State saved at another precision (or with another JPEG decoder) exists for the same job: a
+    checkpoint, a shard's state."""
 
 
 def resolve_precision(asked: str, device: str | torch.device) -> str:
