@@ -203,25 +203,32 @@ def ray_section(loaded_args: tuple[str, str], corpus: Path, n: int, layer: str, 
 # -- main ----------------------------------------------------------------------------------------------
 
 class Sections:
-    """Runs sections in order, each only while the budget allows, recording results or the error."""
+    """Runs sections in order, each only while the budget allows, recording results or the error. The
+    JSON is rewritten after every section, so a run cut short still leaves what it measured."""
 
-    def __init__(self, budget: float):
-        self.budget, self.results = budget, {}
+    def __init__(self, budget: float, out: Path):
+        self.budget, self.out, self.results = budget, out, {}
 
     def run(self, name: str, needs: float, fn) -> object:
         if elapsed() + needs > self.budget:
             self.results[name] = {"skipped": f"time budget: {elapsed():.0f} s used of {self.budget:.0f}"}
             return None
         t = time.monotonic()
+        out = None
         try:
             out = fn()
         except Exception as e:  # noqa: BLE001 — one failing section must not lose the others' figures
             traceback.print_exc()
             self.results[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
-            return None
         if isinstance(out, dict):
             self.results[name] = out | {"seconds": round(time.monotonic() - t, 1)}
+        print(f"[{elapsed():6.1f} s] {name}: {json.dumps(self.results.get(name), default=str)[:300]}")
+        self.save()
         return out
+
+    def save(self) -> None:
+        self.results["total_seconds"] = round(elapsed(), 1)
+        (self.out / "gpu_check.json").write_text(json.dumps(self.results, indent=2, default=str))
 
 
 def environment(p: dict) -> dict:
@@ -244,12 +251,13 @@ def main() -> None:
     if p["device"] == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: torch sees no CUDA device (use --cpu-smoke to run it on the CPU)")
     args.out.mkdir(parents=True, exist_ok=True)
-    s = Sections(float(os.environ.get("GPU_CHECK_BUDGET", 420)))
+    s = Sections(float(os.environ.get("GPU_CHECK_BUDGET", 420)), args.out)
     s.results["environment"] = environment(p)
     layer = "layer4"
     corpus = Path(os.environ.get("GPU_CHECK_CORPUS", "/tmp/gpu_check_corpus"))
     s.run("corpus", 60, lambda: {"path": str(make_corpus(corpus, p["images"], p["side"]))})
     loaded = load(p["arch"], p["device"])
+    print(f"[{elapsed():6.1f} s] model {p['arch']} on {p['device']}")
     bare = s.run("forward", 30, lambda: {pr: round(bare_forward(loaded, layer, p["batch"], p["bare_iters"], pr), 1)
                                          for pr in PRECISIONS}) or {}
     runs: dict = {}
@@ -289,8 +297,7 @@ def main() -> None:
     single = runs.get(("bf16" if not smoke else "fp32", "workers"))
     if single is not None:
         s.run("ray", 120, lambda: ray_section((p["arch"], p["device"]), corpus, p["images"], layer, p, single))
-    s.results["total_seconds"] = round(elapsed(), 1)
-    (args.out / "gpu_check.json").write_text(json.dumps(s.results, indent=2, default=str))
+    s.save()
     print_table(s.results)
 
 
