@@ -64,6 +64,7 @@ class LoadedModel:
     config_dirs: tuple[str, ...] = ()
     cache_dir: str | None = None
     tag: str | None = None  # the open_clip tag the weights are (also when given as a file)
+    precision: str = "fp32"  # of the forward in stages that read it (words, maps): worker.precision
 
     @property
     def visual(self) -> torch.nn.Module:

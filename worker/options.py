@@ -39,6 +39,9 @@ ConfigDirs = Annotated[list[Path] | None, typer.Option(
 ModelName = Annotated[str | None, typer.Option(
     "--name", help="the model's name in the store and in URLs (default: from arch and weights)")]
 Device = Annotated[str, typer.Option("--device", help="cuda | cpu | auto (cuda when there is one)")]
+Precision = Annotated[str, typer.Option(
+    "--precision", help="fp32 | bf16 | fp16 | auto (bf16 on a GPU that has it, else fp32); part of the "
+                        "job: a checkpoint is resumed only at its own precision")]
 QuickGelu = Annotated[bool | None, typer.Option(
     "--quickgelu/--no-quickgelu", help="build with QuickGELU (default: as the weights tag says; on for OpenAI's "
                                        "TorchScript archives; else as the model config says)", show_default=False)]
@@ -70,11 +73,12 @@ def clean_errors(*extra: type[BaseException]) -> Iterator[None]:
     from worker.corpus import CorpusError
     from worker.layers import UnknownLayer
     from worker.models import CheckpointError, UnknownModel, WeightsMissing
+    from worker.precision import PrecisionMismatch
 
     try:
         yield
     except (WeightsMissing, UnknownModel, CheckpointError, UnknownLayer, CorpusError, KeyError_, FileNotFoundError,
-            *extra) as e:
+            PrecisionMismatch, *extra) as e:
         fail(str(e))
 
 
@@ -133,13 +137,27 @@ def model_options(command: Callable) -> Callable:
     return run
 
 
-def open_model(source: ModelSource, device: str = "auto"):
-    """`worker.models.load_model` for a command: a bad name, missing or misfit weights exit 2 with one line."""
+def open_model(source: ModelSource, device: str = "auto", precision: str = "fp32"):
+    """`worker.models.load_model` for a command: a bad name, missing or misfit weights exit 2 with one line.
+    `precision` (fp32 | bf16 | fp16 | auto) is resolved for the device and kept on the model."""
     from worker.models import load_model
 
+    device = resolve_device(device)
+    resolved = precision_for(precision, device)
     with clean_errors():
-        return load_model(source.arch, source.weights, resolve_device(device), source.config_dirs,
-                          source.overrides)
+        loaded = load_model(source.arch, source.weights, device, source.config_dirs, source.overrides)
+    loaded.precision = resolved
+    return loaded
+
+
+def precision_for(asked: str, device) -> str:
+    """`--precision` resolved for the model's device (`worker.precision`); a bad value exits 2."""
+    from worker.precision import resolve_precision
+
+    try:
+        return resolve_precision(asked, device)
+    except ValueError as e:
+        fail(str(e))
 
 
 def model_name_for(arch: str, weights: str | None) -> str:
