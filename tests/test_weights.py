@@ -2,6 +2,7 @@
 layouts, load settings recorded in the store and rebuilt by the server's probe, and one-line errors."""
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -180,7 +181,8 @@ def test_the_store_records_the_settings_and_the_probe_rebuilds_the_same_model(ar
                               "interpolation": "bilinear", "resize_mode": "longest", "image_size": 48,
                               "config_dirs": ["tests/model_configs"], "tag": None}
         spec = spec_for(session, model)
-    served = _load(spec, threads=0)  # what the server's probe thread loads
+    with ThreadPoolExecutor(1) as probe_thread:  # what the server's probe thread loads (it turns grad off there)
+        served = probe_thread.submit(_load, spec, 0).result()
     worker = load_model("tiny-vit-oa", str(path), config_dirs=(CONFIG_DIR,), overrides=LoadOverrides(
         True, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "bilinear", "longest", 48))
     assert served.settings == worker.settings
