@@ -216,3 +216,11 @@ def attribution_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs 
         art = store_readout(store, model_name, loaded, config_dir or ())
     typer.echo(f"{model_name}: read-out {art.meta['units']} units × {art.meta['embed_dim']} dims "
                f"of {art.layer} at {art.path}")
+
+
+# -- concepts: modality profiles, self-labels, saved directions (worker/modality.py, selflabels.py, directions.py)
+from worker.concepts_cli import directions_cmd, modality_cmd, selflabels_cmd  # noqa: E402
+
+worker_cli.command("modality")(modality_cmd)
+worker_cli.command("selflabels")(selflabels_cmd)
+worker_cli.command("directions")(directions_cmd)
