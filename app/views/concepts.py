@@ -13,13 +13,15 @@ from sqlalchemy.orm import Session
 from app import urls
 from app.activations import ARTIFACT as MATRIX
 from app.activations import ActivationMatrix, MatrixError, sha_range
-from app.db import Artifact, Direction, Image, Layer
+from app.db import Artifact, Direction, Image, Label, Layer, Unit
 from app.deps import CacheDep, SessionDep, SettingsDep
 from app.directions import PROJECTIONS, DirectionError, canonical, combine, extremes, nearest_units, parse, profile_of
 from app.forms import body_of, done
+from app.keys import UnitKey
 from app.lookup import NotFound, get_layer
 from app.modality import MODALITIES, heat, layer_profiles
 from app.probe import ProbeBusy, ProbeUnavailable, engine_of, readout_artifact, spec_for
+from app.sections.labels import label_scores
 from app.security import EditorDep
 from app.views.probe import probe_error, unit_cards
 from app.web import error_page, respond
@@ -217,3 +219,39 @@ def save_direction(request: Request, editor: EditorDep, session: SessionDep, mod
     return done(request, {"q": query, "name": row.name, "url": urls.direction(model, layer, query)},
                 urls.direction(model, layer, query), 201)
 
+
+
+@router.get("/models/{model}/{layer}/labels", name="layer_labels")
+def layer_labels(request: Request, session: SessionDep, model: str, layer: str,
+                 sort: str = Query("score", pattern="^(score|unit)$", description="score: most faithful first"),
+                 source: str = Query("all", pattern="^(all|human|auto)$"),
+                 min_score: float | None = Query(None, ge=0, le=1, description="only labels with AUC at least this")):
+    """The layer's current labels with their faithfulness (held-out AUC), sorted and filtered by it."""
+    la = get_layer(session, model, layer)
+    rows = current_labels(session, la, source)
+    if min_score is not None:
+        rows = [r for r in rows if r["auc"] is not None and r["auc"] >= min_score]
+    key = (lambda r: (r["auc"] is None, -(r["auc"] or 0), r["unit"])) if sort == "score" else (lambda r: r["unit"])
+    rows.sort(key=key)
+    data = {"model": model, "layer": layer, "sort": sort, "source": source, "min_score": min_score, "labels": rows,
+            "layer_url": urls.layer(model, layer)}
+    return respond(request, "layer_labels.html", data)
+
+
+def current_labels(session: Session, la: Layer, source: str) -> list[dict]:
+    """Each unit's current label per source, with its score row if the worker scored it."""
+    q = (select(Unit.index, Label).join(Label, Label.unit_id == Unit.id).where(Unit.layer_id == la.id)
+         .order_by(Label.version))
+    if source != "all":
+        q = q.where(Label.source == source)
+    current: dict[tuple[int, str], Label] = {}
+    for unit, label in session.execute(q).all():
+        current[(unit, label.source)] = label  # later versions overwrite earlier ones
+    scores = label_scores(session, [lab.id for lab in current.values()])
+    out = []
+    for (unit, src), label in current.items():
+        s = scores.get(label.id)
+        out.append({"unit": unit, "url": urls.neuron(UnitKey(la.model.name, la.name, unit)), "text": label.text,
+                    "source": src, "author": label.author, "method": s.method if s else None,
+                    "auc": None if s is None or s.score is None else round(s.score, 3)})
+    return out

@@ -28,7 +28,7 @@ def upgrade() -> None:
         "label_scores",
         sa.Column("label_id", sa.Integer(), sa.ForeignKey("labels.id", ondelete="CASCADE"), primary_key=True),
         sa.Column("method", sa.String(64), nullable=False),
-        sa.Column("score", sa.Float(), nullable=False),
+        sa.Column("score", sa.Float(), nullable=True),  # none: no held-out image is the concept's
         sa.Column("detail", sa.JSON(), nullable=False),
         sa.Column("run_id", sa.Integer(), sa.ForeignKey("runs.id", ondelete="SET NULL"), nullable=True),
     )
