@@ -1,4 +1,6 @@
 """Multimodality scores on planted units (pure compute), then the stage end to end on a real tiny model."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,17 @@ def test_the_stage_finds_words_drawn_as_pictures_multimodal_and_shuffled_caption
     summary_page = client.get("/models/tiny/layer4/modality.json").json()
     assert summary_page["summary"]["above"] == control["above"] and sum(summary_page["summary"]["counts"]) == 512
     assert "Modality profile" in client.get("/models/tiny/layer4/0").text
+
+
+def test_demo_evaluate_counts_with_the_same_score(probe_model, word_corpus):
+    from worker.demo.evaluate import modality_criterion, unit_activations
+
+    root, names = word_corpus
+    files = sorted(str(p) for p in root.glob("*.png"))
+    rows = [{"caption": Path(f).stem.split("-")[0]} for f in files]
+    acts = unit_activations(probe_model, files, "layer4")
+    real = modality_criterion(probe_model, acts, rows, "layer4")
+    assert real["concepts"] == len(names) and real["above"] > 0.2 * 512
+    rng = np.random.default_rng(0)
+    shuffled = [{"caption": names[rng.integers(len(names))]} for _ in rows]
+    assert modality_criterion(probe_model, acts, shuffled, "layer4")["above"] < 0.05 * 512

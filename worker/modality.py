@@ -38,6 +38,8 @@ DEFINITION = ("the correlation across concepts between the unit's response to pi
               "rendered name (each z-scored per unit across the concepts)")
 NULL = "the same score with the word modality's concept labels permuted"
 ARTIFACT = "modality"
+STOCK_WORDS = frozenset({"photo", "photos", "image", "images", "picture", "pictures", "stock", "view", "close",
+                         "background", "shot", "closeup", "free", "vector", "illustration", "isolated"})
 MIN_IMAGES = 3  # a concept needs this many pictures for a mean worth comparing
 MAX_CONCEPTS = 1000
 PERMUTATIONS = 20
@@ -110,9 +112,7 @@ def groups_from_captions(captions: list[str], vocabulary: set[str] | None = None
     `min_images` images; only words of `vocabulary` when given)."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-    from worker.suggest import GENERIC
-
-    stop = frozenset(ENGLISH_STOP_WORDS) | GENERIC
+    stop = frozenset(ENGLISH_STOP_WORDS) | STOCK_WORDS
     rows: dict[str, list[int]] = defaultdict(list)
     for i, caption in enumerate(captions):
         for word in caption_words(caption, stop):
