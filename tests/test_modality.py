@@ -125,6 +125,12 @@ def test_the_stage_finds_words_drawn_as_pictures_multimodal_and_shuffled_caption
     summary_page = client.get("/models/tiny/layer4/modality.json").json()
     assert summary_page["summary"]["above"] == control["above"] and sum(summary_page["summary"]["counts"]) == 512
     assert "Modality profile" in client.get("/models/tiny/layer4/0").text
+    html = client.get("/models/tiny/layer4/modality").text
+    assert "above the null's 99th percentile" in html and "<svg" in html
+    assert "most multimodal first" in client.get("/models/tiny/layer4").text
+    assert client.get("/models/tiny/nope/modality").status_code == 404
+    assert client.get("/models/tiny/layer1/modality").status_code == 404  # no profile there: says which command
+    assert client.get("/models/tiny/layer4", params={"sort": "bogus"}).status_code == 422
 
 
 def test_demo_evaluate_counts_with_the_same_score(probe_model, word_corpus):

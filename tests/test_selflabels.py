@@ -87,3 +87,6 @@ def test_the_stage_stores_scored_auto_labels_and_scores_human_ones(store, probe_
         assert kept["labels"] and all(x["auc"] >= cut and x["source"] == "auto" for x in kept["labels"])
     assert client.get("/models/tiny/layer4/labels.json", params={"min_score": 2}).status_code == 422
     assert "AUC" in client.get("/models/tiny/layer4/3").text
+    html = client.get("/models/tiny/layer4/labels", params={"sort": "unit"}).text
+    assert "blue things" in html and "heldout-auc" in html
+    assert client.get("/models/tiny/nope/labels").status_code == 404
