@@ -165,8 +165,11 @@ CONCEPT_SETS = ("auto", "captions", "folders", "words", "imagenet")
 
 
 def concept_groups(store, loaded, matrix, concept_set: str, min_images: int = MIN_IMAGES,
-                   most: int = MAX_CONCEPTS) -> tuple[str, dict[str, np.ndarray]]:
-    """(the set used, its groups) for the matrix's corpus; "auto" = class folders if any, else captions."""
+                   most: int = MAX_CONCEPTS,
+                   exclude: frozenset[str] = frozenset()) -> tuple[str, dict[str, np.ndarray]]:
+    """(the set used, its groups) for the matrix's corpus; "auto" = class folders if any, else captions.
+    Rows whose corpus source is in `exclude` show no concept (e.g. the demo's rendered words: as pictures
+    they would make every reading unit look multimodal)."""
     from worker.corpus import entries_at
 
     if concept_set not in CONCEPT_SETS:
@@ -177,7 +180,7 @@ def concept_groups(store, loaded, matrix, concept_set: str, min_images: int = MI
         names = imagenet_names()
         return concept_set, groups_from_similarity(similarity(store, loaded, matrix, names), names, min_images, most)
     entries = entries_at(matrix.corpus, matrix.entries.tolist())
-    order = [entries.get(int(e)) for e in matrix.entries]
+    order = [None if e is None or e.source in exclude else e for e in (entries.get(int(x)) for x in matrix.entries)]
     if concept_set in ("auto", "folders"):
         groups = groups_from_folders([e.source if e else "" for e in order], min_images, most)
         if groups or concept_set == "folders":
@@ -238,7 +241,7 @@ def write_profile(store, model_name: str, layer: str, profile: Profile, scored: 
 
 def run_modality(store, loaded, model_name: str, layer: str | None = None, concept_set: str = "auto",
                  min_images: int = MIN_IMAGES, most: int = MAX_CONCEPTS, permutations: int = PERMUTATIONS,
-                 device: str = "cpu") -> dict:
+                 device: str = "cpu", exclude: frozenset[str] = frozenset()) -> dict:
     """The modality stage: profiles and scores of every unit of `layer` over a concept set, from the matrix."""
     from worker.activations import stored_matrix
     from worker.layers import layer_spec
@@ -246,12 +249,12 @@ def run_modality(store, loaded, model_name: str, layer: str | None = None, conce
 
     spec = layer_spec(loaded, layer)
     matrix = stored_matrix(store, model_name, spec.name)
-    used, groups = concept_groups(store, loaded, matrix, concept_set, min_images, most)
+    used, groups = concept_groups(store, loaded, matrix, concept_set, min_images, most, exclude)
     if len(groups) < 2:
         raise ValueError(f"the {used} concept set of {matrix.corpus} has {len(groups)} concept(s) with at least "
                          f"{min_images} images; a profile needs two or more (try --concepts captions|folders|imagenet)")
     settings = {"layer": spec.name, "concepts": used, "min_images": min_images, "most": most,
-                "permutations": permutations, "rows": matrix.rows}
+                "permutations": permutations, "rows": matrix.rows, "excluded_sources": len(exclude)}
     with recorded_run(store, ARTIFACT, model_name, settings, layer=spec.name) as report:
         profile = build_profile(loaded, matrix, spec.name, groups, device)
         scored = score_profile(profile, permutations)
@@ -262,9 +265,13 @@ def run_modality(store, loaded, model_name: str, layer: str | None = None, conce
 
 
 def demo_stage(ctx) -> dict:
-    """The demo build's stage: layer4 over the probe corpus's caption concepts (after the examples stage)."""
+    """The demo build's stage: layer4 over the caption concepts of the probe corpus's pictures (its rendered
+    words and logos left out, as `demo evaluate` leaves them out), after the examples stage."""
     from worker.demo.build import done_before
+    from worker.demo.corpus import read_manifest
+    from worker.demo.evaluate import NON_TEXT_EXCLUDED
 
     if done_before(ctx, ARTIFACT, after="examples"):
         return {"skipped": "done before"}
-    return run_modality(ctx.store, ctx.loaded, ctx.model_name, concept_set="captions")
+    text = frozenset(r["path"] for r in read_manifest(ctx.manifest.parent) if r["kind"] in NON_TEXT_EXCLUDED)
+    return run_modality(ctx.store, ctx.loaded, ctx.model_name, concept_set="captions", exclude=text)
