@@ -84,3 +84,16 @@ def test_an_incomplete_matrix_is_refused(tmp_path):
     (folder / "part-0of1.json").write_text(json.dumps({"rows": 0, "units": 3, "complete": False}))
     with pytest.raises(MatrixError, match="incomplete"):
         ActivationMatrix(folder)
+
+
+def test_a_matrix_shorter_than_its_checkpoint_is_refused_with_the_fix(tmp_path):
+    from worker.activations import PartWriter
+
+    part = PartWriter(tmp_path, "part-0of1", 3, {}).open(0)
+    part.append(np.ones((2, 3)), np.arange(2), np.arange(2))
+    part.commit()
+    part.close()
+    with pytest.raises(MatrixError, match="fewer rows than the checkpoint .5.*delete the checkpoint"):
+        PartWriter(tmp_path, "part-0of1", 3, {}).open(5)
+    assert PartWriter(tmp_path, "part-0of1", 3, {}).open(1).rows == 1  # a longer file is cut back
+    assert (tmp_path / "part-0of1.f16").stat().st_size == 1 * 3 * 2

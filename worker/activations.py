@@ -47,8 +47,8 @@ class PartWriter:
             path = self.folder / f"{self.name}{suffix}"
             with open(path, "ab") as f:
                 if f.tell() < trusted_rows * width:
-                    raise ValueError(f"{path} holds fewer rows than the checkpoint ({trusted_rows}): "
-                                     "delete the checkpoint to recompute from the start")
+                    raise MatrixError(f"{path} holds fewer rows than the checkpoint ({trusted_rows}): delete "
+                                      "the checkpoint (data/checkpoints/) to compute again from the start")
                 f.truncate(trusted_rows * width)
         self.rows = trusted_rows
         self._files = {s: open(self.folder / f"{self.name}{s}", "ab") for s in (".f16", ".hash.i64", ".entry.i64")}

@@ -156,7 +156,9 @@ def examples_cmd(
                               checkpoint_seconds=checkpoint_every, samples=samples, progress=progress)
     loaded = open_model(arch, weights, config_dir, device)
     model_name = name or model_name_for(arch, weights)
-    with clean_errors():
+    from worker.activations import MatrixError
+
+    with clean_errors(MatrixError):
         report = run_examples(open_store(Settings()), loaded, model_name, corpus, layer or None, opts)
     skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
     typer.echo(f"{model_name}: {report['images']} images ({report['duplicates']} duplicates, skipped: {skipped}) "
