@@ -3,10 +3,13 @@ in the read-out layer, shown like a neuron (numpy only; the text tower runs on t
 
 For terms t_i with signs s_i, v = Σ s_i · embed(t_i) (unit-length text embeddings) lives in the embedding
 space; the direction in the layer is d = W v, W the read-out (units × embed_dim, worker/attribution.py),
-so d_u is the attribution of the expression to unit u and an image's activation vector a scores a · d:
-how much its activations move the image embedding towards v through the read-out. Dataset examples are
-the activation matrix's rows with the highest and lowest a · d; nearest units are the read-out rows W[u]
-with the highest cosine to v. The direction's modality profile is the layer's stored profiles times d
+so d_u is the attribution of the expression to unit u. An image with pooled activations a (rectified
+where the matrix holds pre-ReLU values: the read-out acts on the layer's output) has the read-out
+embedding e = Wᵀa, and scores e · v / |e| = a · d / |Wᵀa|: the cosine of its read-out embedding with the
+direction (times |v|), as CLIP compares an image with a text. Without the division, images whose
+activations are large everywhere (on the demo: rendered words) top every direction. Dataset examples
+are the activation matrix's rows with the highest and lowest score; nearest units are the read-out rows
+W[u] with the highest cosine to v. The direction's modality profile is the layer's stored profiles times d
 (exact for pictures, whose profile is a mean; first-order for rendered words, whose score takes a max).
 """
 import re
@@ -91,6 +94,24 @@ def extremes(values: np.ndarray, k: int) -> tuple[list[int], list[int]]:
     order = np.argsort(-values, kind="stable")
     low = np.argsort(values, kind="stable")
     return [int(i) for i in order[:k]], [int(i) for i in low[:k]]
+
+
+def readout_norms(matrix, readout: np.ndarray, rectify: bool) -> np.ndarray:
+    """|Wᵀa| per matrix row (one scan; the page caches it per matrix and read-out)."""
+    w = np.asarray(readout, dtype=np.float32)
+    out = np.empty(matrix.rows, dtype=np.float32)
+    for start, block in matrix.blocks():
+        out[start:start + len(block)] = np.linalg.norm((np.maximum(block, 0) if rectify else block) @ w, axis=1)
+    return np.maximum(out, 1e-12)
+
+
+def image_scores(matrix, d: np.ndarray, norms: np.ndarray, rectify: bool) -> np.ndarray:
+    """a · d / |Wᵀa| per row (see the module docstring), float32."""
+    d = np.asarray(d, dtype=np.float32)
+    out = np.empty(matrix.rows, dtype=np.float32)
+    for start, block in matrix.blocks():
+        out[start:start + len(block)] = (np.maximum(block, 0) if rectify else block) @ d
+    return out / norms
 
 
 def profile_of(profiles, d: np.ndarray, rows: int = 8) -> dict:

@@ -36,11 +36,11 @@ def brute_force(loaded, store, terms):
     e = embed_texts(loaded, [t for _, t in terms])
     v = sum(s * e[i] for i, (s, _) in enumerate(terms))
     d = readout_matrix(loaded) @ v
-    dense = stored_matrix(store, "tiny", "layer4").dense()
-    return dense @ d, d, v
+    dense = np.maximum(stored_matrix(store, "tiny", "layer4").dense(), 0)  # pre-ReLU values, rectified
+    return dense @ d / np.linalg.norm(dense @ readout_matrix(loaded), axis=1), d, v
 
 
-def test_direction_examples_equal_a_brute_force_projection(direction_store, probe_model, client):
+def test_direction_examples_equal_a_brute_force_cosine_of_the_readout_embedding(direction_store, probe_model, client):
     r = client.get("/models/tiny/layer4/direction.json", params={"q": "  dog   -cat", "k": 5})
     assert r.status_code == 200, r.text
     data = r.json()

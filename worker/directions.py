@@ -51,9 +51,12 @@ def saved_directions(store: Store, model_name: str) -> list[Direction]:
         return list(rows)
 
 
-def store_examples(store: Store, model_name: str, layer: str, d: np.ndarray, k: int = EXAMPLES) -> int:
-    """Put the direction's top and bottom matrix rows into the image store; how many were stored."""
+def store_examples(store: Store, model_name: str, layer: str, d: np.ndarray, readout: np.ndarray,
+                   k: int = EXAMPLES) -> int:
+    """Put the direction's top and bottom matrix rows (scored as its page scores them) into the image store;
+    how many were stored."""
     from app.activations import MatrixError
+    from app.directions import image_scores, readout_norms
     from worker.activations import stored_matrix
     from worker.images import store_images
 
@@ -61,13 +64,15 @@ def store_examples(store: Store, model_name: str, layer: str, d: np.ndarray, k: 
         matrix = stored_matrix(store, model_name, layer)
     except MatrixError:
         return 0
-    top, bottom = extremes(matrix.project(d), k)
+    rectify = matrix.meta[0].get("signal") == "pre-relu"
+    top, bottom = extremes(image_scores(matrix, d, readout_norms(matrix, readout, rectify), rectify), k)
     entries = matrix.entries
     return len(store_images(store, matrix.corpus, {int(entries[r]) for r in top + bottom}))
 
 
 def run_directions(store: Store, loaded, model_name: str, steps: int = 512, force: bool = False) -> dict:
     """Render every saved direction of the model that has none yet (or whose query changed)."""
+    from worker.attribution import readout_matrix
     from worker.store import recorded_run
 
     report = {"directions": 0, "rendered": 0, "skipped": 0, "images": 0}
@@ -83,7 +88,7 @@ def run_directions(store: Store, loaded, model_name: str, steps: int = 512, forc
                 continue
             d = direction_in_layer(loaded, row.query)
             image, value = render_direction(loaded, row.layer, d, steps)
-            report["images"] += store_examples(store, model_name, row.layer, d)
+            report["images"] += store_examples(store, model_name, row.layer, d, readout_matrix(loaded))
             put_render(store, row, store.cache.put_image(image, fmt="png"),
                        {"digest": digest, "objective": value, "steps": steps, "query": row.query}, run["run_id"])
             report["rendered"] += 1

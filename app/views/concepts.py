@@ -15,7 +15,18 @@ from app.activations import ARTIFACT as MATRIX
 from app.activations import ActivationMatrix, MatrixError, sha_range
 from app.db import Artifact, Direction, Image, Label, Layer, Unit
 from app.deps import CacheDep, SessionDep, SettingsDep
-from app.directions import PROJECTIONS, DirectionError, canonical, combine, extremes, nearest_units, parse, profile_of
+from app.directions import (
+    PROJECTIONS,
+    DirectionError,
+    canonical,
+    combine,
+    extremes,
+    image_scores,
+    nearest_units,
+    parse,
+    profile_of,
+    readout_norms,
+)
 from app.forms import body_of, done
 from app.keys import UnitKey
 from app.lookup import NotFound, get_layer
@@ -134,21 +145,26 @@ def direction_page(request: Request, session: SessionDep, cache: CacheDep, setti
             "url": urls.direction(model, layer, query), "share_url": base + urls.direction(model, layer, query),
             "nearest": unit_cards(session, model, layer, nearest_units(readout, v, k)),
             "saved": saved(session, la), "this_saved": None, "featurevis": None}
-    data.update(matrix_part(session, settings, la, query, d, k))
+    data.update(matrix_part(session, settings, la, query, d, readout, k))
     data.update(profile_part(session, cache, la, d))
     data["best_unit"] = best_unit(session, settings, cache, la, d, k)
     data.update(saved_part(session, la, query))
     return respond(request, "direction.html", data, modalities=MODALITIES, heat=heat)
 
 
-def matrix_part(session: Session, settings, la: Layer, query: str, d: np.ndarray, k: int) -> dict:
+def matrix_part(session: Session, settings, la: Layer, query: str, d: np.ndarray, readout: np.ndarray,
+                k: int) -> dict:
     matrix = layer_matrix(session, settings, la)
     if matrix is None:
         return {"examples": None, "examples_empty": f"No activation matrix for {la.name} yet: run `microscope "
                                                      f"worker examples … --layer {la.name}`."}
-    values = PROJECTIONS.get((str(matrix.folder), matrix.rows, query), lambda: matrix.project(d))
+    rectify = matrix.meta[0].get("signal") == "pre-relu"
+    key = (str(matrix.folder), matrix.rows, id(readout))
+    norms = PROJECTIONS.get(key, lambda: readout_norms(matrix, readout, rectify))
+    values = PROJECTIONS.get((*key, query), lambda: image_scores(matrix, d, norms, rectify))
     top, bottom = extremes(values, k)
-    return {"examples": {"rows": matrix.rows, "top": example_cards(session, matrix, values, top),
+    return {"examples": {"rows": matrix.rows, "rectified": rectify,
+                         "top": example_cards(session, matrix, values, top),
                          "bottom": example_cards(session, matrix, values, bottom)}}
 
 
