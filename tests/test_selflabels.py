@@ -67,6 +67,7 @@ def test_the_stage_stores_scored_auto_labels_and_scores_human_ones(store, probe_
     assert r.status_code == 201
     report = run_selflabels(store, probe_model, "tiny", vocab=str(labelled))
     assert report["units"] == 512 and report["human_scored"] == 1 and report["labels_changed"] == 512
+    assert report["median_auc"] is None or 0 <= report["median_auc"] <= 1  # never NaN: Postgres JSON refuses it
     with store.sessions() as s:
         autos = s.scalars(select(Label).where(Label.source == "auto")).all()
         scores = {x.label_id: x for x in s.scalars(select(LabelScore))}

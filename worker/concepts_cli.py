@@ -48,8 +48,9 @@ def selflabels_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs =
     store, loaded, model_name = _open(arch, weights, config_dir, device, name)
     with clean_errors(ValueError):
         r = run_selflabels(store, loaded, model_name, layer, vocabulary, template)
+    auc = "none (no held-out image of any label)" if r["median_auc"] is None else f"{r['median_auc']:.3f}"
     typer.echo(f"{model_name}: {r['units']} units labelled ({r['labels_changed']} new), median held-out AUC "
-               f"{r['median_auc']:.3f}; {r['human_scored']} human labels scored")
+               f"{auc}; {r['human_scored']} human labels scored")
 
 
 def directions_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,

@@ -200,7 +200,7 @@ def run_selflabels(store, loaded, model_name: str, layer: str | None = None, voc
                                  zip(humans, scores, strict=True)], report["run_id"])
         finite = result["auc"][np.isfinite(result["auc"])]
         report.update(units=int(acts.shape[1]), human_scored=len(humans), heldout=result["heldout"],
-                      median_auc=float(np.median(finite)) if len(finite) else float("nan"))
+                      median_auc=round(float(np.median(finite)), 4) if len(finite) else None)  # JSON: no NaN
     return report
 
 
