@@ -99,8 +99,11 @@ class MatrixSink:
         return self
 
     def add(self, layer: str, pooled, hashes, entries) -> None:
-        """pooled: (B, units) tensor or array; hashes, entries: (B,)."""
-        self.parts[layer].append(to_numpy(pooled), to_numpy(hashes), to_numpy(entries))
+        """pooled: (B, units) tensor or array; hashes, entries: (B,). A non-finite value (an fp16 overflow,
+        which the examples stage leaves out and counts as `non-finite:<layer>`) is written as 0, so one bad
+        activation does not turn every projection of the matrix into NaN."""
+        values = np.nan_to_num(to_numpy(pooled), nan=0.0, posinf=0.0, neginf=0.0)
+        self.parts[layer].append(values, to_numpy(hashes), to_numpy(entries))
 
     def commit(self) -> None:
         for part in self.parts.values():
