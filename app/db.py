@@ -312,6 +312,33 @@ class StudyLabel(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
+class Direction(Base):
+    """A saved concept direction (curated): a text or expression whose read-out defines a direction in a
+    layer (app/directions.py); the worker renders its feature visualization (worker/directions.py)."""
+
+    __tablename__ = "directions"
+    __table_args__ = (UniqueConstraint("model_id", "layer", "query"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    layer: Mapped[str] = mapped_column(String(128))
+    query: Mapped[str] = mapped_column(String(500))  # canonical expression: "king - man + woman"
+    name: Mapped[str] = mapped_column(String(200))
+    author: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class LabelScore(Base):
+    """How faithful a label is to its unit (worker/selflabels.py: AUC on held-out images), for human and
+    automatic labels alike; written by the worker, keyed by the label version it scored."""
+
+    __tablename__ = "label_scores"
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id", ondelete="CASCADE"), primary_key=True)
+    method: Mapped[str] = mapped_column(String(64))
+    score: Mapped[float | None] = mapped_column(Float)  # None: no held-out image of the concept to score on
+    detail: Mapped[dict] = mapped_column(default=dict)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+
+
 class ActivationSample(Base):
     """A compact sample of (image, activation) per unit, for bucketed studies and plots."""
 

@@ -172,7 +172,9 @@ def examples_cmd(
     model_name = name or model_name_for(source.arch, source.weights)
     with clean_errors(ValueError):
         opts.jpeg_decode = resolve_mode(jpeg_decode, loaded.device, loaded.preprocess)
-    with clean_errors():
+    from worker.activations import MatrixError
+
+    with clean_errors(MatrixError):
         report = run_examples(open_store(Settings()), loaded, model_name, corpus, layer or None, opts)
     skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
     typer.echo(f"{model_name}: {report['images']} images ({report['duplicates']} duplicates, skipped: {skipped}) "
@@ -236,3 +238,11 @@ def attribution_cmd(source: ModelSource, name: ModelName = None, device: Device 
         art = store_readout(store, model_name, loaded, source.config_dirs)
     typer.echo(f"{model_name}: read-out {art.meta['units']} units × {art.meta['embed_dim']} dims "
                f"of {art.layer} at {art.path}")
+
+
+# -- concepts: modality profiles, self-labels, saved directions (worker/modality.py, selflabels.py, directions.py)
+from worker.concepts_cli import directions_cmd, modality_cmd, selflabels_cmd  # noqa: E402
+
+worker_cli.command("modality")(modality_cmd)
+worker_cli.command("selflabels")(selflabels_cmd)
+worker_cli.command("directions")(directions_cmd)

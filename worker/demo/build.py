@@ -76,6 +76,8 @@ STAGES: list[str] = [
     "worker.demo.text_stages:emotions_stage",
     "worker.demo.text_stages:typographic_stage",
     "worker.demo.text_stages:stroop_stage",
+    "worker.modality:demo_stage",  # modality profiles of layer4 over the corpus's caption concepts (reads the matrix)
+    "worker.selflabels:demo_stage",  # caption-free labels by the model's own text tower, with held-out AUC
 ]
 
 
