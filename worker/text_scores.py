@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from worker.layers import activations, family_of
+from worker.layers import pooled
 from worker.models import LoadedModel
 from worker.render_text import RenderPlan, reduce_variants, render_all
 
@@ -38,13 +38,12 @@ def default_plan(loaded: LoadedModel) -> RenderPlan:
 
 
 def layer_reader(loaded: LoadedModel, layer: str) -> Reader:
-    """Spatial means of one layer: pre-ReLU where the catalogue knows it (ResNets), else the output twice."""
-    has_pre = family_of(loaded).pre_relu is not None
-
+    """One layer pooled as the embedding pools it (`worker.towers`: spatial mean for conv maps, class token,
+    patch mean or attention weighting for ViTs): (pre-activation, what the next module reads). For a
+    ResNet that is (before, after) the final ReLU; for a ViT MLP unit (before, after) the GELU."""
     def read(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        grid = activations(loaded, images, [layer], pre_relu=has_pre)[layer]
-        post = torch.relu(grid) if has_pre else grid
-        return grid.mean(dim=(2, 3)), post.mean(dim=(2, 3))
+        pre, post = pooled(loaded, images, layer, ("negative", "write"))
+        return pre, post
 
     return read
 
