@@ -242,6 +242,7 @@ def test_resnet_top_and_bottom_k_and_stats_equal_brute_force(store, client, tiny
     assert page.status_code == 200
     html = page.text
     assert "Most activating" in html and "Most negative" in html and "<svg" in html
+    assert "Value shown: the mean over positions of the channel before the final ReLU" in html
     assert 'class="heat"' in html and "/cache/units/tiny/layer4/3/examples-top-000.png" in html
     data = client.get("/models/tiny/layer4/3.json").json()["sections"]
     assert len(data["examples"]["top"]) == 4 and len(data["examples"]["bottom"]) == 4
