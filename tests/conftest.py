@@ -12,6 +12,8 @@ from app.settings import Settings
 from worker.layers import LayerSpec
 from worker.store import open_store, register_model
 
+import tiny_timm  # noqa: F401,I001  registers the tiny timm towers the tiny-timm-map/tiny-eva configs name
+
 PG_ADMIN_URL = os.environ.get("MICROSCOPE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

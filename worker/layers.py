@@ -107,18 +107,23 @@ class Captured:
 
     def pooled(self, name: str, tap: str = "value") -> torch.Tensor:
         """(B, units): the family's pooling of the layer's tap (what the embedding reads of it)."""
-        x = self.raw[(name, tap)]
+        x = _at_least_float32(self.raw[(name, tap)])
         if x.dim() == 4:
-            return x.float().mean(dim=(2, 3))
-        tokens = (x if self.batch_first else x.transpose(0, 1)).float()
+            return x.mean(dim=(2, 3))
+        tokens = x if self.batch_first else x.transpose(0, 1)
         if self.pooling == "cls":
             return tokens[:, 0]
         if self.pooling == "patches":
             return tokens[:, self.prefix:].mean(dim=1)
         if self.alpha is None:
             raise RuntimeError("attention pooling needs the pool's weights: capture with pooled=True")
-        alpha = self.alpha.float()
+        alpha = self.alpha.to(tokens.dtype)
         return (alpha[:, :, None] * tokens[:, -alpha.shape[1]:]).sum(dim=1)
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 (autocast) sums in float32; float64 stays (gradient checks need it)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def layer_taps(loaded: LoadedModel, names: list[str]) -> dict[str, NeuronLayer]:

@@ -65,9 +65,9 @@ def objective_values(loaded: LoadedModel, objective: Objective, x: torch.Tensor,
         return objective(Context({}, ctx_image))
     # fused attention kernels have no double backward; a second-order objective runs the plain one
     kernels = sdpa_kernel(SDPBackend.MATH) if objective.second_order else nullcontext()
-    with kernels, capture_graph(loaded, sorted(objective.layers)) as acts:
+    with kernels, capture_graph(loaded, sorted(objective.layers)) as (maps, values):
         forward(loaded, match_layout(loaded, x))
-    return objective(Context(dict(acts), ctx_image))
+    return objective(Context(maps, ctx_image, values))
 
 
 def evaluate(loaded: LoadedModel, objective: Objective | str, images: torch.Tensor) -> torch.Tensor:
