@@ -3,6 +3,7 @@ import os
 import uuid
 
 import pytest
+import tiny_timm  # noqa: F401,I001  registers the tiny timm towers the tiny-timm-map/tiny-eva configs name
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
@@ -11,8 +12,6 @@ from app.migrate import upgrade
 from app.settings import Settings
 from worker.layers import LayerSpec
 from worker.store import open_store, register_model
-
-import tiny_timm  # noqa: F401,I001  registers the tiny timm towers the tiny-timm-map/tiny-eva configs name
 
 PG_ADMIN_URL = os.environ.get("MICROSCOPE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

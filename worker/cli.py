@@ -94,14 +94,18 @@ def stroop_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = Non
 # -- model frame and dataset examples (shared model options: worker/options.py) ---------------------
 @worker_cli.command("layers")
 def layers_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, device: Device = "cpu"):
-    """List the model's neuron layers with their unit counts (the default layer is marked *)."""
-    from worker.layers import catalogue
+    """List the model's neuron layers with their unit counts (the default layer is marked *), what a neuron
+    is in its tower family and which value of it the examples, probes and feature vis show."""
+    from worker.layers import catalogue, family_of, signal_description
     from worker.options import open_model
+    from worker.towers import tower_name
 
     loaded = open_model(arch, weights, config_dir, device)
-    specs = catalogue(loaded)
+    specs, family = catalogue(loaded), family_of(loaded)
     width = max(len(s.name) for s in specs)
-    typer.echo(f"{loaded.arch} ({loaded.image_size} px)")
+    typer.echo(f"{loaded.arch} ({loaded.image_size} px), family {family.name} ({tower_name(loaded.visual)})")
+    typer.echo(f"  neuron: {family.neuron}")
+    typer.echo(f"  value shown: {signal_description(loaded)}")
     for s in specs:
         typer.echo(f"{'*' if s.is_default else ' '} {s.name:<{width}}  {s.n_units:>6} units  {s.kind:<4}  {s.module}")
 
@@ -203,16 +207,25 @@ def suggest_cmd(model: str = typer.Argument(..., help="model name in the store")
 
 @worker_cli.command("attribution")
 def attribution_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
-                    device: Device = "cpu"):
-    """Text → neuron read-out (worker/attribution.py): a .npy in the cache that the text probe and search use."""
-    from worker.attribution import store_readout
+                    device: Device = "cpu",
+                    corpus: str = typer.Option(None, help="images whose mean activation the autograd read-out is "
+                                                          "evaluated at [default: the dataset-mean grey image]"),
+                    sample: int = typer.Option(64, min=1, help="at most this many corpus images"),
+                    readout: str = typer.Option("auto", help="read-out kept: auto (linear where it exists) | linear "
+                                                             "| autograd")):
+    """Text → neuron read-out (worker/attribution.py): a .npy in the cache that the text probe and search use.
+    Prints how the linear read-out agrees with the autograd one (per-unit cosines) and stores that too."""
+    from worker.attribution import agreement_lines, sample_images, store_readout
     from worker.options import clean_errors, fail, open_model
 
     if not weights:
         fail("attribution needs --weights: the server re-creates the text tower from them (random init can't be)")
     loaded = open_model(arch, weights, config_dir, device)
     store, model_name = _store_with(loaded, arch, weights, name)
-    with clean_errors(ValueError):
-        art = store_readout(store, model_name, loaded, config_dir or ())
+    with clean_errors(ValueError, FileNotFoundError):
+        images, where = sample_images(loaded, corpus, sample)
+        art = store_readout(store, model_name, loaded, config_dir or (), images, readout, where)
     typer.echo(f"{model_name}: read-out {art.meta['units']} units × {art.meta['embed_dim']} dims "
                f"of {art.layer} at {art.path}")
+    for line in agreement_lines(art.meta):
+        typer.echo(f"  {line}")

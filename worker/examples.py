@@ -47,8 +47,16 @@ from app.keys import UnitKey
 from worker.allocator import keep_freed_memory
 from worker.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, Shard, survey
 from worker.images import store_images
-from worker.layers import (LayerSpec, Reading, catalogue, family_of, layer_spec, neuron_layers, readings,
-                           signal_description)
+from worker.layers import (
+    LayerSpec,
+    Reading,
+    catalogue,
+    family_of,
+    layer_spec,
+    neuron_layers,
+    readings,
+    signal_description,
+)
 from worker.models import LoadedModel
 from worker.stats import QUANTILES, Moments, Samples, Sketch, restore, spread, state_of
 from worker.store import Store, finish_run, register_model, start_run
@@ -137,7 +145,8 @@ class LayerState:
             getattr(self, part).merge(getattr(other, part))
 
     def state_dict(self) -> dict:
-        return {"grid": list(self.grid), "one_scalar": self.one_scalar, "top": self.top.state_dict(), "bottom": self.bottom.state_dict(),
+        return {"grid": list(self.grid), "one_scalar": self.one_scalar, "top": self.top.state_dict(),
+                "bottom": self.bottom.state_dict(),
                 "moments": state_of(self.moments), "sketch": state_of(self.sketch),
                 "samples": state_of(self.samples)}
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from worker.models import LoadedModel
-from worker.towers import Family, NeuronLayer, Tap, Unsupported, family_of_visual, value_description
+from worker.towers import Family, NeuronLayer, Tap, family_of_visual, value_description
 
 TAPS = ("write", "value", "negative")
 
@@ -271,8 +271,3 @@ def unit_values(loaded: LoadedModel, images: torch.Tensor, layer: str) -> tuple[
     """(values (B, units), maps (B, units, H, W)) of one layer: the numbers the examples rank by."""
     r = readings(loaded, images, [layer])[layer]
     return r.value, r.heat
-
-
-__all__ = ["TAPS", "Captured", "LayerSpec", "Reading", "Unsupported", "UnknownLayer", "activations", "capture",
-           "catalogue", "family_of", "forward_visual", "layer_paths", "layer_spec", "pooled", "readings", "signal_description",
-           "to_grid", "unit_values"]

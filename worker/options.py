@@ -51,10 +51,12 @@ def clean_errors(*extra: type[BaseException]) -> Iterator[None]:
     from worker.corpus import CorpusError
     from worker.layers import UnknownLayer
     from worker.models import UnknownModel, WeightsMissing
+    from worker.towers import Unsupported
 
     try:
         yield
-    except (WeightsMissing, UnknownModel, UnknownLayer, CorpusError, KeyError_, FileNotFoundError, *extra) as e:
+    except (WeightsMissing, UnknownModel, UnknownLayer, Unsupported, CorpusError, KeyError_, FileNotFoundError,
+            *extra) as e:
         fail(str(e))
 
 
@@ -72,11 +74,15 @@ def resolve_device(device: str) -> str:
 
 def open_model(arch: str, weights: str | None = None, config_dirs: list[Path] | None = None,
                device: str = "auto"):
-    """`worker.models.load_model` for a command: a bad name, missing weights or config dir exit 2."""
+    """`worker.models.load_model` for a command: a bad name, missing weights or config dir, or an image tower
+    outside the catalogue (`worker.towers`) exit 2 with one line."""
+    from worker.layers import catalogue
     from worker.models import load_model
 
     with clean_errors():
-        return load_model(arch, weights, resolve_device(device), tuple(config_dirs or ()))
+        loaded = load_model(arch, weights, resolve_device(device), tuple(config_dirs or ()))
+        catalogue(loaded)
+        return loaded
 
 
 def model_name_for(arch: str, weights: str | None) -> str:
