@@ -28,6 +28,7 @@ from app.keys import UnitKey
 from worker.layers import activations, layer_spec
 from worker.models import LoadedModel
 from worker.places import cities, countries
+from worker.precision import autocast
 from worker.render_text import RenderPlan
 from worker.store import Store
 from worker.text_scores import channels_last, default_plan, layer_reader, to_batch
@@ -178,7 +179,8 @@ def layer_maps(loaded: LoadedModel, layer: str) -> MapReader:
     """The layer's maps as the next module reads them (ResNets after the final ReLU; ViT patch tokens after
     the GELU): the activation whose pooling the words stage ranks top words by."""
     def read(images: torch.Tensor) -> torch.Tensor:
-        return activations(loaded, images, [layer], tap="write")[layer]
+        with autocast(loaded.device, loaded.precision):  # the model's precision, as the words stage
+            return activations(loaded, images, [layer], tap="write")[layer].float()
 
     return read
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from worker.layers import pooled
 from worker.models import LoadedModel
+from worker.precision import autocast
 from worker.render_text import RenderPlan, reduce_variants, render_all
 
 N_WORDS = 10_000
@@ -40,10 +41,12 @@ def default_plan(loaded: LoadedModel) -> RenderPlan:
 def layer_reader(loaded: LoadedModel, layer: str) -> Reader:
     """One layer pooled as the embedding pools it (`worker.towers`: spatial mean for conv maps, class token,
     patch mean or attention weighting for ViTs): (pre-activation, what the next module reads). For a
-    ResNet that is (before, after) the final ReLU; for a ViT MLP unit (before, after) the GELU."""
+    ResNet that is (before, after) the final ReLU; for a ViT MLP unit (before, after) the GELU.
+    The forward runs at the model's precision (`loaded.precision`), the pooling in float32."""
     def read(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pre, post = pooled(loaded, images, layer, ("negative", "write"))
-        return pre, post
+        with autocast(loaded.device, loaded.precision):
+            pre, post = pooled(loaded, images, layer, ("negative", "write"))
+        return pre.float(), post.float()
 
     return read
 
