@@ -72,6 +72,11 @@ def family(name: str, page: int | None = None) -> str:
     return f"/families/{quote(name)}" + _q(page=page if page and page > 1 else None)
 
 
+def example_heatmap(key: UnitKey, sign: str, rank: int) -> str:
+    """The server-rendered overlay PNG of one dataset example's map."""
+    return f"{neuron(key)}/examples/{sign}/{rank}/heatmap.png"
+
+
 def neuron_labels(key: UnitKey) -> str:
     return neuron(key) + "/labels"
 

@@ -8,6 +8,9 @@ partial states (shards), give exactly the same top-K.
 The K slots of a unit are unordered while streaming; an update writes only the slots whose image was
 pushed out (most batches change few), and `rows` sorts them when they are read.
 """
+from typing import NamedTuple
+
+import numpy as np
 import torch
 
 EMPTY_KEY = torch.iinfo(torch.int64).min
@@ -73,6 +76,14 @@ class TopK:
                 zip(self.values[unit][order].tolist(), self.entries[unit][order].tolist(),
                     self.maps[unit][order].float().cpu(), strict=True)]
 
+    def ranked(self) -> "Ranked":
+        """Every unit's kept images best first, as arrays: one sort for the whole layer, where `rows`
+        sorts one unit (1 ms a call: most of the time of writing a layer)."""
+        order = self.keys.argsort(1, descending=True)
+        maps = self.maps.gather(1, order.unsqueeze(2).expand(-1, -1, self.maps.shape[2]))
+        return Ranked((self.sign * self.values.gather(1, order)).cpu().numpy(),
+                      self.entries.gather(1, order).cpu().numpy(), maps.float().cpu().numpy())
+
     def ranked_entries(self) -> torch.Tensor:
         """(U, K) entries best first (-1 for empty slots)."""
         return self.entries.gather(1, self.keys.argsort(1, descending=True))
@@ -88,3 +99,17 @@ class TopK:
         for name in ("keys", "values", "hashes", "entries", "maps"):
             setattr(top, name, state[name].to(device))
         return top
+
+
+class Ranked(NamedTuple):
+    """A TopK's units sorted best first: values in the caller's sign and entries (U, K; entry -1 marks an
+    empty slot), maps (U, K, map size)."""
+
+    values: np.ndarray
+    entries: np.ndarray
+    maps: np.ndarray
+
+    def rows(self, unit: int) -> list[tuple[float, int, np.ndarray]]:
+        keep = np.flatnonzero(self.entries[unit] >= 0)
+        return list(zip(self.values[unit, keep].tolist(), self.entries[unit, keep].tolist(), self.maps[unit, keep],
+                        strict=True))
