@@ -189,8 +189,11 @@ class FacetProbe(Base):
 class MapActivation(Base):
     __tablename__ = "map_activations"
     unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
-    grid: Mapped[list] = mapped_column(default=list)  # activation over the map, rows x cols
-    overlay: Mapped[str | None] = mapped_column(String(256))  # cache path of the heat overlay image
+    rows: Mapped[int] = mapped_column(Integer)  # the grid over the map: rows x cols cells
+    cols: Mapped[int] = mapped_column(Integer)
+    heat: Mapped[bytes] = mapped_column(LargeBinary)  # uint8 rows x cols, row-major (app/heatmaps.py)
+    lo: Mapped[float] = mapped_column(Float)  # the activation of 0
+    hi: Mapped[float] = mapped_column(Float)  # the activation of 255
     choropleth: Mapped[str | None] = mapped_column(String(256))  # cache path of the country/city plot
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
 

@@ -6,6 +6,10 @@ rows 0..n_top-1 are the top examples by rank, rows n_top..N-1 the bottom ones by
 as lo[i] + q * (hi[i] - lo[i]) / 255, so each map keeps its own range (error at most (hi - lo) / 510).
 That is 49 + 8 bytes an example for a 7x7 grid, against ~400 bytes of JSON floats plus a 4 KB PNG file.
 
+A neuron's world-map grid (36 x 72 cells) is stored the same way in its map_activations row (`heat`
+uint8 row-major, `lo`/`hi` floats), and its overlay drawn on request by `map_overlay` over the one grey
+base map the maps stage leaves in the cache (MAP_BASE), instead of a 30 KB PNG file a neuron.
+
 Overlays are drawn from the data: in the browser (static/heatmaps.js, a canvas over the image) and by
 `overlay` here for the server-rendered PNG. Both use one rule: the positive (top) or negative (bottom)
 part of the map relative to its peak, as opacity up to 230 of 255, in the sign's colour.
@@ -13,6 +17,8 @@ part of the map relative to its peak, as opacity up to 230 of 255, in the sign's
 import base64
 import io
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
@@ -20,6 +26,9 @@ from PIL import Image as PILImage
 COLOURS = {"top": (255, 110, 0), "bottom": (0, 110, 255)}
 PEAK_ALPHA = 230
 LEVELS = 255
+MAP_BASE = "maps/base-720.png"  # cache path of the grey world map (light sea, mid-grey land, dark borders)
+MAP_SIZE = (720, 360)  # the base's size, when a store has no base yet
+MAP_HEAT_ALPHA = 0.7
 
 
 @dataclass(frozen=True)
@@ -92,3 +101,59 @@ def recover_from_overlay(img: PILImage.Image, sign: str) -> np.ndarray:
     / 230, so the peak reads 1, and the other sign's part reads 0); the activation scale is lost."""
     a = np.asarray(img.convert("RGBA"), dtype=np.float32)[..., 3] / PEAK_ALPHA
     return a if sign == "top" else -a
+
+
+# -- world-map grids ------------------------------------------------------------------------------------------
+
+def quantize_grid(grid: np.ndarray) -> dict:
+    """The map_activations columns of one grid: rows, cols, heat (uint8), lo, hi."""
+    q = quantize(np.asarray(grid, dtype=np.float32)[None], 1)
+    return {"rows": q["height"], "cols": q["width"], "heat": q["maps"],
+            "lo": float(np.frombuffer(q["lo"], "<f4")[0]), "hi": float(np.frombuffer(q["hi"], "<f4")[0])}
+
+
+def grid_values(row) -> np.ndarray:
+    """A map_activations row's grid, float32 (rows, cols)."""
+    q = np.frombuffer(row.heat, np.uint8).reshape(row.rows, row.cols).astype(np.float32)
+    return row.lo + q * ((row.hi - row.lo) / LEVELS)
+
+
+@lru_cache(maxsize=8)
+def lut(name: str) -> np.ndarray:
+    from matplotlib import colormaps
+
+    return (colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def normalise(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    return np.zeros_like(values, dtype=np.float32) if hi <= lo else ((values - lo) / (hi - lo)).astype(np.float32)
+
+
+def map_overlay(grid: np.ndarray, base: np.ndarray) -> PILImage.Image:
+    """The grey map `base` (H, W, 3 float) with the grid as inferno heat on top, more opaque where higher."""
+    height, width = base.shape[:2]
+    heat = np.asarray(PILImage.fromarray(normalise(grid)).resize((width, height), PILImage.Resampling.BILINEAR))
+    heat = np.clip(heat, 0, 1)
+    colour = lut("inferno")[(heat * 255).astype(np.uint8)].astype(np.float32)
+    alpha = (MAP_HEAT_ALPHA * heat)[..., None]
+    return PILImage.fromarray((base * (1 - alpha) + colour * alpha).astype(np.uint8))
+
+
+def map_base(path: Path | None) -> np.ndarray:
+    """The stored grey base map as float (H, W, 3); a plain light field where the store has none yet."""
+    if path is None:
+        return np.full((MAP_SIZE[1], MAP_SIZE[0], 3), 240.0, np.float32)
+    return _base_at(str(path), path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=2)
+def _base_at(path: str, _mtime: int) -> np.ndarray:
+    with PILImage.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.float32)
+
+
+def map_overlay_png(grid: np.ndarray, base: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    map_overlay(grid, base).save(buf, format="PNG", compress_level=1)  # drawn per request: speed over size
+    return buf.getvalue()

@@ -77,6 +77,11 @@ def example_heatmap(key: UnitKey, sign: str, rank: int) -> str:
     return f"{neuron(key)}/examples/{sign}/{rank}/heatmap.png"
 
 
+def map_overlay(key: UnitKey) -> str:
+    """The neuron's activation over the world map, drawn by the server from its stored grid."""
+    return f"{neuron(key)}/map.png"
+
+
 def neuron_labels(key: UnitKey) -> str:
     return neuron(key) + "/labels"
 

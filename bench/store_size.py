@@ -172,13 +172,83 @@ def old_write_units(store, tables, unit_ids, rows) -> None:
                 raise
 
 
+# -- the rest of a neuron: words and maps, by their real writers ------------------------------------------
+
+def whole_neuron(backend: str, state: LayerState, images: int, n_words: int, map_units: int) -> list[tuple]:
+    """(part, KB a neuron in the database, files a neuron, KB of those files, units/s) for examples, word
+    scores and maps (first `map_units` units: its pictures take ~0.2 s a unit), and the layer-wide artifacts
+    (word and place-name matrices, map grids) shared out per neuron."""
+    from scipy.ndimage import gaussian_filter
+
+    from worker import maps
+    from worker.words import write_matrix, write_word_scores
+
+    units = state.top.values.shape[0]
+    rng = np.random.default_rng(0)
+    words = [f"word{i}" for i in range(n_words)]
+    pre, post = rng.standard_normal((2, n_words, units), dtype=np.float32)
+    world = maps.world_map()
+    grids = gaussian_filter(rng.standard_normal((units, *maps.GRID)), (0, 2, 2)).astype(np.float32)
+    texts, info = maps.place_texts(300)
+    places = rng.standard_normal((len(texts), units), dtype=np.float32)
+    out = []
+    with temp_store(backend) as settings:
+        store, image_ids, run_id = prepare(settings, "head", units, images)
+        opts = ExampleOptions(k=state.top.k, samples=256, progress=False)
+        stages = [("examples", units, lambda: write_layer(store, MODEL, LAYER, state, image_ids, opts, run_id)),
+                  ("words", units, lambda: write_word_scores(store, MODEL, LAYER, words, pre, post, run_id)),
+                  ("maps", map_units, lambda: maps.write_unit_maps(store, MODEL, LAYER, world, grids, places, info,
+                                                                  "bench", run_id, set(range(map_units)))),
+                  ("layer artifacts", units, lambda: layer_artifacts(store, write_matrix, words, pre, post, texts,
+                                                                      places, grids))]
+        for part, n, write in stages:
+            before, (files_before, bytes_before, _) = db_bytes(store), unit_or_artifact_files(store)
+            started = time.perf_counter()
+            write()
+            seconds = time.perf_counter() - started
+            files, file_bytes, _ = unit_or_artifact_files(store)
+            out.append((part, (db_bytes(store) - before) / n / 1e3, (files - files_before) / n,
+                        (file_bytes - bytes_before) / n / 1e3, n / seconds))
+        store.sessions.kw["bind"].dispose()
+    return out
+
+
+def layer_artifacts(store, write_matrix, words, pre, post, texts, places, grids) -> None:
+    """What the words and maps stages keep for the whole layer, as they write it."""
+    from worker.words import npy_bytes
+
+    write_matrix(store, MODEL, LAYER, "words", words, {"post": post, "pre": pre}, {"hash": "bench"}, None)
+    write_matrix(store, MODEL, LAYER, "places", texts, {"post": places, "pre": places}, {"hash": "bench"}, None)
+    store.cache.write(f"artifacts/{MODEL}/{LAYER}/map-bench.npy", npy_bytes(grids))
+
+
+def unit_or_artifact_files(store: Store) -> tuple[int, int, int]:
+    counts = [unit_files(store)]
+    artifacts = [p.stat() for p in (store.cache.root / "artifacts").rglob("*") if p.is_file()]
+    counts.append((len(artifacts), sum(f.st_size for f in artifacts), 0))
+    return tuple(sum(c[i] for c in counts) for i in range(3))
+
+
+def print_whole(backend: str, parts: list[tuple]) -> None:
+    print(f"{backend}: the whole neuron on the new path (feature-vis images aside), per neuron")
+    print(f"  {'part':16} {'db KB':>7} {'files':>6} {'files KB':>9} {'units/s':>8}")
+    for part, db, files, kb, rate in parts:
+        print(f"  {part:16} {db:7.1f} {files:6.2f} {kb:9.1f} {rate:8.0f}")
+    neuron = [p for p in parts if p[0] != "layer artifacts"]
+    print(f"  {'neuron total':16} {sum(p[1] for p in neuron):7.1f} {sum(p[2] for p in neuron):6.2f}"
+          f" {sum(p[3] for p in neuron):9.1f}   = {sum(p[1] + p[3] for p in neuron):.1f} KB; with the layer's"
+          f" artifacts {sum(p[1] + p[3] for p in parts):.1f} KB")
+
+
 # -- report -----------------------------------------------------------------------------------------------
 
 def main(units: int = typer.Option(768, help="units of the layer (the demo's layer4: 768)"),
          k: int = typer.Option(64, help="examples per sign"),
          grid: int = typer.Option(7, help="map side"),
          images: int = typer.Option(512, help="synthetic images the examples are drawn from"),
-         backends: str = typer.Option("sqlite,postgres", help="comma-separated: sqlite, postgres")):
+         backends: str = typer.Option("sqlite,postgres", help="comma-separated: sqlite, postgres"),
+         words: int = typer.Option(10_000, help="rendered words scored (the words stage's default list)"),
+         map_units: int = typer.Option(96, help="units whose map pictures are drawn (0: skip the whole neuron)")):
     state = synthetic_state(units, k, grid, images)
     print(f"{units} units, {k}+{k} examples each, {grid}x{grid} maps; per neuron:")
     print(f"{'backend':9} {'path':4} {'units/s':>8} {'seconds':>8} {'db KB':>7} {'files KB':>9} {'files':>6}"
@@ -192,6 +262,8 @@ def main(units: int = typer.Option(768, help="units of the layer (the demo's lay
         old, new = results
         print(f"{backend:9} new/old: {new['units_per_s'] / old['units_per_s']:.1f}x units/s, "
               f"{(new['db_kb'] + new['file_kb']) / (old['db_kb'] + old['file_kb']):.2f}x bytes")
+    for backend in backends.split(",") if map_units else []:
+        print_whole(backend, whole_neuron(backend, state, images, words, map_units))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Heatmaps as data: quantized maps round-trip, the server-rendered overlay PNG follows the stored map, and
-migration 5e1f0c2a9b47 turns an old store's JSON maps and overlay PNG files into unit_heatmaps rows."""
+migration 5e1f0c2a9b47 turns an old store's JSON maps and overlay PNG files into unit_heatmaps rows (and its
+world-map grids into quantized columns), deleting the files."""
 import io
 import json
 
@@ -8,7 +9,7 @@ from PIL import Image as PILImage
 from sqlalchemy import create_engine, inspect, text
 
 from app.cache import Cache
-from app.heatmaps import quantize, unpack
+from app.heatmaps import grid_values, quantize, unpack
 from app.migrate import downgrade, upgrade
 from worker.synthetic import K_EXAMPLES, populate
 
@@ -50,6 +51,7 @@ def test_heatmap_png_endpoint_draws_the_stored_map(store, client):
 # -- migration from the PNG store ---------------------------------------------------------------------------
 
 OLD_UNITS = 3
+OLD_GRID = np.linspace(-2, 5, 12, dtype=np.float32).reshape(3, 4)  # a world-map grid, 3 x 4 cells
 
 
 def old_store(db_url: str, cache: Cache) -> list[str]:
@@ -74,6 +76,9 @@ def old_store(db_url: str, cache: Cache) -> list[str]:
                 c.execute(text("INSERT INTO dataset_examples (unit_id, sign, rank, activation, image_id, heatmap, "
                                "heatmap_image) VALUES (:u, :s, :r, 1.0, 1, :h, :p)"),
                           {"u": unit + 1, "s": sign, "r": rank, "h": json.dumps(stored), "p": rel})
+        paths.append(cache.write("units/old/layer4/0/map-overlay-abc.png", overlay_png(OLD_GRID, "top")))
+        c.execute(text("INSERT INTO map_activations (unit_id, grid, overlay) VALUES (1, :g, :p)"),
+                  {"g": json.dumps(OLD_GRID.tolist()), "p": paths[-1]})
     engine.dispose()
     return paths
 
@@ -114,10 +119,16 @@ def test_migration_turns_json_maps_and_overlay_files_into_one_row_a_unit(db_url,
     recovered = rows[3].values(rows[3].row("bottom", 0))  # from the PNG: the negative part over its peak
     want = np.clip(old_maps(2)[2][2], None, 0) / -old_maps(2)[2][2].min()
     assert np.abs(recovered - want).max() <= 2 / 230
+    with engine.connect() as c:
+        grid = c.execute(text("SELECT rows, cols, heat, lo, hi FROM map_activations WHERE unit_id = 1")).one()
+    assert (grid.rows, grid.cols) == (3, 4) and np.abs(grid_values(grid) - OLD_GRID).max() <= 7 / 255 / 2 + 1e-6
     downgrade(db_url, "0004")
     with engine.connect() as c:
         back = c.execute(text("SELECT heatmap FROM dataset_examples WHERE unit_id = 1 AND sign = 'top' "
                               "AND rank = 1")).scalar()
     back = json.loads(back) if isinstance(back, str) else back
     assert np.allclose(back, old_maps(0)[1][2], atol=8 / 255)
+    with engine.connect() as c:
+        grid = c.execute(text("SELECT grid FROM map_activations WHERE unit_id = 1")).scalar()
+    assert np.allclose(json.loads(grid) if isinstance(grid, str) else grid, OLD_GRID, atol=7 / 255)
     engine.dispose()

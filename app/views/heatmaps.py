@@ -1,15 +1,16 @@
-"""Dataset-example overlays drawn by the server from the stored maps, for clients without JavaScript and
-for the JSON twin's links (the page itself draws them on a canvas, static/heatmaps.js)."""
+"""Overlays drawn by the server from the stored maps: a dataset example's (for clients without JavaScript and
+for the JSON twin's links; the page itself draws them on a canvas, static/heatmaps.js) and a neuron's
+activation over the world map."""
 from typing import Literal
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 
 from app import urls
-from app.db import UnitHeatmaps
+from app.db import MapActivation, UnitHeatmaps
 from app.deps import SessionDep
-from app.heatmaps import overlay_png, unpack
+from app.heatmaps import MAP_BASE, grid_values, map_base, map_overlay_png, overlay_png, unpack
 from app.httpcache import REVALIDATE
 from app.lookup import NotFound, get_unit, key_of
 
@@ -31,4 +32,19 @@ def example_heatmap(session: SessionDep, model: str, layer: str, unit: str, sign
         raise NotFound(f"{key.path} has no {sign} dataset example {rank} with a heatmap.",
                        [(f"{key.path}", urls.neuron(key))])
     return Response(overlay_png(heat.values(i), sign), media_type="image/png",
+                    headers={"Cache-Control": REVALIDATE})
+
+
+@router.get("/models/{model}/{layer}/{unit}/map.png", name="map_overlay", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+def map_overlay(request: Request, session: SessionDep, model: str, layer: str, unit: str):
+    """The neuron's activation over the unlabeled world map, drawn from its stored grid (~15 ms)."""
+    la, u = get_unit(session, model, layer, unit)
+    row = session.get(MapActivation, u.id)
+    if row is None:
+        key = key_of(la, u)
+        raise NotFound(f"{key.path} has no world-map activation yet: run `microscope worker maps`.",
+                       [(f"{key.path}", urls.neuron(key))])
+    base = map_base(request.app.state.cache.resolve(MAP_BASE))
+    return Response(map_overlay_png(grid_values(row), base), media_type="image/png",
                     headers={"Cache-Control": REVALIDATE})

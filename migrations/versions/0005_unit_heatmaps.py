@@ -1,4 +1,5 @@
-"""unit_heatmaps: every example map of a unit quantized into one row; the per-example overlay PNGs go
+"""unit_heatmaps: every example map of a unit quantized into one row; map grids quantized too; the overlay
+PNG files (128 a neuron for its examples, one for its world map) go
 
 Revision ID: 5e1f0c2a9b47
 Revises: 0004
@@ -8,7 +9,9 @@ into one quantized row (app/heatmaps.py). Where an example has no JSON map but i
 the cache, the map is read back from the PNG's opacity: only the shape of the sign's part relative to its
 peak survives (peak 1, the other sign's part 0). It then drops dataset_examples.heatmap and heatmap_image
 and deletes the overlay files (after the schema change, so a failed migration deletes nothing).
-Downgrade writes the maps back as JSON; the overlay files are not redrawn (heatmap_image stays NULL).
+map_activations.grid (JSON) becomes rows, cols, heat (uint8), lo, hi the same way, and its overlay
+file is deleted (the app draws it from the grid). Downgrade writes the maps back as JSON; the overlay files
+are not redrawn (heatmap_image and overlay stay NULL).
 """
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import sqlalchemy as sa
 from alembic import context, op
 from PIL import Image as PILImage
 
-from app.heatmaps import quantize, recover_from_overlay, unpack
+from app.heatmaps import grid_values, quantize, quantize_grid, recover_from_overlay, unpack
 
 revision = "5e1f0c2a9b47"
 down_revision = "0004"
@@ -53,6 +56,7 @@ def upgrade() -> None:
     with op.batch_alter_table("dataset_examples") as batch:
         batch.drop_column("heatmap")
         batch.drop_column("heatmap_image")
+    files += convert_map_grids()
     for rel in files:
         path = (root / rel).resolve()
         if path.is_relative_to(root.resolve()):
@@ -105,7 +109,51 @@ def example_map(example, root: Path) -> np.ndarray | None:
         return recover_from_overlay(img, example.sign)
 
 
+MAP_COLUMNS = {"rows": sa.Integer(), "cols": sa.Integer(), "heat": sa.LargeBinary(), "lo": sa.Float(),
+               "hi": sa.Float()}
+
+
+def convert_map_grids() -> list[str]:
+    """map_activations: JSON grid -> quantized columns; returns the overlay files to delete."""
+    with op.batch_alter_table("map_activations") as batch:
+        for name, kind in MAP_COLUMNS.items():
+            batch.add_column(sa.Column(name, kind, nullable=True))
+    conn = op.get_bind()
+    maps = sa.table("map_activations", sa.column("unit_id"), sa.column("grid", sa.JSON()), sa.column("overlay"),
+                    *(sa.column(n) for n in MAP_COLUMNS))
+    files = []
+    for row in conn.execute(sa.select(maps.c.unit_id, maps.c.grid, maps.c.overlay)).all():
+        grid = np.asarray(row.grid or [], dtype=np.float32)
+        values = quantize_grid(grid) if grid.ndim == 2 and grid.size else {"rows": 0, "cols": 0, "heat": b"",
+                                                                            "lo": 0.0, "hi": 0.0}
+        conn.execute(sa.update(maps).where(maps.c.unit_id == row.unit_id).values(**values))
+        files += [row.overlay] if row.overlay else []
+    with op.batch_alter_table("map_activations") as batch:
+        for name in MAP_COLUMNS:
+            batch.alter_column(name, existing_type=MAP_COLUMNS[name], nullable=False)
+        batch.drop_column("grid")
+        batch.drop_column("overlay")
+    return files
+
+
+def downgrade_map_grids() -> None:
+    with op.batch_alter_table("map_activations") as batch:
+        batch.add_column(sa.Column("grid", sa.JSON(), nullable=False, server_default="[]"))
+        batch.add_column(sa.Column("overlay", sa.String(length=256), nullable=True))
+    conn = op.get_bind()
+    maps = sa.table("map_activations", sa.column("unit_id"), sa.column("grid", sa.JSON()),
+                    *(sa.column(n) for n in MAP_COLUMNS))
+    for row in conn.execute(sa.select(maps)).all():
+        grid = grid_values(row).tolist() if row.rows else []
+        conn.execute(sa.update(maps).where(maps.c.unit_id == row.unit_id)
+                     .values(grid=[[float(f"{v:.4g}") for v in line] for line in grid]))
+    with op.batch_alter_table("map_activations") as batch:
+        for name in MAP_COLUMNS:
+            batch.drop_column(name)
+
+
 def downgrade() -> None:
+    downgrade_map_grids()
     with op.batch_alter_table("dataset_examples") as batch:
         batch.add_column(sa.Column("heatmap", sa.JSON(), nullable=False, server_default="[]"))
         batch.add_column(sa.Column("heatmap_image", sa.String(length=256), nullable=True))
