@@ -115,9 +115,9 @@ class Image(Base):
 
 class DatasetExample(Base):
     __tablename__ = "dataset_examples"
-    __table_args__ = (UniqueConstraint("unit_id", "sign", "rank"),)
+    __table_args__ = (UniqueConstraint("unit_id", "sign", "rank"),)  # its index serves lookups by unit too
     id: Mapped[int] = mapped_column(primary_key=True)
-    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), index=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
     sign: Mapped[str] = mapped_column(String(8))  # top | bottom
     rank: Mapped[int] = mapped_column(Integer)
     activation: Mapped[float] = mapped_column(Float)

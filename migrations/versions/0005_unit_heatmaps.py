@@ -8,7 +8,8 @@ Upgrade converts each unit's dataset_examples.heatmap (the raw map as JSON float
 into one quantized row (app/heatmaps.py). Where an example has no JSON map but its overlay PNG is still in
 the cache, the map is read back from the PNG's opacity: only the shape of the sign's part relative to its
 peak survives (peak 1, the other sign's part 0). It then drops dataset_examples.heatmap and heatmap_image
-and deletes the overlay files (after the schema change, so a failed migration deletes nothing).
+and deletes the overlay files (after the schema change, so a failed migration deletes nothing). The
+index on dataset_examples.unit_id goes too: the (unit_id, sign, rank) unique index serves those lookups.
 map_activations.grid (JSON) becomes rows, cols, heat (uint8), lo, hi the same way, and its overlay
 file is deleted (the app draws it from the grid). Downgrade writes the maps back as JSON; the overlay files
 are not redrawn (heatmap_image and overlay stay NULL).
@@ -53,6 +54,7 @@ def upgrade() -> None:
     )
     root = cache_root()
     files = convert(op.get_bind(), root)
+    op.drop_index("ix_dataset_examples_unit_id", table_name="dataset_examples")  # the unique key's index leads
     with op.batch_alter_table("dataset_examples") as batch:
         batch.drop_column("heatmap")
         batch.drop_column("heatmap_image")
@@ -154,6 +156,7 @@ def downgrade_map_grids() -> None:
 
 def downgrade() -> None:
     downgrade_map_grids()
+    op.create_index("ix_dataset_examples_unit_id", "dataset_examples", ["unit_id"])
     with op.batch_alter_table("dataset_examples") as batch:
         batch.add_column(sa.Column("heatmap", sa.JSON(), nullable=False, server_default="[]"))
         batch.add_column(sa.Column("heatmap_image", sa.String(length=256), nullable=True))
