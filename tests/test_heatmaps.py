@@ -34,7 +34,10 @@ def test_heatmap_png_endpoint_draws_the_stored_map(store, client):
     """worker.synthetic's maps: top examples [[g, 0], [0, g/2]], bottom ones [[-g, 0], [0, g/2]] (g = 1)."""
     populate(store, "synth", {"layer4": 3})
     base = "/models/synth/layer4/1/examples"
-    top = png_pixels(client.get(f"{base}/top/0/heatmap.png"))
+    first = client.get(f"{base}/top/0/heatmap.png")
+    top = png_pixels(first)
+    assert first.headers["cache-control"] == "public, no-cache"  # revalidated: a worker rerun replaces it
+    assert client.get(f"{base}/top/0/heatmap.png", headers={"If-None-Match": first.headers["etag"]}).status_code == 304
     assert top.shape == (2, 2, 4) and (top[..., :3] == (255, 110, 0)).all()
     assert top[..., 3].tolist() == [[230, 0], [0, 115]]  # the positive part relative to its peak
     bottom = png_pixels(client.get(f"{base}/bottom/{K_EXAMPLES - 1}/heatmap.png"))
