@@ -153,7 +153,8 @@ def _base_at(path: str, _mtime: int) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.float32)
 
 
-def map_overlay_png(grid: np.ndarray, base: np.ndarray) -> bytes:
+def map_overlay_jpeg(grid: np.ndarray, base: np.ndarray) -> bytes:
+    """JPEG: an opaque, smooth picture drawn per request; 1 ms and ~20 KB, where PNG took 130 ms for 280 KB."""
     buf = io.BytesIO()
-    map_overlay(grid, base).save(buf, format="PNG", compress_level=1)  # drawn per request: speed over size
+    map_overlay(grid, base).save(buf, format="JPEG", quality=85)
     return buf.getvalue()

@@ -79,7 +79,7 @@ def example_heatmap(key: UnitKey, sign: str, rank: int) -> str:
 
 def map_overlay(key: UnitKey) -> str:
     """The neuron's activation over the world map, drawn by the server from its stored grid."""
-    return f"{neuron(key)}/map.png"
+    return f"{neuron(key)}/map.jpg"
 
 
 def neuron_labels(key: UnitKey) -> str:

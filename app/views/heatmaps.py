@@ -10,7 +10,7 @@ from sqlalchemy import select
 from app import urls
 from app.db import MapActivation, UnitHeatmaps
 from app.deps import SessionDep
-from app.heatmaps import MAP_BASE, grid_values, map_base, map_overlay_png, overlay_png, unpack
+from app.heatmaps import MAP_BASE, grid_values, map_base, map_overlay_jpeg, overlay_png, unpack
 from app.httpcache import REVALIDATE
 from app.lookup import NotFound, get_unit, key_of
 
@@ -35,8 +35,8 @@ def example_heatmap(session: SessionDep, model: str, layer: str, unit: str, sign
                     headers={"Cache-Control": REVALIDATE})
 
 
-@router.get("/models/{model}/{layer}/{unit}/map.png", name="map_overlay", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}})
+@router.get("/models/{model}/{layer}/{unit}/map.jpg", name="map_overlay", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}}})
 def map_overlay(request: Request, session: SessionDep, model: str, layer: str, unit: str):
     """The neuron's activation over the unlabeled world map, drawn from its stored grid (~15 ms)."""
     la, u = get_unit(session, model, layer, unit)
@@ -46,5 +46,5 @@ def map_overlay(request: Request, session: SessionDep, model: str, layer: str, u
         raise NotFound(f"{key.path} has no world-map activation yet: run `microscope worker maps`.",
                        [(f"{key.path}", urls.neuron(key))])
     base = map_base(request.app.state.cache.resolve(MAP_BASE))
-    return Response(map_overlay_png(grid_values(row), base), media_type="image/png",
+    return Response(map_overlay_jpeg(grid_values(row), base), media_type="image/jpeg",
                     headers={"Cache-Control": REVALIDATE})
