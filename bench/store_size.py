@@ -3,7 +3,8 @@
 A demo-sized layer without the model: a synthetic LayerState (768 units, 64 top + 64 bottom examples each,
 7x7 maps, random activations over 512 images) written by
   old  the writer before issue 19 (copied below from git history): 128 overlay PNGs a unit through the
-       cache, each map also as JSON floats in dataset_examples, on a store at revision 0004;
+       cache, each map also as JSON floats in dataset_examples, on a store migrated to just before
+       revision 5e1f0c2a9b47;
   new  worker.examples.write_layer: one quantized unit_heatmaps row a unit, bulk inserts (Postgres COPY),
        on a store at head.
 Per neuron it prints the store bytes (database growth: SQLite file after a WAL checkpoint, Postgres
@@ -37,7 +38,7 @@ from worker.layers import LayerSpec  # noqa: E402
 from worker.store import Store, register_model, start_run  # noqa: E402
 
 MODEL, LAYER = "bench", "layer4"
-OLD_REVISION = "0004"
+HEATMAPS_REVISION = "5e1f0c2a9b47"  # the migration that made heatmaps data: the old path runs just before it
 
 
 def synthetic_state(units: int, k: int, grid: int, images: int, seed: int = 0) -> LayerState:
@@ -51,9 +52,20 @@ def synthetic_state(units: int, k: int, grid: int, images: int, seed: int = 0) -
     return state
 
 
+def old_revisions(url: str) -> list[str]:
+    from alembic.script import ScriptDirectory
+
+    from app.migrate import alembic_config
+
+    down = ScriptDirectory.from_config(alembic_config(url)).get_revision(HEATMAPS_REVISION).down_revision
+    return [down] if isinstance(down, str) else list(down)
+
+
 def prepare(settings, revision: str, units: int, images: int) -> tuple[Store, dict[int, int], int]:
-    """A store at `revision` with the model, its layer's unit rows, image rows and a run."""
-    upgrade(settings.db_url, revision)
+    """A store at `revision` ("old": just before the heatmaps migration) with the model, its layer's unit
+    rows, image rows and a run."""
+    for target in old_revisions(settings.db_url) if revision == "old" else [revision]:
+        upgrade(settings.db_url, target)
     store = Store(make_sessionmaker(make_engine(settings.db_url)), Cache(settings.cache_root), settings)
     with store.sessions.begin() as s:
         model = register_model(s, MODEL, "RN50", None, 224, [LayerSpec(LAYER, f"visual.{LAYER}", units, True)])
@@ -95,7 +107,7 @@ def measure(name: str, backend: str, writer, revision: str, state: LayerState, i
             "disk_kb": disk / units / 1e3}
 
 
-# -- the writer before issue 19 (worker/examples.py at 85f55bb), on reflected tables of a 0004 store ------
+# -- the writer before issue 19 (worker/examples.py at 85f55bb), on reflected tables of the old schema -----
 
 HEAT_COLOURS = {"top": (255, 110, 0), "bottom": (0, 110, 255)}
 UNITS_PER_TRANSACTION = 32
@@ -254,7 +266,7 @@ def main(units: int = typer.Option(768, help="units of the layer (the demo's lay
     print(f"{'backend':9} {'path':4} {'units/s':>8} {'seconds':>8} {'db KB':>7} {'files KB':>9} {'files':>6}"
           f" {'total KB':>9} {'files on disk KB':>16}")
     for backend in backends.split(","):
-        results = [measure("old", backend, old_write_layer, OLD_REVISION, state, images),
+        results = [measure("old", backend, old_write_layer, "old", state, images),
                    measure("new", backend, write_layer, "head", state, images)]
         for r in results:
             print(f"{backend:9} {r['path']:4} {r['units_per_s']:8.0f} {r['seconds']:8.2f} {r['db_kb']:7.1f}"
