@@ -26,6 +26,7 @@ def load(session, ctx: UnitContext):
     settings, report = (run.settings or {}, run.report or {}) if run else ({}, {})
     heat = unpack(stored) if stored else None
     out = {"top": [], "bottom": [], "reduce": settings.get("reduce"), "signal": settings.get("signal"),
+           "signal_text": settings.get("signal_text"),
            "images": report.get("images"), "run": run.id if run else None,
            "grid": list(heat.maps.shape[1:]) if heat else None}
     for r in rows:

@@ -2,7 +2,7 @@
 PNG files (128 a neuron for its examples, one for its world map) go
 
 Revision ID: 5e1f0c2a9b47
-Revises: 0005_concepts, 0005_models_load (both on 0004: this revision also merges the two branches)
+Revises: 0005_concepts (0006_directions_label_scores.py)
 
 Upgrade converts each unit's dataset_examples.heatmap (the raw map as JSON floats, 4 significant digits)
 into one quantized row (app/heatmaps.py). Where an example has no JSON map but its overlay PNG is still in
@@ -24,7 +24,7 @@ from PIL import Image as PILImage
 from app.heatmaps import grid_values, quantize, quantize_grid, recover_from_overlay, unpack
 
 revision = "5e1f0c2a9b47"
-down_revision = ("0005_concepts", "0005_models_load")
+down_revision = "0005_concepts"
 branch_labels = None
 depends_on = None
 
