@@ -318,7 +318,9 @@ def test_vit_examples_rank_by_what_the_pooling_passes_on_and_bottoms_by_pre_gelu
             assert [index[sha] for sha, _, _ in got] == ranked(shas, values, unit, 3, desc), (unit, sign)
             assert np.allclose([a for _, a, _ in got], [float(values[index[s], unit]) for s, _, _ in got], atol=1e-5)
         sha, _, heat = examples[(unit, "top")][0]
-        assert np.allclose(np.array(heat).ravel(), post[index[sha], 1:, unit].numpy(), rtol=5e-3, atol=2e-3)
+        want_map = post[index[sha], 1:, unit].numpy()
+        step = float(want_map.max() - want_map.min()) / 255  # stored as uint8 over the map's own range
+        assert np.allclose(heat.ravel(), want_map, rtol=5e-3, atol=step / 2 + 2e-3)
     with store.sessions() as s:
         settings = s.scalar(select(Run).where(Run.stage == "examples")).settings
     assert settings["signal"] == {"tok": "cls", "avg": "patches"}[pool]
