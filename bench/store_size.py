@@ -34,7 +34,7 @@ from app.db import Image, Layer, Model, Unit, make_engine, make_sessionmaker  # 
 from app.keys import UnitKey  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
 from worker.examples import ExampleOptions, LayerState, unit_sample, unit_stats, write_layer  # noqa: E402
-from worker.layers import LayerSpec  # noqa: E402
+from worker.layers import LayerSpec, Reading  # noqa: E402
 from worker.store import Store, register_model, start_run  # noqa: E402
 
 MODEL, LAYER = "bench", "layer4"
@@ -48,7 +48,9 @@ def synthetic_state(units: int, k: int, grid: int, images: int, seed: int = 0) -
     for start in range(0, images, 64):
         n = min(64, images - start)
         ids = torch.arange(start, start + n)
-        state.update(torch.randn(n, units, grid, grid, generator=gen), ids * 7919 + 1, ids, "mean")
+        maps = torch.randn(n, units, grid, grid, generator=gen)
+        pooled = maps.mean((2, 3))
+        state.update(Reading(pooled, pooled, maps, maps), ids * 7919 + 1, ids, "mean")
     return state
 
 
