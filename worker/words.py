@@ -13,14 +13,14 @@ import shutil
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from tqdm import tqdm
 
 from app.db import Artifact, Layer, Model, Unit, Word, WordScore
 from worker.layers import layer_spec
 from worker.models import LoadedModel
 from worker.render_text import RenderPlan
-from worker.store import Store
+from worker.store import Store, bulk_insert
 from worker.text_scores import REDUCTION, Reader, channels_last, common_words, default_plan, layer_reader, score_texts
 
 STAGE = "words"
@@ -155,7 +155,7 @@ def write_word_scores(store: Store, model_name: str, layer: str, words: list[str
                       units_per_commit: int = 64) -> int:
     """Replace the layer's WordScore rows: top words by post-ReLU score, most negative by pre-ReLU score.
     Each batch of units is one transaction (a reader never sees a neuron half written)."""
-    from app.unit_text import refresh_unit_text
+    from app.unit_text import refresh_unit_texts
 
     with store.sessions.begin() as session:
         _, _, units = layer_units(session, model_name, layer)
@@ -174,10 +174,8 @@ def write_word_scores(store: Store, model_name: str, layer: str, words: list[str
                     rows.append({"unit_id": uid, "word_id": ids[words[w]], "score": score, "sign": sign,
                                  "rank": ranks[sign], "run_id": run_id})
                     ranks[sign] += 1
-            if rows:
-                session.execute(insert(WordScore), rows)
-            for uid, _ in batch:
-                refresh_unit_text(session, uid)
+            bulk_insert(session, WordScore, rows)
+            refresh_unit_texts(session, [uid for uid, _ in batch])
             written += len(rows)
     return written
 
