@@ -10,12 +10,14 @@ neuron JSON twin read is checked to show one whole write (worker.synthetic.neuro
     .venv/bin/python bench/load.py                          # 10,000 requests per phase, SQLite
     .venv/bin/python bench/load.py --backend postgres --writer
     .venv/bin/python bench/load.py --requests 1000 --low-requests 300   # quick
+    .venv/bin/python bench/load.py --page-cache-mb 0 --phases neuron,static,low --compare main   # before/after
 """
 import asyncio
 import multiprocessing
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -191,14 +193,17 @@ class Writer:
 
 def run_load(settings: Settings, layers: dict[str, int], requests: int, clients: int, low_requests: int,
              workers: int, writer: bool = False, writer_pause: float = 0.0,
-             phases: tuple[str, ...] = ("mixed", "neuron", "static", "low"), seed: int = 0) -> dict:
-    """Populate the store, start the server, run the phases (with a writer process when `writer`);
-    returns results by phase, the writer's report and problems found in the server's log."""
-    upgrade(settings.db_url)
-    populate(open_store(settings), MODEL, layers)
+             phases: tuple[str, ...] = ("mixed", "neuron", "static", "low"), seed: int = 0,
+             source: Path | None = None, populated: bool = False) -> dict:
+    """Populate the store (unless `populated`), start the server (of checkout `source`, default this one), run
+    the phases (with a writer process when `writer`); returns results by phase, the writer's report and
+    problems found in the server's log."""
+    if not populated:
+        upgrade(settings.db_url)
+        populate(open_store(settings), MODEL, layers)
     rng = random.Random(seed)
     out: dict = {"results": {}}
-    with LiveServer(settings, workers=workers) as server:
+    with LiveServer(settings, workers=workers, source=source) as server:
         static = urls.static("style.css")
         search = has_search(server.url)
         out["search"] = search
@@ -224,6 +229,41 @@ def run_load(settings: Settings, layers: dict[str, int], requests: int, clients:
     return out
 
 
+@contextmanager
+def checkout(revision: str):
+    """A temporary git worktree of `revision` (for serving "before" beside this tree's "after")."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="microscope-before-") as tmp:
+        path = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(path), revision], check=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(path)], check=False)
+
+
+def ratio(out: dict) -> float | None:
+    res = out["results"]
+    neuron = next((r for k, r in res.items() if k.startswith("neuron @") and k != "neuron @4"), None)
+    static = next((r for k, r in res.items() if k.startswith("static @") and k != "static @4"), None)
+    return neuron.rps / static.rps if neuron and static and static.rps else None
+
+
+def print_side_by_side(before: dict, after: dict, revision: str) -> None:
+    """One line per phase: req/s, p50 and p99 of the older revision and of this tree."""
+    print(f"\nbefore = {revision}, after = this tree (same store, same run)")
+    print(f"{'phase':<14} {'before req/s':>12} {'p50':>7} {'p99':>7}   {'after req/s':>12} {'p50':>7} {'p99':>7}")
+    for name, b in before["results"].items():
+        a = after["results"].get(name)
+        if a is None:
+            continue
+        print(f"{name:<14} {b.rps:>12.0f} {b.pct(50):>7.1f} {b.pct(99):>7.1f}   "
+              f"{a.rps:>12.0f} {a.pct(50):>7.1f} {a.pct(99):>7.1f}")
+    rb, ra = ratio(before), ratio(after)
+    if rb is not None and ra is not None:
+        print(f"{'neuron/static':<14} {rb:>12.2f}×{'':>16} {ra:>12.2f}×   (target ≥ 0.5×; ≥ 0.3× with --writer)")
+
+
 def failures_of(out: dict) -> int:
     failures = sum(r.n_errors for r in out["results"].values()) + sum(out["log"].values())
     return failures + sum(out.get("writer", {}).get("errors", {}).values())
@@ -245,9 +285,9 @@ def print_report(out: dict, backend: str, workers: int, page_cache_mb: int) -> i
     static = res.get(next((k for k in res if k.startswith("static @") and k != "static @4"), ""))
     if neuron and static and static.rps:
         print(f"neuron pages / static file req/s at {neuron.name.split('@')[1]} clients: {neuron.rps / static.rps:.2f}×"
-              f" (target ≥ 0.5×)")
+              f" (target ≥ 0.5×, ≥ 0.3× with --writer)")
     if "neuron @4" in res:
-        print(f"neuron page p99 at 4 clients: {res['neuron @4'].pct(99):.1f} ms (target ≤ 50 ms)")
+        print(f"neuron page p99 at 4 clients: {res['neuron @4'].pct(99):.1f} ms (target ≤ 20 ms)")
     gens = set().union(*(r.generations for r in res.values()))
     if "writer" in out:
         w = out["writer"]
@@ -269,13 +309,27 @@ def main(requests: int = typer.Option(10_000, help="requests per phase at --clie
          writer: bool = typer.Option(False, help="a process rewrites neurons during the whole run"),
          writer_pause: float = typer.Option(0.0, help="seconds between the writer's commits"),
          phases: str = typer.Option("mixed,neuron,static,low", help="which phases to run, comma-separated"),
-         page_cache_mb: int = typer.Option(64, help="the server's page cache (0: every page rendered afresh)")):
+         page_cache_mb: int = typer.Option(64, help="the server's page cache (0: every page rendered afresh)"),
+         compare: str = typer.Option("", help="a git revision to serve first ('before') on the same store; "
+                                              "prints both side by side")):
     """Run the load phases against the real server and print req/s, p50/p99, ratios and errors."""
     layers = {"layer4": units, "layer3": units // 2}
+    args = (requests, clients, low_requests, workers, writer, writer_pause, tuple(phases.split(",")))
     with temp_store(backend, page_cache_mb=page_cache_mb) as settings:
-        out = run_load(settings, layers, requests, clients, low_requests, workers, writer, writer_pause,
-                       tuple(phases.split(",")))
-    sys.exit(1 if print_report(out, backend, workers, page_cache_mb) else 0)
+        upgrade(settings.db_url)
+        populate(open_store(settings), MODEL, layers)
+        before = None
+        if compare:
+            with checkout(compare) as tree:
+                before = run_load(settings, layers, *args, source=tree, populated=True)
+            print(f"--- before ({compare}) ---")
+            print_report(before, backend, workers, page_cache_mb)
+            print("--- after (this tree) ---")
+        after = run_load(settings, layers, *args, populated=True)
+    failures = print_report(after, backend, workers, page_cache_mb)
+    if before is not None:
+        print_side_by_side(before, after, compare)
+    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":
