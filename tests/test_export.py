@@ -68,7 +68,8 @@ def test_export_reads_back_with_pandas_and_duckdb_equal_to_the_store(rich, tmp_p
         assert list(hist["histogram_edges"]) == [-1, 0, 1] and list(hist["histogram_counts"]) == [1, 1]
     for df in read_both(out, "examples", fmt):
         assert frame_rows(df, "sign", "rank", "activation", "image_id") == examples
-        got = {(la, u, sg, r): [list(row) for row in h] for la, u, sg, r, h in frame_rows(df, "sign", "rank", "heatmap")}
+        got = {(la, u, sg, r): [list(row) for row in h]
+               for la, u, sg, r, h in frame_rows(df, "sign", "rank", "heatmap")}
         assert got == {(la, u, sg, r): h for la, u, sg, r, h in heatmaps}
     for df in read_both(out, "words", fmt):
         assert frame_rows(df, "sign", "rank", "score") == words
