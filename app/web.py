@@ -16,8 +16,8 @@ templates.env.globals.update(current_editor=current_editor, csrf_field=csrf_fiel
 
 
 def wants_json(request: Request) -> bool:
-    if request.scope.get("state", {}).get("want_json"):
-        return True
+    if request.scope.get("state", {}).get("want_json") or request.url.path.startswith("/api/"):
+        return True  # a .json URL, or the JSON API (its errors are JSON too)
     accept = request.headers.get("accept", "")
     return "application/json" in accept and "text/html" not in accept
 
