@@ -60,7 +60,7 @@ TABLES = [
         ("histogram_counts", pa.list_(pa.int64()), "activations per histogram bin"),
     ]),
     Table("examples", "top and most negative dataset examples of each unit, with the spatial activation map", KEY + [
-        ("sign", pa.string(), "top | bottom"), ("rank", pa.int32(), "0 = strongest"),
+        ("sign", pa.string(), "top or bottom"), ("rank", pa.int32(), "0 = strongest"),
         ("activation", pa.float64(), "the example's activation"),
         ("image_id", pa.int64(), "images.image_id"),
         ("heatmap", pa.list_(pa.list_(pa.float64())), "activation over the image's positions, rows × columns"),
@@ -73,22 +73,22 @@ TABLES = [
         ("height", pa.int32(), "pixels"), ("path", pa.string(), "cache path of the image (under /cache/)"),
     ]),
     Table("words", "rendered-word scores: each unit's top and most negative words", KEY + [
-        ("sign", pa.string(), "top | bottom"), ("rank", pa.int32(), "0 = strongest"),
+        ("sign", pa.string(), "top or bottom"), ("rank", pa.int32(), "0 = strongest"),
         ("word", pa.string(), "the word"), ("score", pa.float64(), "activation for the rendered word"),
     ]),
     Table("places", "country and city scores: activation for each rendered place name", KEY + [
-        ("kind", pa.string(), "country | city"), ("name", pa.string(), "place name"),
+        ("kind", pa.string(), "country or city"), ("name", pa.string(), "place name"),
         ("code", pa.string(), "ISO code (country; a city's country)"), ("lat", pa.float64(), "latitude (cities)"),
         ("lon", pa.float64(), "longitude (cities)"), ("score", pa.float64(), "activation for the rendered name"),
     ]),
     Table("labels", "every version of every label (human and automatic); the newest per source is current", KEY + [
-        ("source", pa.string(), "human | auto"), ("version", pa.int32(), "1, 2, … per unit and source"),
+        ("source", pa.string(), "human or auto"), ("version", pa.int32(), "1, 2, … per unit and source"),
         ("text", pa.string(), "the label"), ("author", pa.string(), "who wrote it"),
         ("created_at", pa.timestamp("us", tz="UTC"), "when"),
         ("current", pa.bool_(), "the newest version of its source"),
     ]),
-    Table("families", "family memberships (human and the worker's suggestions, never merged)", KEY + [
-        ("family", pa.string(), "family name"), ("source", pa.string(), "human | auto"),
+    Table("families", "family memberships (human ones and the worker's suggestions, never merged)", KEY + [
+        ("family", pa.string(), "family name"), ("source", pa.string(), "human or auto"),
         ("author", pa.string(), "who added it"), ("score", pa.float64(), "the suggestion's score (auto)"),
     ]),
 ]

@@ -114,3 +114,13 @@ def test_bad_export_input_is_one_line_and_writes_nothing(rich, tmp_path, args, n
 def test_export_imports_without_torch():
     code = "import sys, app.export; assert 'torch' not in sys.modules and 'open_clip' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_docs_describe_every_table_and_column():
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "export.md").read_text()
+    for table in TABLES:
+        section = doc.split(f"### `{table.name}`", 1)[1].split("###", 1)[0]
+        for name, _, meaning in table.columns:
+            assert f"| `{name}` |" in section and meaning in section, (table.name, name)
