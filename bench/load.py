@@ -50,6 +50,12 @@ class Result:
     samples: list[str] = field(default_factory=list)  # the first few errors in full
     generations: set[int] = field(default_factory=set)
     seconds: float = 0.0
+    cpu: float = 0.0  # CPU seconds the server processes (and Postgres) spent on this phase
+
+    @property
+    def cpu_ms(self) -> float:
+        """CPU per request: unlike req/s, it hardly moves when other programs share the cores."""
+        return 1000 * self.cpu / len(self.latencies) if self.latencies else float("nan")
 
     def error(self, what: str, detail: str = "") -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
@@ -71,7 +77,7 @@ class Result:
 
     def line(self) -> str:
         return (f"{self.name:<14} {len(self.latencies):>7} req {self.rps:>8.0f} req/s  p50 {self.pct(50):>7.1f} ms"
-                f"  p99 {self.pct(99):>7.1f} ms  errors {self.n_errors}")
+                f"  p99 {self.pct(99):>7.1f} ms  cpu {self.cpu_ms:>5.2f} ms/req  errors {self.n_errors}")
 
 
 async def fetch(client: httpx.AsyncClient, url: str, result: Result) -> None:
@@ -108,6 +114,37 @@ async def drive(base: str, paths: list[str], clients: int, name: str) -> Result:
     start = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(clients)))
     result.seconds = time.perf_counter() - start
+    return result
+
+
+def proc_stats() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command, CPU seconds) of every process, from /proc (Linux)."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                raw = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm, rest = raw[raw.index("(") + 1:raw.rindex(")")], raw[raw.rindex(")") + 2:].split()
+            out[int(entry.name)] = (int(rest[1]), comm, (int(rest[11]) + int(rest[12])) / tick)
+    return out
+
+
+def server_cpu(root: int) -> float:
+    """CPU seconds so far of the server process `root` with its descendants, plus every Postgres process."""
+    stats, tree, total = proc_stats(), {root}, 0.0
+    for _ in range(4):  # serve -> uvicorn workers (and their helpers)
+        tree |= {pid for pid, (ppid, _, _) in stats.items() if ppid in tree}
+    for pid, (_, comm, cpu) in stats.items():
+        total += cpu if pid in tree or comm == "postgres" else 0.0
+    return total
+
+
+def timed(server: LiveServer, paths: list[str], clients: int, name: str) -> Result:
+    start = server_cpu(server.proc.pid)
+    result = asyncio.run(drive(server.url, paths, clients, name))
+    result.cpu = server_cpu(server.proc.pid) - start
     return result
 
 
@@ -218,10 +255,10 @@ def run_load(settings: Settings, layers: dict[str, int], requests: int, clients:
             if phase == "low":
                 low = {"neuron": neuron_paths(layers, low_requests, rng), "static": [static] * low_requests}
                 for name, paths in low.items():
-                    out["results"][f"{name} @4"] = asyncio.run(drive(server.url, paths, 4, f"{name} @4"))
+                    out["results"][f"{name} @4"] = timed(server, paths, 4, f"{name} @4")
                 continue
             paths, c = plan[phase]
-            out["results"][f"{phase} @{c}"] = asyncio.run(drive(server.url, paths, c, f"{phase} @{c}"))
+            out["results"][f"{phase} @{c}"] = timed(server, paths, c, f"{phase} @{c}")
         if writing:
             out["writer"] = writing.stop()
         out["log"] = log_problems(server.log())
@@ -249,19 +286,31 @@ def ratio(out: dict) -> float | None:
     return neuron.rps / static.rps if neuron and static and static.rps else None
 
 
+def cpu_ratio(out: dict) -> float | None:
+    """Static CPU per request over neuron CPU per request at the high client count: the req/s ratio the server
+    would reach on cores of its own (this machine's are shared, so wall-clock rates drift with the load)."""
+    res = out["results"]
+    neuron = next((r for k, r in res.items() if k.startswith("neuron @") and k != "neuron @4"), None)
+    static = next((r for k, r in res.items() if k.startswith("static @") and k != "static @4"), None)
+    return static.cpu_ms / neuron.cpu_ms if neuron and static and neuron.cpu_ms else None
+
+
 def print_side_by_side(before: dict, after: dict, revision: str) -> None:
     """One line per phase: req/s, p50 and p99 of the older revision and of this tree."""
     print(f"\nbefore = {revision}, after = this tree (same store, same run)")
-    print(f"{'phase':<14} {'before req/s':>12} {'p50':>7} {'p99':>7}   {'after req/s':>12} {'p50':>7} {'p99':>7}")
+    print(f"{'phase':<14} {'before req/s':>12} {'p50':>7} {'p99':>7} {'cpu ms':>7}   {'after req/s':>12} {'p50':>7}"
+          f" {'p99':>7} {'cpu ms':>7}")
     for name, b in before["results"].items():
         a = after["results"].get(name)
         if a is None:
             continue
-        print(f"{name:<14} {b.rps:>12.0f} {b.pct(50):>7.1f} {b.pct(99):>7.1f}   "
-              f"{a.rps:>12.0f} {a.pct(50):>7.1f} {a.pct(99):>7.1f}")
+        print(f"{name:<14} {b.rps:>12.0f} {b.pct(50):>7.1f} {b.pct(99):>7.1f} {b.cpu_ms:>7.2f}   "
+              f"{a.rps:>12.0f} {a.pct(50):>7.1f} {a.pct(99):>7.1f} {a.cpu_ms:>7.2f}")
     rb, ra = ratio(before), ratio(after)
+    cb, ca = cpu_ratio(before), cpu_ratio(after)
     if rb is not None and ra is not None:
-        print(f"{'neuron/static':<14} {rb:>12.2f}×{'':>16} {ra:>12.2f}×   (target ≥ 0.5×; ≥ 0.3× with --writer)")
+        print(f"{'neuron/static':<14} {rb:>11.2f}× {'':>15} {cb:>7.2f}×  {ra:>11.2f}× {'':>15} {ca:>7.2f}×"
+              "   (req/s, and static CPU/req ÷ neuron CPU/req; target ≥ 0.5×, ≥ 0.3× with --writer)")
 
 
 def failures_of(out: dict) -> int:

@@ -1,7 +1,11 @@
 """Where one fresh neuron page's time goes: SQL statements counted and a cProfile of N renders of the view
 itself (in this thread, no HTTP, no page cache), on a synthetic store.
 
-    .venv/bin/python bench/profile_page.py [--backend postgres] [--renders 200] [--top 25] [--json]
+    .venv/bin/python bench/profile_page.py [--backend postgres] [--renders 200] [--top 25] [--json] [--http]
+
+--http profiles whole requests instead (routing, middleware, gzip, ETag…) through httpx's ASGI transport, with
+FastAPI's thread pool replaced by direct calls so the one profiled thread sees everything; it also profiles
+the static file the load bench compares with.
 """
 import cProfile
 import pstats
@@ -12,6 +16,7 @@ import typer
 from sqlalchemy import event
 from starlette.requests import Request
 
+from app import urls
 from app.deps import read_snapshot
 from app.main import create_app
 from app.migrate import upgrade
@@ -35,7 +40,36 @@ def render(app, unit: int, json: bool) -> None:
         neuron_page(request, session, app.state.settings, MODEL, "layer4", str(unit))
 
 
-def main(backend: str = "sqlite", renders: int = 200, top: int = 25, json: bool = False):
+async def inline(func, *args, **kwargs):
+    return func(*args, **kwargs)
+
+
+def http_profile(app, paths: list[str], top: int) -> None:
+    import asyncio
+
+    import fastapi.routing
+    import httpx
+
+    fastapi.routing.run_in_threadpool = inline  # sync endpoints and dependencies run in this thread
+
+    async def get_all(urls_: list[str]) -> float:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://bench") as client:
+            start = time.perf_counter()
+            for url in urls_:
+                assert (await client.get(url)).status_code == 200
+            return time.perf_counter() - start
+
+    for name, urls_ in (("neuron", paths), ("static", [urls.static("style.css")] * len(paths))):
+        asyncio.run(get_all(urls_[:5]))
+        profile = cProfile.Profile()
+        profile.enable()
+        seconds = asyncio.run(get_all(urls_))
+        profile.disable()
+        print(f"{name}: {seconds / len(urls_) * 1000:.2f} ms a request under the profiler")
+        pstats.Stats(profile).sort_stats("tottime").print_stats(top)
+
+
+def main(backend: str = "sqlite", renders: int = 200, top: int = 25, json: bool = False, http: bool = False):
     """Populate a synthetic store, render random neuron pages afresh, print statements per page and the profile."""
     with temp_store(backend, page_cache_mb=0) as settings:
         upgrade(settings.db_url)
@@ -45,17 +79,23 @@ def main(backend: str = "sqlite", renders: int = 200, top: int = 25, json: bool 
         event.listen(app.state.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
         rng = random.Random(0)
         units = [rng.randrange(64) for _ in range(renders)]
+        if http:
+            http_profile(app, [f"/models/{MODEL}/layer4/{u}" + (".json" if json else "") for u in units], top)
+            return
         render(app, 0, json)
         statements.clear()
+        cpu = time.process_time()
+        for unit in units:
+            render(app, unit, json)
+        cpu = time.process_time() - cpu
+        n_statements = len(statements)
         profile = cProfile.Profile()
-        start = time.perf_counter()
         profile.enable()
         for unit in units:
             render(app, unit, json)
         profile.disable()
-        seconds = time.perf_counter() - start
-        print(f"{backend}: {seconds / renders * 1000:.2f} ms a page under the profiler, "
-              f"{len(statements) / renders:.1f} SQL statements a page")
+        print(f"{backend}: {cpu / renders * 1000:.2f} ms CPU a page (this process, without the profiler), "
+              f"{n_statements / renders:.1f} SQL statements a page")
         pstats.Stats(profile).sort_stats("cumulative").print_stats(top)
         app.state.engine.dispose()
 
