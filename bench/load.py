@@ -131,20 +131,32 @@ def proc_stats() -> dict[int, tuple[int, str, float]]:
     return out
 
 
-def server_cpu(root: int) -> float:
-    """CPU seconds so far of the server process `root` with its descendants, plus every Postgres process."""
+def serves_database(pid: int, database: str) -> bool:
+    """A Postgres backend names its database in its title ("postgres: user db 127.0.0.1(port) idle")."""
+    try:
+        return f" {database} " in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def server_cpu(root: int, database: str | None) -> float:
+    """CPU seconds so far of the server process `root` with its descendants, plus the Postgres backends of
+    `database` (not those of other programs sharing the Postgres server)."""
     stats, tree, total = proc_stats(), {root}, 0.0
     for _ in range(4):  # serve -> uvicorn workers (and their helpers)
         tree |= {pid for pid, (ppid, _, _) in stats.items() if ppid in tree}
     for pid, (_, comm, cpu) in stats.items():
-        total += cpu if pid in tree or comm == "postgres" else 0.0
+        if pid in tree or (database and comm == "postgres" and serves_database(pid, database)):
+            total += cpu
     return total
 
 
 def timed(server: LiveServer, paths: list[str], clients: int, name: str) -> Result:
-    start = server_cpu(server.proc.pid)
+    url = server.settings.db_url
+    database = url.rsplit("/", 1)[1] if url.startswith("postgresql") else None
+    start = server_cpu(server.proc.pid, database)
     result = asyncio.run(drive(server.url, paths, clients, name))
-    result.cpu = server_cpu(server.proc.pid) - start
+    result.cpu = server_cpu(server.proc.pid, database) - start
     return result
 
 
