@@ -4,7 +4,7 @@ import typer
 worker_cli = typer.Typer(help="Precompute neuron data into the store (torch + open_clip).", no_args_is_help=True)
 
 
-from worker.options import Arch, ConfigDirs, Device, ModelName, Weights  # noqa: E402
+from worker.options import Arch, ConfigDirs, Device, ModelName, Precision, Weights  # noqa: E402
 
 
 # -- the text side: emotion composition, typographic attacks, Stroop (worker/emotions.py, typographic.py, stroop.py)
@@ -140,27 +140,40 @@ def examples_cmd(
     shard: str = typer.Option(None, help="i/N: process the images whose content hash is i mod N"),
     samples: int = typer.Option(256, min=0, help="activation samples kept per unit (for studies)"),
     checkpoint_every: float = typer.Option(60.0, min=0, help="seconds between checkpoints"),
+    precision: Precision = "auto",
+    jpeg_decode: str = typer.Option("auto", help="workers (PIL in the loader processes) | device "
+                                                 "(torchvision/nvJPEG on the model's device) | auto (device "
+                                                 "with CUDA); other formats always decode in the workers"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Top-K and most-negative-K dataset examples with heatmaps, activation statistics and samples."""
     from app.settings import Settings
     from worker.corpus import Shard
+    from worker.device_decode import resolve_mode
     from worker.examples import REDUCTIONS, ExampleOptions, run_examples
-    from worker.options import clean_errors, fail, model_name_for, open_model
+    from worker.options import clean_errors, fail, model_name_for, open_model, precision_for, resolve_device
     from worker.store import open_store
 
     if reduce not in REDUCTIONS:
         fail(f"--reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
+    device = resolve_device(device)
     with clean_errors():
         opts = ExampleOptions(k=k, reduce=reduce, batch_size=batch_size, workers=workers, shard=Shard.parse(shard),
-                              checkpoint_seconds=checkpoint_every, samples=samples, progress=progress)
-    loaded = open_model(arch, weights, config_dir, device)
+                              checkpoint_seconds=checkpoint_every, samples=samples, progress=progress,
+                              precision=precision_for(precision, device))
+    loaded = open_model(arch, weights, config_dir, device, opts.precision)
     model_name = name or model_name_for(arch, weights)
+    with clean_errors(ValueError):
+        opts.jpeg_decode = resolve_mode(jpeg_decode, loaded.device, loaded.preprocess)
     with clean_errors():
         report = run_examples(open_store(Settings()), loaded, model_name, corpus, layer or None, opts)
     skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
     typer.echo(f"{model_name}: {report['images']} images ({report['duplicates']} duplicates, skipped: {skipped}) "
-               f"in {report['timing']['seconds']:.1f} s, {report['timing']['images_per_s']:.1f} img/s")
+               f"in {report['timing']['seconds']:.1f} s, {report['timing']['images_per_s']:.1f} img/s "
+               f"at {report['precision']}")
+    for layer_name, n in report["non_finite"].items():
+        typer.echo(f"{layer_name}: {n} non-finite activations (overflow?) left out of their units' examples "
+                   "and statistics; --precision bf16 or fp32 avoids fp16 overflow")
     if report.get("waiting_for_shards"):
         typer.echo(f"shard {report['shard']} saved; the last shard to finish writes the store")
 

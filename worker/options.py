@@ -35,6 +35,9 @@ ConfigDirs = Annotated[list[Path] | None, typer.Option(
 ModelName = Annotated[str | None, typer.Option(
     "--name", help="the model's name in the store and in URLs (default: from arch and weights)")]
 Device = Annotated[str, typer.Option("--device", help="cuda | cpu | auto (cuda when there is one)")]
+Precision = Annotated[str, typer.Option(
+    "--precision", help="fp32 | bf16 | fp16 | auto (bf16 on a GPU that has it, else fp32); part of the "
+                        "job: a checkpoint is resumed only at its own precision")]
 
 EXIT_USAGE = 2
 
@@ -51,10 +54,12 @@ def clean_errors(*extra: type[BaseException]) -> Iterator[None]:
     from worker.corpus import CorpusError
     from worker.layers import UnknownLayer
     from worker.models import UnknownModel, WeightsMissing
+    from worker.precision import PrecisionMismatch
 
     try:
         yield
-    except (WeightsMissing, UnknownModel, UnknownLayer, CorpusError, KeyError_, FileNotFoundError, *extra) as e:
+    except (WeightsMissing, UnknownModel, UnknownLayer, CorpusError, KeyError_, FileNotFoundError, PrecisionMismatch,
+            *extra) as e:
         fail(str(e))
 
 
@@ -71,12 +76,27 @@ def resolve_device(device: str) -> str:
 
 
 def open_model(arch: str, weights: str | None = None, config_dirs: list[Path] | None = None,
-               device: str = "auto"):
-    """`worker.models.load_model` for a command: a bad name, missing weights or config dir exit 2."""
+               device: str = "auto", precision: str = "fp32"):
+    """`worker.models.load_model` for a command: a bad name, missing weights or config dir exit 2.
+    `precision` (fp32 | bf16 | fp16 | auto) is resolved for the device and kept on the model."""
     from worker.models import load_model
 
+    device = resolve_device(device)
+    resolved = precision_for(precision, device)
     with clean_errors():
-        return load_model(arch, weights, resolve_device(device), tuple(config_dirs or ()))
+        loaded = load_model(arch, weights, device, tuple(config_dirs or ()))
+    loaded.precision = resolved
+    return loaded
+
+
+def precision_for(asked: str, device) -> str:
+    """`--precision` resolved for the model's device (`worker.precision`); a bad value exits 2."""
+    from worker.precision import resolve_precision
+
+    try:
+        return resolve_precision(asked, device)
+    except ValueError as e:
+        fail(str(e))
 
 
 def model_name_for(arch: str, weights: str | None) -> str:

@@ -2,7 +2,7 @@
 Importing this module does not import torch (the commands do, when they run)."""
 import typer
 
-from worker.options import Arch, ConfigDirs, Device, ModelName, Weights
+from worker.options import Arch, ConfigDirs, Device, ModelName, Precision, Weights
 
 Layer = typer.Option(None, "--layer", help="layer name (default: the penultimate layer)")
 Fonts = typer.Option("dejavu-sans,liberation-serif", help="comma-separated fonts (worker/render_text.py FONTS)")
@@ -34,12 +34,12 @@ def _plan(loaded, style: tuple[tuple[str, ...], tuple[float, ...]]):
     return RenderPlan(canvas=loaded.image_size, fonts=style[0], scales=style[1])
 
 
-def _setup(arch, weights, config_dir, name, device):
+def _setup(arch, weights, config_dir, name, device, precision="fp32"):
     from app.settings import Settings
     from worker.options import model_name_for, open_model
     from worker.store import open_store
 
-    loaded = open_model(arch, weights, config_dir, device)
+    loaded = open_model(arch, weights, config_dir, device, precision)
     return open_store(Settings()), loaded, name or model_name_for(arch, weights)
 
 
@@ -47,7 +47,8 @@ def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None
               device: Device = "auto", layer: str = Layer, words: int = typer.Option(
                   10_000, min=1, help="how many of wordfreq's most common English words (digit tokens dropped)"),
               fonts: str = Fonts, scales: str = Scales, batch_size: int = BatchSize,
-              chunk_size: int = typer.Option(512, min=1, help="words per checkpoint"), force: bool = Force):
+              chunk_size: int = typer.Option(512, min=1, help="words per checkpoint"), force: bool = Force,
+              precision: Precision = "auto"):
     """Rendered-word scores: top and most negative words per unit, the words x units matrix."""
     import time
 
@@ -56,7 +57,7 @@ def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None
     from worker.words import run_words
 
     style = _style(fonts, scales)
-    store, loaded, model_name = _setup(arch, weights, config_dir, name, device)
+    store, loaded, model_name = _setup(arch, weights, config_dir, name, device, precision)
     start = time.perf_counter()
     with clean_errors():
         report = run_words(store, loaded, model_name, layer, common_words(words), _plan(loaded, style),
@@ -69,7 +70,8 @@ def maps_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None,
              crops: int = typer.Option(256, min=0, help="random map crops (on top of a covering tiling)"),
              cities: int = typer.Option(300, min=1, help="how many of the largest cities to render"),
              seed: int = typer.Option(0, help="seed of the random crops"),
-             fonts: str = Fonts, scales: str = Scales, batch_size: int = BatchSize, force: bool = Force):
+             fonts: str = Fonts, scales: str = Scales, batch_size: int = BatchSize, force: bool = Force,
+             precision: Precision = "auto"):
     """World map activations with heat overlays; country and city name scores with choropleths."""
     import time
 
@@ -77,7 +79,7 @@ def maps_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None,
     from worker.options import clean_errors
 
     style = _style(fonts, scales)
-    store, loaded, model_name = _setup(arch, weights, config_dir, name, device)
+    store, loaded, model_name = _setup(arch, weights, config_dir, name, device, precision)
     start = time.perf_counter()
     with clean_errors():
         report = run_maps(store, loaded, model_name, layer, crops, seed, cities, _plan(loaded, style),
