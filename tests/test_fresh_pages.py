@@ -36,7 +36,8 @@ def test_a_fresh_neuron_page_takes_at_most_four_statements(fresh, suffix):
         assert r.status_code == 200
         assert len(fresh.statements) <= MAX_STATEMENTS, fresh.statements
     sections = fresh.get("/models/synth/layer4/0.json").json()["sections"]
-    assert all(sections[name] is not None for name in sections), sections
+    unfilled = {"modality"}  # cached-file profiles (worker modality): tests/test_modality.py covers them
+    assert all(sections[name] is not None for name in set(sections) - unfilled), sections
 
 
 def test_every_section_of_a_rich_neuron_shows_what_the_store_holds(fresh, store):

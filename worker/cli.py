@@ -4,26 +4,27 @@ import typer
 worker_cli = typer.Typer(help="Precompute neuron data into the store (torch + open_clip).", no_args_is_help=True)
 
 
-from worker.options import Arch, ConfigDirs, Device, ModelName, Precision, Weights  # noqa: E402
+from worker.options import Device, ModelName, ModelSource, Precision, model_options  # noqa: E402
 
 
 # -- the text side: emotion composition, typographic attacks, Stroop (worker/emotions.py, typographic.py, stroop.py)
-def _store_with(loaded, arch: str, weights: str | None, name: str | None):
+def _store_with(loaded, name: str | None):
     """The store, with the model registered (or updated) under its name; returns (store, name)."""
     from app.settings import Settings
     from worker.layers import catalogue
     from worker.options import model_name_for
     from worker.store import open_store, register_model
 
-    store, model_name = open_store(Settings()), name or model_name_for(arch, weights)
+    store, model_name = open_store(Settings()), name or model_name_for(loaded.arch, loaded.weights)
     with store.sessions.begin() as session:
-        register_model(session, model_name, loaded.arch, weights, loaded.image_size, catalogue(loaded))
+        register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded),
+                       load=loaded.record())
     return store, model_name
 
 
 @worker_cli.command("emotions")
-def emotions_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
-                 device: Device = "auto",
+@model_options
+def emotions_cmd(source: ModelSource, name: ModelName = None, device: Device = "auto",
                  feelings: str = typer.Option("", help="feeling-wheel file (default: worker/wordlists/feelings.txt)"),
                  method: str = typer.Option("lasso", help="sparse code: lasso | logistic (the paper's footnote 41)"),
                  neurons: int = typer.Option(6, min=1, help="at most this many neurons per word"),
@@ -32,8 +33,8 @@ def emotions_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = N
     from worker.emotions import FEELINGS, emotions_stage
     from worker.options import clean_errors, open_model
 
-    loaded = open_model(arch, weights, config_dir, device)
-    store, model_name = _store_with(loaded, arch, weights, name)
+    loaded = open_model(source, device)
+    store, model_name = _store_with(loaded, name)
     with clean_errors(ValueError):
         data = emotions_stage(store, model_name, loaded, feelings or FEELINGS, method, neurons, factors)
     quality = [w["quality"] for w in data["words"]]
@@ -42,11 +43,11 @@ def emotions_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = N
 
 
 @worker_cli.command("typographic")
-def typographic_cmd(arch: Arch,
+@model_options
+def typographic_cmd(source: ModelSource,
                     images: str = typer.Option(..., help="folder of class folders, or a .csv/.jsonl manifest "
                                                          "with path and label columns"),
-                    weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
-                    device: Device = "auto",
+                    name: ModelName = None, device: Device = "auto",
                     attack: list[str] = typer.Option([], help="TEXT or TEXT=CLASS (repeatable). Default: every "
                                                               "label of the image set attacks as itself"),
                     extra_label: list[str] = typer.Option([], help="another class for the zero-shot label set"),
@@ -62,8 +63,8 @@ def typographic_cmd(arch: Arch,
         attacks = [Attack.parse(a) for a in attack] or [
             Attack(label, label) for label in dict.fromkeys(
                 label for _, label in labelled_images(images, label_key) if label)]
-    loaded = open_model(arch, weights, config_dir, device)
-    store, model_name = _store_with(loaded, arch, weights, name)
+    loaded = open_model(source, device)
+    store, model_name = _store_with(loaded, name)
     with clean_errors(ValueError):
         report = attack_stage(store, model_name, loaded, images, attacks, template, extra_label,
                               label_key=label_key)
@@ -77,14 +78,14 @@ def typographic_cmd(arch: Arch,
 
 
 @worker_cli.command("stroop")
-def stroop_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
-               device: Device = "auto"):
+@model_options
+def stroop_cmd(source: ModelSource, name: ModelName = None, device: Device = "auto"):
     """Stroop test: colour words drawn in colours, zero-shot ink colour, congruent vs incongruent accuracy."""
     from worker.options import clean_errors, open_model
     from worker.stroop import stroop_stage
 
-    loaded = open_model(arch, weights, config_dir, device)
-    store, model_name = _store_with(loaded, arch, weights, name)
+    loaded = open_model(source, device)
+    store, model_name = _store_with(loaded, name)
     with clean_errors(ValueError):
         s = stroop_stage(store, model_name, loaded)["scores"]
     typer.echo(f"{model_name}: congruent accuracy {s['congruent_accuracy']:.3f} ({s['congruent']}), incongruent "
@@ -93,21 +94,30 @@ def stroop_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = Non
 
 # -- model frame and dataset examples (shared model options: worker/options.py) ---------------------
 @worker_cli.command("layers")
-def layers_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, device: Device = "cpu"):
-    """List the model's neuron layers with their unit counts (the default layer is marked *)."""
-    from worker.layers import catalogue
+@model_options
+def layers_cmd(source: ModelSource, device: Device = "cpu"):
+    """List the model's neuron layers with their unit counts (the default layer is marked *), what a neuron
+    is in its tower family and which value of it the examples, probes and feature vis show."""
+    from worker.layers import catalogue, family_of, signal_description
     from worker.options import open_model
+    from worker.towers import tower_name
 
-    loaded = open_model(arch, weights, config_dir, device)
-    specs = catalogue(loaded)
+    loaded = open_model(source, device)
+    specs, family = catalogue(loaded), family_of(loaded)
     width = max(len(s.name) for s in specs)
-    typer.echo(f"{loaded.arch} ({loaded.image_size} px)")
+    s = loaded.settings
+    typer.echo(f"{loaded.arch} ({loaded.image_size} px; QuickGELU {'on' if s.quick_gelu else 'off'}, mean "
+               f"{', '.join(f'{v:g}' for v in s.mean)}, std {', '.join(f'{v:g}' for v in s.std)}, "
+               f"{s.interpolation}, {s.resize_mode})")
+    typer.echo(f"  family {family.name} ({tower_name(loaded.visual)}); neuron: {family.neuron}")
+    typer.echo(f"  value shown: {signal_description(loaded)}")
     for s in specs:
         typer.echo(f"{'*' if s.is_default else ' '} {s.name:<{width}}  {s.n_units:>6} units  {s.kind:<4}  {s.module}")
 
 
 @worker_cli.command("register")
-def register_cmd(arch: Arch, name: ModelName = None, weights: Weights = None, config_dir: ConfigDirs = None,
+@model_options
+def register_cmd(source: ModelSource, name: ModelName = None,
                  description: str = typer.Option("", help="shown on the model's page")):
     """Register a model, its layers and unit rows in the store (no compute)."""
     from app.settings import Settings
@@ -115,22 +125,23 @@ def register_cmd(arch: Arch, name: ModelName = None, weights: Weights = None, co
     from worker.options import model_name_for, open_model
     from worker.store import open_store, register_model
 
-    loaded = open_model(arch, weights, config_dir, "cpu")
-    model_name = name or model_name_for(arch, weights)
+    loaded = open_model(source, "cpu")
+    model_name = name or model_name_for(source.arch, source.weights)
     store = open_store(Settings())
     with store.sessions.begin() as session:
-        model = register_model(session, model_name, loaded.arch, weights, loaded.image_size, catalogue(loaded),
-                               description)
-        typer.echo(f"registered {model.name} ({loaded.arch}, weights {weights or 'random'}): "
+        model = register_model(session, model_name, loaded.arch, source.weights, loaded.image_size,
+                               catalogue(loaded), description, load=loaded.record())
+        typer.echo(f"registered {model.name} ({loaded.arch}, weights {source.weights or 'random'}): "
                    f"{len(model.layers)} layers, {sum(la.n_units for la in model.layers)} units")
 
 
 @worker_cli.command("examples")
+@model_options
 def examples_cmd(
-    arch: Arch,
+    source: ModelSource,
     corpus: str = typer.Option(..., help="image folder (recursive; .tar shards inside are read too), a .tar "
                                          "shard, or a .csv/.jsonl manifest with path[,caption]"),
-    weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None, device: Device = "auto",
+    name: ModelName = None, device: Device = "auto",
     layer: list[str] = typer.Option([], help="layer name (repeatable; default: the penultimate layer)"),
     k: int = typer.Option(64, min=1, help="examples kept per unit and sign"),
     reduce: str = typer.Option("mean", help="spatial reduction: mean | max (the bottom then uses min)"),
@@ -161,11 +172,13 @@ def examples_cmd(
         opts = ExampleOptions(k=k, reduce=reduce, batch_size=batch_size, workers=workers, shard=Shard.parse(shard),
                               checkpoint_seconds=checkpoint_every, samples=samples, progress=progress,
                               precision=precision_for(precision, device))
-    loaded = open_model(arch, weights, config_dir, device, opts.precision)
-    model_name = name or model_name_for(arch, weights)
+    loaded = open_model(source, device, opts.precision)
+    model_name = name or model_name_for(source.arch, source.weights)
     with clean_errors(ValueError):
         opts.jpeg_decode = resolve_mode(jpeg_decode, loaded.device, loaded.preprocess)
-    with clean_errors():
+    from worker.activations import MatrixError
+
+    with clean_errors(MatrixError):
         report = run_examples(open_store(Settings()), loaded, model_name, corpus, layer or None, opts)
     skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
     typer.echo(f"{model_name}: {report['images']} images ({report['duplicates']} duplicates, skipped: {skipped}) "
@@ -215,17 +228,34 @@ def suggest_cmd(model: str = typer.Argument(..., help="model name in the store")
 
 
 @worker_cli.command("attribution")
-def attribution_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
-                    device: Device = "cpu"):
-    """Text → neuron read-out (worker/attribution.py): a .npy in the cache that the text probe and search use."""
-    from worker.attribution import store_readout
+@model_options
+def attribution_cmd(source: ModelSource, name: ModelName = None, device: Device = "cpu",
+                    corpus: str = typer.Option(None, help="images whose mean activation the autograd read-out is "
+                                                          "evaluated at [default: the dataset-mean grey image]"),
+                    sample: int = typer.Option(64, min=1, help="at most this many corpus images"),
+                    readout: str = typer.Option("auto", help="read-out kept: auto (linear where it exists) | linear "
+                                                             "| autograd")):
+    """Text → neuron read-out (worker/attribution.py): a .npy in the cache that the text probe and search use.
+    Prints how the linear read-out agrees with the autograd one (per-unit cosines) and stores that too."""
+    from worker.attribution import agreement_lines, sample_images, store_readout
     from worker.options import clean_errors, fail, open_model
 
-    if not weights:
+    if not source.weights:
         fail("attribution needs --weights: the server re-creates the text tower from them (random init can't be)")
-    loaded = open_model(arch, weights, config_dir, device)
-    store, model_name = _store_with(loaded, arch, weights, name)
-    with clean_errors(ValueError):
-        art = store_readout(store, model_name, loaded, config_dir or ())
+    loaded = open_model(source, device)
+    store, model_name = _store_with(loaded, name)
+    with clean_errors(ValueError, FileNotFoundError):
+        images, where = sample_images(loaded, corpus, sample)
+        art = store_readout(store, model_name, loaded, source.config_dirs, images, readout, where)
     typer.echo(f"{model_name}: read-out {art.meta['units']} units × {art.meta['embed_dim']} dims "
                f"of {art.layer} at {art.path}")
+    for line in agreement_lines(art.meta):
+        typer.echo(f"  {line}")
+
+
+# -- concepts: modality profiles, self-labels, saved directions (worker/modality.py, selflabels.py, directions.py)
+from worker.concepts_cli import directions_cmd, modality_cmd, selflabels_cmd  # noqa: E402
+
+worker_cli.command("modality")(modality_cmd)
+worker_cli.command("selflabels")(selflabels_cmd)
+worker_cli.command("directions")(directions_cmd)

@@ -1,21 +1,24 @@
 """Options every `microscope worker …` command that loads a model shares, so all stages take a model the
 same way. Importing this module does not import torch.
 
-Use them in a stage's command like this::
+Use them in a stage's command like this (`model_options` gives the command ARCH, --weights, --config-dir,
+--quickgelu, --mean, --std, --interpolation, --resize-mode, --image-size and --cache-dir, and hands them
+to it as one `ModelSource`)::
 
-    from worker.options import Arch, ConfigDirs, Device, ModelName, Weights, model_name_for, open_model
+    from worker.options import Device, ModelName, ModelSource, model_name_for, model_options, open_model
 
     @worker_cli.command("mystage")
-    def mystage_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None,
-                    name: ModelName = None, device: Device = "auto"):
-        with clean_errors():                      # known failures: one line on stderr, exit code 2
-            loaded = open_model(arch, weights, config_dir, device)
-            ...
-        model_name = name or model_name_for(arch, weights)
+    @model_options
+    def mystage_cmd(source: ModelSource, name: ModelName = None, device: Device = "auto"):
+        loaded = open_model(source, device)       # known failures: one line on stderr, exit code 2
+        model_name = name or model_name_for(source.arch, source.weights)
 
-`open_model` already prints WeightsMissing / UnknownModel / a missing config dir as one line and exits 2.
+`open_model` already prints WeightsMissing / UnknownModel / CheckpointError / a missing config dir as one
+line and exits 2.
 """
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -23,6 +26,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from app.keys import KeyError_, check_name
+from worker.load_settings import INTERPOLATIONS, RESIZE_MODES, LoadOverrides, ModelSource
 
 Arch = Annotated[str, typer.Argument(
     help="open_clip architecture: RN50, RN50x4, RN101, ViT-B-32 … or a config name from --config-dir",
@@ -38,6 +42,21 @@ Device = Annotated[str, typer.Option("--device", help="cuda | cpu | auto (cuda w
 Precision = Annotated[str, typer.Option(
     "--precision", help="fp32 | bf16 | fp16 | auto (bf16 on a GPU that has it, else fp32); part of the "
                         "job: a checkpoint is resumed only at its own precision")]
+QuickGelu = Annotated[bool | None, typer.Option(
+    "--quickgelu/--no-quickgelu", help="build with QuickGELU (default: as the weights tag says; on for OpenAI's "
+                                       "TorchScript archives; else as the model config says)", show_default=False)]
+Triple = Annotated[str | None, typer.Option(help="three numbers R,G,B (default: the weights tag's, else OpenAI's)")]
+Interpolation = Annotated[str | None, typer.Option(
+    "--interpolation", help=f"{' | '.join(INTERPOLATIONS)} resize (default: the tag's, else bicubic)")]
+ResizeMode = Annotated[str | None, typer.Option(
+    "--resize-mode", help=f"{' | '.join(RESIZE_MODES)} (default: the tag's, else shortest)")]
+ImageSize = Annotated[int | None, typer.Option(
+    "--image-size", help="input side in pixels (default: the model config's)")]
+CacheDir = Annotated[str | None, typer.Option(
+    "--cache-dir", envvar="MICROSCOPE_WEIGHTS_CACHE",
+    help="where tags' weights are looked for, as open_clip's cache_dir: <dir>/models--…/snapshots/… and "
+         "<dir>/RN50.pt (default: the Hugging Face cache and ~/.cache/clip)")]
+
 
 EXIT_USAGE = 2
 
@@ -53,13 +72,14 @@ def clean_errors(*extra: type[BaseException]) -> Iterator[None]:
     """Turn the worker's known input errors (and `extra` ones) into `fail`."""
     from worker.corpus import CorpusError
     from worker.layers import UnknownLayer
-    from worker.models import UnknownModel, WeightsMissing
+    from worker.models import CheckpointError, UnknownModel, WeightsMissing
     from worker.precision import PrecisionMismatch
+    from worker.towers import Unsupported
 
     try:
         yield
-    except (WeightsMissing, UnknownModel, UnknownLayer, CorpusError, KeyError_, FileNotFoundError, PrecisionMismatch,
-            *extra) as e:
+    except (WeightsMissing, UnknownModel, CheckpointError, UnknownLayer, Unsupported, CorpusError, KeyError_,
+            FileNotFoundError, PrecisionMismatch, *extra) as e:
         fail(str(e))
 
 
@@ -75,16 +95,61 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def open_model(arch: str, weights: str | None = None, config_dirs: list[Path] | None = None,
-               device: str = "auto", precision: str = "fp32"):
-    """`worker.models.load_model` for a command: a bad name, missing weights or config dir exit 2.
+def _source(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, quickgelu: QuickGelu = None,
+            mean: Triple = None, std: Triple = None, interpolation: Interpolation = None,
+            resize_mode: ResizeMode = None, image_size: ImageSize = None, cache_dir: CacheDir = None) -> ModelSource:
+    """The options `model_options` adds, checked, as one object."""
+    try:
+        overrides = LoadOverrides(quickgelu, triple(mean, "mean"), triple(std, "std"), interpolation, resize_mode,
+                                  image_size, cache_dir)
+    except ValueError as e:
+        fail(str(e))
+    return ModelSource(arch, weights, tuple(str(d) for d in config_dir or ()), overrides)
+
+
+def triple(text: str | None, name: str) -> tuple[float, ...] | None:
+    """'0.5,0.5,0.5' (or spaces) -> (0.5, 0.5, 0.5)."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.replace(",", " ").split())
+    except ValueError:
+        fail(f"--{name} takes three numbers like 0.5,0.5,0.5, got {text!r}")
+
+
+_SOURCE_OPTIONS = list(inspect.signature(_source).parameters.values())  # the shared options, as typer reads them
+
+
+def model_options(command: Callable) -> Callable:
+    """Give `command` the shared model-loading options in place of its `source: ModelSource` parameter.
+
+    Why a decorator: typer has no option groups, and copying ten flags into every stage would let them drift."""
+    params = list(inspect.signature(command).parameters.values())
+    at = [p.name for p in params].index("source")
+    new = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in [*params[:at], *_SOURCE_OPTIONS, *params[at + 1:]]]
+
+    @functools.wraps(command)
+    def run(**kwargs):
+        source = _source(**{p.name: kwargs.pop(p.name) for p in _SOURCE_OPTIONS})
+        return command(source=source, **kwargs)
+
+    run.__signature__ = inspect.signature(command).replace(parameters=new)
+    run.__annotations__ = {p.name: p.annotation for p in new}
+    return run
+
+
+def open_model(source: ModelSource, device: str = "auto", precision: str = "fp32"):
+    """`worker.models.load_model` for a command: a bad name, missing or misfit weights, or an image tower
+    outside the catalogue (`worker.towers`) exit 2 with one line.
     `precision` (fp32 | bf16 | fp16 | auto) is resolved for the device and kept on the model."""
+    from worker.layers import catalogue
     from worker.models import load_model
 
     device = resolve_device(device)
     resolved = precision_for(precision, device)
     with clean_errors():
-        loaded = load_model(arch, weights, device, tuple(config_dirs or ()))
+        loaded = load_model(source.arch, source.weights, device, source.config_dirs, source.overrides)
+        catalogue(loaded)
     loaded.precision = resolved
     return loaded
 
@@ -111,3 +176,4 @@ def model_name_for(arch: str, weights: str | None) -> str:
         return check_name(name, "model")
     except KeyError_:
         fail(f"cannot make a model name from {arch!r} and {weights!r}; pass --name")
+

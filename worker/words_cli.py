@@ -2,7 +2,7 @@
 Importing this module does not import torch (the commands do, when they run)."""
 import typer
 
-from worker.options import Arch, ConfigDirs, Device, ModelName, Precision, Weights
+from worker.options import Device, ModelName, ModelSource, Precision, model_options
 
 Layer = typer.Option(None, "--layer", help="layer name (default: the penultimate layer)")
 Fonts = typer.Option("dejavu-sans,liberation-serif", help="comma-separated fonts (worker/render_text.py FONTS)")
@@ -34,16 +34,17 @@ def _plan(loaded, style: tuple[tuple[str, ...], tuple[float, ...]]):
     return RenderPlan(canvas=loaded.image_size, fonts=style[0], scales=style[1])
 
 
-def _setup(arch, weights, config_dir, name, device, precision="fp32"):
+def _setup(source: ModelSource, name, device, precision="fp32"):
     from app.settings import Settings
     from worker.options import model_name_for, open_model
     from worker.store import open_store
 
-    loaded = open_model(arch, weights, config_dir, device, precision)
-    return open_store(Settings()), loaded, name or model_name_for(arch, weights)
+    loaded = open_model(source, device, precision)
+    return open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights)
 
 
-def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+@model_options
+def words_cmd(source: ModelSource, name: ModelName = None,
               device: Device = "auto", layer: str = Layer, words: int = typer.Option(
                   10_000, min=1, help="how many of wordfreq's most common English words (digit tokens dropped)"),
               fonts: str = Fonts, scales: str = Scales, batch_size: int = BatchSize,
@@ -57,7 +58,7 @@ def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None
     from worker.words import run_words
 
     style = _style(fonts, scales)
-    store, loaded, model_name = _setup(arch, weights, config_dir, name, device, precision)
+    store, loaded, model_name = _setup(source, name, device, precision)
     start = time.perf_counter()
     with clean_errors():
         report = run_words(store, loaded, model_name, layer, common_words(words), _plan(loaded, style),
@@ -65,7 +66,8 @@ def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None
     typer.echo(f"{model_name}: {report} in {time.perf_counter() - start:.1f} s")
 
 
-def maps_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+@model_options
+def maps_cmd(source: ModelSource, name: ModelName = None,
              device: Device = "auto", layer: str = Layer,
              crops: int = typer.Option(256, min=0, help="random map crops (on top of a covering tiling)"),
              cities: int = typer.Option(300, min=1, help="how many of the largest cities to render"),
@@ -79,7 +81,7 @@ def maps_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None,
     from worker.options import clean_errors
 
     style = _style(fonts, scales)
-    store, loaded, model_name = _setup(arch, weights, config_dir, name, device, precision)
+    store, loaded, model_name = _setup(source, name, device, precision)
     start = time.perf_counter()
     with clean_errors():
         report = run_maps(store, loaded, model_name, layer, crops, seed, cities, _plan(loaded, style),

@@ -2,6 +2,7 @@
 
 A section is `columns(dialect)`: the subqueries it adds to the page's one statement (app.sections.rows),
 `build(values, ctx) -> dict | None`: its data from their values, plus a template under templates/sections/.
+A section whose data lives in cached files (modality) gives `load(session, ctx)` instead, called after.
 Add a stage's section by appending it to all_sections().
 """
 from collections.abc import Callable
@@ -21,6 +22,7 @@ class UnitContext:
     unit: Unit
     key: UnitKey
     stats: UnitStats | None
+    cache: Any = None  # app.cache.Cache: for sections whose data lives in cached files
 
     def sigma(self, value: float) -> float | None:
         """An activation in standard deviations from zero (the paper's unit)."""
@@ -36,6 +38,7 @@ class Section:
     columns: Callable[[str], dict[str, Any]]  # by dialect, over rows.UNIT_ID, MODEL_ID, LAYER
     build: Callable[[dict[str, Any], UnitContext], dict[str, Any] | None]
     empty: str  # what to say (and which command fills it) when there is no data yet
+    load: Callable[[Session, UnitContext], dict[str, Any] | None] | None = None  # data beyond the one statement
 
     @property
     def template(self) -> str:
@@ -43,7 +46,7 @@ class Section:
 
 
 def all_sections() -> list[Section]:
-    from app.sections import examples, featurevis, labels, places, stats, studies, words
+    from app.sections import examples, featurevis, labels, modality, places, stats, studies, words
 
     return [
         labels.SECTION,
@@ -51,6 +54,7 @@ def all_sections() -> list[Section]:
         stats.SECTION,
         examples.SECTION,
         words.SECTION,
+        modality.SECTION,
         places.SECTION,
         studies.SECTION,
     ]
@@ -62,4 +66,4 @@ def load_sections(session: Session, ctx: UnitContext, sections: list[Section]) -
 
     params = {"unit_id": ctx.unit.id, "model_id": ctx.model.id, "layer": ctx.layer.name}
     values = fetch(session, tuple(sections), params)
-    return {sec.name: sec.build(values[sec.name], ctx) for sec in sections}
+    return {sec.name: sec.load(session, ctx) if sec.load else sec.build(values[sec.name], ctx) for sec in sections}

@@ -38,6 +38,7 @@ def build(values: dict, ctx: UnitContext):
     run = next((r for r in values["runs"] if r["id"] == rows[0]["run_id"]), None)
     settings, report = (run["settings"] or {}, run["report"] or {}) if run else ({}, {})
     out = {"top": [], "bottom": [], "reduce": settings.get("reduce"), "signal": settings.get("signal"),
+           "signal_text": settings.get("signal_text"),
            "images": report.get("images"), "run": run["id"] if run else None}
     for r in rows:
         out.setdefault(r["sign"], []).append(example(r, ctx))

@@ -3,7 +3,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import urls
-from app.db import CurationEvent, Family, Label, UnitFamily
+from app.db import CurationEvent, Family, Label, LabelScore, UnitFamily
 from app.keys import UnitKey
 from app.sections import Section
 from app.sections.rows import UNIT_ID, fetch, json_rows, when
@@ -23,8 +23,10 @@ def label_json(r: Label | dict | None) -> dict | None:
 def label_columns(dialect: str) -> dict:
     e, uf = CurationEvent, UnitFamily
     return {
-        "history": json_rows(select(Label.text, Label.source, Label.author, Label.version, Label.created_at)
-                             .where(Label.unit_id == UNIT_ID), dialect),
+        "history": json_rows(select(Label.id, Label.text, Label.source, Label.author, Label.version,
+                                    Label.created_at).where(Label.unit_id == UNIT_ID), dialect),
+        "scores": json_rows(select(LabelScore.label_id, LabelScore.score, LabelScore.method, LabelScore.detail)
+                            .join(Label, LabelScore.label_id == Label.id).where(Label.unit_id == UNIT_ID), dialect),
         "families": json_rows(select(Family.name, Family.position, uf.source, uf.author, uf.score)
                               .join(Family, uf.family_id == Family.id).where(uf.unit_id == UNIT_ID), dialect),
         "events": json_rows(select(e.id, e.action, e.family, e.author, e.created_at, e.detail)
@@ -46,10 +48,11 @@ def build_labels(values: dict, key: UnitKey) -> dict:
         current.setdefault(r["source"], r)
     fams = sorted(values["families"], key=lambda f: (f["source"] != "human", f["position"]))
     events = sorted(values["events"], key=lambda e: (when(e["created_at"]), e["id"]), reverse=True)
-    human = current.get("human")
+    human, auto = current.get("human"), current.get("auto")
+    scores = {r["label_id"]: r for r in values["scores"]}
     return {
-        "human": label_json(human),
-        "auto": label_json(current.get("auto")),
+        "human": scored(label_json(human), scores.get(human["id"]) if human else None),
+        "auto": scored(label_json(auto), scores.get(auto["id"]) if auto else None),
         "families": [{"name": f["name"], "source": f["source"], "url": urls.family(f["name"]),
                       "author": f["author"], "score": f["score"]} for f in fams],
         "history": [label_json(r) for r in history],
@@ -64,6 +67,22 @@ def build_labels(values: dict, key: UnitKey) -> dict:
 def label_data(session: Session, unit_id: int, key: UnitKey) -> dict:
     """The labels section alone (the label and family edit pages), in one SELECT."""
     return build_labels(fetch(session, (SECTION,), {"unit_id": unit_id})["labels"], key)
+
+
+def label_scores(session: Session, label_ids: list[int]) -> dict[int, LabelScore]:
+    """label id -> its faithfulness row (the concepts views read it for many labels at once)."""
+    if not label_ids:
+        return {}
+    return {s.label_id: s for s in session.scalars(select(LabelScore).where(LabelScore.label_id.in_(label_ids)))}
+
+
+def scored(label: dict | None, score: dict | None) -> dict | None:
+    """The label with its faithfulness (worker/selflabels.py): held-out AUC, method, runner-up concepts."""
+    if label is not None:
+        label["faithfulness"] = None if score is None else {
+            "auc": None if score["score"] is None else round(score["score"], 3), "method": score["method"],
+            "concepts": (score["detail"] or {}).get("concepts"), "heldout": (score["detail"] or {}).get("heldout")}
+    return label
 
 
 SECTION = Section("labels", "Labels and families", label_columns,

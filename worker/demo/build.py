@@ -76,6 +76,8 @@ STAGES: list[str] = [
     "worker.demo.text_stages:emotions_stage",
     "worker.demo.text_stages:typographic_stage",
     "worker.demo.text_stages:stroop_stage",
+    "worker.modality:demo_stage",  # modality profiles of layer4 over the corpus's caption concepts (reads the matrix)
+    "worker.selflabels:demo_stage",  # caption-free labels by the model's own text tower, with held-out AUC
 ]
 
 
@@ -106,7 +108,8 @@ def prepare(settings: Settings, device: str = "cpu", loaded=None, corpus: Path |
     with store.sessions.begin() as session:
         kept = forget_other_weights(session, digest)
         model = register_model(session, DEMO_MODEL, arch=loaded.arch, weights=loaded.weights,
-                               image_size=loaded.image_size, layers=catalogue(loaded), description=DESCRIPTION)
+                               image_size=loaded.image_size, layers=catalogue(loaded), description=DESCRIPTION,
+                               load=loaded.record())
         if not kept:
             finish_run(session, start_run(session, WEIGHTS_STAGE, model, {"sha256": digest}), {})
     return DemoContext(settings, store, loaded, DEMO_MODEL, corpus, corpus / MANIFEST)
