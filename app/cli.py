@@ -1,5 +1,7 @@
 """The `microscope` command: database, server, demo and (lazily, with torch) the worker."""
 import socket
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -61,6 +63,41 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option
                 # longer than proxies' and clients' idle timeouts, so the server is not the side that closes a
                 # connection just as a request arrives on it (the client then sees a reset, not a response)
                 timeout_keep_alive=keep_alive)
+
+
+@cli.command("export")
+def export_cmd(model: str = typer.Argument(..., help="model name, as in its URL"),
+               layer: Annotated[list[str] | None, typer.Option(help="a layer to export (repeatable; default all)")]
+               = None,
+               fmt: Annotated[str, typer.Option("--format", help="parquet | jsonl")] = "parquet",
+               out: Annotated[Path | None, typer.Option(help="output folder (default export/MODEL)")] = None,
+               progress: bool = True):
+    """Write every unit's statistics, examples, words, places, labels and families as tables (docs/export.md)."""
+    from app.export import ExportError, export
+
+    with store_session() as session:
+        try:
+            counts = export(session, model, out or Path("export") / model, fmt, layer, progress)
+        except ExportError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(", ".join(f"{table} {n}" for table, n in counts.items()) + f" rows in {out or Path('export') / model}")
+
+
+@contextmanager
+def store_session():
+    """A read-only session of the store (one snapshot, as the pages read), closed after."""
+    from app.db import make_engine, make_sessionmaker
+    from app.deps import read_snapshot
+
+    settings = Settings()
+    engine = make_engine(settings.db_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            read_snapshot(session)
+            yield session
+    finally:
+        engine.dispose()
 
 
 demo_cli = typer.Typer(help="The embedded demo model: build the demo store and serve it, or train, evaluate, "

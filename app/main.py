@@ -57,12 +57,14 @@ def routers():
         probe,
         search,
         studies,
+        units,
         words,
     )
 
     # attacks, emotions and concepts before browse: its /models/{model}/{layer}/… would catch their URLs
     return [attacks.router, emotions.router, concepts.router, browse.router, login.router, labels.router,
-            families.router, studies.router, words.router, probe.router, search.router, heatmaps.router]
+            families.router, studies.router, words.router, probe.router, search.router, heatmaps.router,
+            units.router]
 
 
 def add_cache_route(app: FastAPI) -> None:

@@ -49,6 +49,11 @@ def search(q: str = "", **params) -> str:
     return "/search" + _q(q=q, **params)
 
 
+def units_api(**params) -> str:
+    """The units listing (app/views/units.py) with its filters, sort and page."""
+    return "/api/units" + _q(**params)
+
+
 def as_json(url: str) -> str:
     path, sep, query = url.partition("?")
     if path == "/":

@@ -27,6 +27,6 @@ def load(session, ctx: UnitContext):
             "direction_url": urls.direction(ctx.key.model, ctx.key.layer, best)}
 
 
-SECTION = Section("modality", "Modality profile", load,
+SECTION = Section("modality", "Modality profile", lambda _dialect: {}, lambda _values, _ctx: None,
                   "No modality profile yet: run `microscope worker modality ARCH --name MODEL` "
-                  "(after `worker examples`).")
+                  "(after `worker examples`).", load=load)

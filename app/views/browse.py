@@ -2,15 +2,15 @@
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from app import urls
-from app.db import FeatureVis, Label, Model, Unit, UnitStats
+from app.db import FeatureVis, Label, Layer, Model, Unit, UnitStats
 from app.deps import SessionDep, SettingsDep
-from app.keys import UnitKey, parse_unit
+from app.keys import KeyError_, UnitKey, parse_unit
 from app.lookup import NotFound, get_layer, get_model, get_unit, unit_range_text
 from app.pagecache import CacheableDep
-from app.sections import UnitContext, all_sections
+from app.sections import UnitContext, all_sections, load_sections
 from app.web import respond
 
 router = APIRouter(dependencies=[CacheableDep])  # pure functions of the store: app.pagecache keeps them
@@ -113,27 +113,46 @@ def page_units(session, cache, la, sort: str, page: int, size: int):
     return [found[i] for i in order if i in found], scores
 
 
+UNIT_CONTEXT = (  # built once: the neuron page's first statement, with its unit as bound parameters
+    select(Model, Layer, Unit, UnitStats).join(Layer, Layer.model_id == Model.id)
+    .join(Unit, Unit.layer_id == Layer.id).outerjoin(UnitStats, UnitStats.unit_id == Unit.id)
+    .where(Model.name == bindparam("model"), Layer.name == bindparam("layer"), Unit.index == bindparam("index"),
+           Unit.index < Layer.n_units)
+)
+
+
+def unit_context(session, cache, model: str, layer: str, unit: str) -> UnitContext:
+    """Model, layer, unit and statistics in one joined SELECT; a miss goes through get_unit for its 404/422."""
+    try:
+        index = parse_unit(unit)
+    except KeyError_:
+        index = None
+    row = None if index is None or index >= 2**31 else session.execute(  # beyond INTEGER: get_unit's 404
+        UNIT_CONTEXT, {"model": model, "layer": layer, "index": index}).first()
+    if row is None:
+        get_unit(session, model, layer, unit)  # raises, naming what exists
+    m, la, u, stats = row
+    return UnitContext(m, la, u, UnitKey(m.name, la.name, u.index), stats, cache)
+
+
 @router.get("/models/{model}/{layer}/{unit}", name="neuron")
 def neuron_page(request: Request, session: SessionDep, settings: SettingsDep, model: str, layer: str, unit: str):
-    la, u = get_unit(session, model, layer, unit)
-    key = UnitKey(la.model.name, la.name, u.index)
-    ctx = UnitContext(la.model, la, u, key, session.get(UnitStats, u.id), request.app.state.cache)
-    sections = []
-    for sec in all_sections():
-        sections.append({"name": sec.name, "title": sec.title, "template": sec.template,
-                         "empty": sec.empty, "data": sec.load(session, ctx)})
-    by_name = {s["name"]: s["data"] for s in sections}
+    ctx = unit_context(session, request.app.state.cache, model, layer, unit)
+    la, u, key = ctx.layer, ctx.unit, ctx.key
+    loaded = load_sections(session, ctx, all_sections())
+    sections = [{"name": sec.name, "title": sec.title, "template": sec.template, "empty": sec.empty,
+                 "data": loaded[sec.name]} for sec in all_sections()]
     base = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
     data = {
         "key": key.path, "model": key.model, "layer": key.layer, "unit": key.unit,
-        "title": neuron_title(key, by_name.get("labels")),
+        "title": neuron_title(key, loaded.get("labels")),
         "url": urls.neuron(key), "share_url": base + urls.neuron(key),
         "prev": urls.neuron(UnitKey(model, layer, u.index - 1)) if u.index > 0 else None,
         "next": urls.neuron(UnitKey(model, layer, u.index + 1)) if u.index + 1 < la.n_units else None,
         "layer_url": urls.layer(model, layer, page=u.index // settings.page_size + 1),
         "range": unit_range_text(la),
-        "og_image": og_image(base, by_name),
-        "sections": {s["name"]: s["data"] for s in sections},
+        "og_image": og_image(base, loaded),
+        "sections": loaded,
     }
     return respond(request, "neuron.html", data, section_list=sections)
 
