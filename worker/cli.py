@@ -223,6 +223,7 @@ def build_cmd(arch: Arch, weights: Weights = None,
               force: list[str] = typer.Option([], help="rerun these stages even when up to date"),
               word_list: str = typer.Option("clean", help="words stage: clean (common words without profanity "
                                                           "and slurs) | common (the paper's 10,000)"),
+              words: int = typer.Option(10_000, min=1, help="words stage: drawn from this many most common words"),
               progress: bool = typer.Option(True, "--progress/--no-progress")):
     """Run every stage that applies to the model, in dependency order, skipping what is up to date."""
     from pathlib import Path
@@ -242,7 +243,7 @@ def build_cmd(arch: Arch, weights: Weights = None,
     loaded = open_model(arch, weights, config_dir, device)
     ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(arch, weights),
                        Path(corpus).expanduser() if corpus else None, tuple(layers),
-                       {"words": {"list": word_list}}, tuple(config_dir or ()), progress)
+                       {"words": {"list": word_list, "n": words}}, tuple(config_dir or ()), progress)
     with clean_errors():
         ctx.layer_names()
         outcomes = run_pipeline(ctx, only=only, skip=skip, force=force)

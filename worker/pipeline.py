@@ -46,7 +46,9 @@ class SerialExecutor:
     executor keeps the shape: compute per item on workers, merge and write where the store is."""
 
     def run(self, stage: Stage, ctx: BuildContext, run_id: int) -> dict:
-        parts = [stage.compute(ctx, item) for item in stage.items(ctx)]
+        items = stage.items(ctx)
+        bar = tqdm(items, desc=stage.name, unit="item", leave=False, disable=not ctx.progress or len(items) < 2)
+        parts = [stage.compute(ctx, item) for item in bar]
         return stage.write(ctx, stage.merge(ctx, parts), run_id)
 
 
