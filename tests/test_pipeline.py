@@ -304,3 +304,22 @@ def test_help_lists_the_commands_in_pipeline_order():
     assert [c for c in worker if c in STAGE_NAMES] == list(STAGE_NAMES)
     assert worker[:2] == ["layers", "register"]
 
+
+
+def test_a_worker_command_skips_its_stage_like_the_build(settings, checkpoint):
+    """`microscope worker stroop` twice: the second run is up to date (one mechanism), --force reruns it.
+    (A random-init model is another model at every load, so its stages always rerun: weights here.)"""
+    from app.liveserver import settings_env
+    from worker.cli import worker_cli
+
+    args = ["stroop", "tiny-rn", "--weights", checkpoint.weights, "--config-dir", str(CONFIG_DIR), "--name", "tiny",
+            "--device", "cpu"]
+    first = CliRunner().invoke(worker_cli, args, env=settings_env(settings))
+    again = CliRunner().invoke(worker_cli, args, env=settings_env(settings))
+    assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
+    assert "up to date" not in first.output and "tiny: stroop is up to date" in again.output
+    assert first.output.splitlines()[-1] == again.output.splitlines()[-1]  # the same results, read back
+    forced = CliRunner().invoke(worker_cli, [*args, "--force"], env=settings_env(settings))
+    assert forced.exit_code == 0 and "up to date" not in forced.output
+    with open_store(settings).sessions() as s:
+        assert s.scalars(select(Run.status).where(Run.stage == "stroop")).all() == ["done", "done"]

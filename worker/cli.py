@@ -3,32 +3,8 @@ torch only when it runs. Commands are plain functions; `WORKER_COMMANDS` (pipeli
 import typer
 
 from worker.featurevis.cli import featurevis_cmd
-from worker.options import Arch, ConfigDirs, Device, ModelName, Weights, command_group
+from worker.options import Arch, ConfigDirs, Device, Force, ModelName, Weights, command_group, run_stage
 from worker.words_cli import maps_cmd, regions_cmd, words_cmd
-
-Force = typer.Option(False, "--force", help="recompute even when the store is up to date")
-
-
-# -- one stage through the pipeline: the same skipping as `microscope build --only STAGE` ----------------
-def run_stage(stage: str, arch: str, weights: str | None, config_dir, name: str | None, device: str,
-              options: dict, force: bool) -> tuple[str, dict]:
-    """Load the model, run `stage` alone through the pipeline (skipped while up to date unless `force`);
-    (model name, the report of its last finished run). A failure or a reason it does not apply: one line."""
-    from app.settings import Settings
-    from worker.options import fail, model_name_for, open_model
-    from worker.pipeline import last_done, run_pipeline
-    from worker.stage import BuildContext
-    from worker.store import open_store
-
-    loaded = open_model(arch, weights, config_dir, device)
-    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(arch, weights), None, (),
-                       {stage: options}, tuple(config_dir or ()))
-    (got,) = run_pipeline(ctx, only=[stage], force=[stage] if force else [], echo=lambda _: None)
-    if got.status == "failed" or (got.status == "skipped" and got.fingerprint is None):
-        fail(got.reason)
-    if got.status == "skipped":
-        typer.echo(f"{ctx.model_name}: {stage} is up to date, its last run's results (--force reruns it):")
-    return ctx.model_name, last_done(ctx, stage).report
 
 
 # -- the text side: emotion composition, typographic attacks, Stroop (worker/emotions.py, typographic.py, stroop.py)

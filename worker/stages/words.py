@@ -13,6 +13,11 @@ def stage_words(ctx: BuildContext) -> list[str]:
     return word_list(ctx.option("words", "list", DEFAULT), ctx.option("words", "n", 10_000))
 
 
+def chunk(ctx: BuildContext) -> int:
+    """Words per item (a checkpoint each): speed and resumption only, so not a setting."""
+    return ctx.option("words", "chunk_size", CHUNK)
+
+
 def plan(ctx: BuildContext):
     from worker.text_scores import default_plan
 
@@ -40,7 +45,8 @@ class Words(Stage):
         words, out = stage_words(ctx), []
         for layer in ctx.layer_names():
             job = words_job(ctx.model_name, layer, settings_hash(words_settings(ctx.loaded, layer, words, plan(ctx))))
-            out += [Item(f"{layer}:{i}", (layer, i, start, job)) for i, start in enumerate(range(0, len(words), CHUNK))]
+            starts = range(0, len(words), chunk(ctx))
+            out += [Item(f"{layer}:{i}", (layer, i, start, job)) for i, start in enumerate(starts)]
         return out
 
     def compute(self, ctx: BuildContext, item: Item) -> tuple[str, np.ndarray, np.ndarray, bool]:
@@ -55,7 +61,7 @@ class Words(Stage):
             return (layer, *done, True)
         loaded = ctx.loaded
         with channels_last(loaded):
-            done = score_texts(layer_reader(loaded, layer), stage_words(ctx)[start:start + CHUNK], plan(ctx),
+            done = score_texts(layer_reader(loaded, layer), stage_words(ctx)[start:start + chunk(ctx)], plan(ctx),
                                loaded.mean, loaded.std, ctx.option("words", "batch_size", 256), loaded.device)
         checkpoints.save(i, *done)
         return (layer, *done, False)
