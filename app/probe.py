@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from app.cache import Cache
 from app.db import Artifact, Layer, Model
 from app.paths import ROOT
+from app.probe_images import data_uri
 
 READOUT = "readout"  # the artifact name worker/attribution.py writes
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -131,6 +132,22 @@ def _image_activations(loaded, image, layer: str) -> np.ndarray:
         raise ProbeUnavailable(f"{loaded.arch} cannot be probed at layer {layer}: {e}", 409) from e
 
 
+def _typographic_lab(loaded, image, text: str, labels: list[str], k: int) -> dict:
+    """Runs on the probe thread: zero-shot top classes before and after writing `text` on the image."""
+    from worker.typographic import Attack, try_attack
+
+    if not labels:
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        labels = list(IMAGENET_CLASSNAMES)
+    attack = Attack.parse(text)
+    labels = list(dict.fromkeys([*labels, attack.target]))
+    out = try_attack(loaded, image, attack.text, labels, k=k)
+    before, after = out.pop("images")
+    return {**out, "text": attack.text, "target": attack.target, "classes": len(labels),
+            "before_image": data_uri(before, 224), "after_image": data_uri(after, 224)}
+
+
 class ProbeEngine:
     """The per-process probe thread, the models it loaded (at most `max_models`), and small caches."""
 
@@ -195,6 +212,10 @@ class ProbeEngine:
     def image_activations(self, spec: ModelSpec, image) -> np.ndarray:
         """The image's activation maps (units, h, w) at the spec's layer."""
         return self._run(spec, _image_activations, image, spec.layer)
+
+    def typographic_lab(self, spec: ModelSpec, image, text: str, labels: list[str], k: int) -> dict:
+        """Zero-shot top-k classes of `image` before and after `text` is written on it (the attack lab)."""
+        return self._run(spec, _typographic_lab, image, text, labels, k)
 
     def readout(self, cache: Cache, artifact: Artifact) -> np.ndarray:
         """The stored read-out matrix (units × embed_dim), read with numpy once per file."""

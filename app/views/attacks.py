@@ -13,7 +13,7 @@ from app.db import Image, Model, Run
 from app.deps import CacheDep, SessionDep
 from app.lookup import NotFound, get_model
 from app.probe import ProbeBusy, ProbeUnavailable, engine_of, spec_for
-from app.probe_images import MAX_BYTES, BadImage, data_uri, read_image
+from app.probe_images import MAX_BYTES, BadImage, read_image
 from app.views.probe import parse_k, probe_error, uploaded_image
 from app.web import error_page, respond
 
@@ -92,22 +92,6 @@ def default_labels(session: Session, model: Model) -> tuple[list[str], str]:
     return [], "the 1,000 ImageNet classes"
 
 
-def _lab(loaded, image, text: str, labels: list[str], k: int) -> dict:
-    """Runs on the probe thread: zero-shot top classes before and after writing `text` on the image."""
-    from worker.typographic import Attack, try_attack
-
-    if not labels:
-        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-        labels = list(IMAGENET_CLASSNAMES)
-    attack = Attack.parse(text)
-    labels = list(dict.fromkeys([*labels, attack.target]))
-    out = try_attack(loaded, image, attack.text, labels, k=k)
-    before, after = out.pop("images")
-    return {**out, "text": attack.text, "target": attack.target, "classes": len(labels),
-            "before_image": data_uri(before, 224), "after_image": data_uri(after, 224)}
-
-
 def lab_data(session: Session, m: Model, text: str, labels: list[str], k: int) -> dict:
     stored = session.scalars(select(Image).order_by(Image.id.desc()).limit(STORED_IMAGES)).all()
     chosen, where = (labels, "your classes") if labels else default_labels(session, m)
@@ -123,7 +107,7 @@ def run_lab(request: Request, session: Session, data: dict, m: Model, img, sourc
         return error_page(request, 422, "Type the attack text (a word, or TEXT=CLASS).")
     try:
         spec = spec_for(session, m)
-        result = engine_of(request.app)._run(spec, _lab, img, data["text"], classes, data["k"])
+        result = engine_of(request.app).typographic_lab(spec, img, data["text"], classes, data["k"])
     except (ProbeBusy, ProbeUnavailable) as e:
         return probe_error(request, e)
     after_top = result["after"][0]["label"] if result["after"] else None
