@@ -19,8 +19,10 @@ and implements
 The fingerprint (`fingerprint`) hashes the settings, the inputs (the model's weights, the corpus when the
 stage reads it, the fingerprints of the stages it reads) and the code version. `worker.pipeline` records it
 in the stage's `runs` row and skips the stage while a finished run carries the same one. An executor runs
-items -> merge -> write; `worker.pipeline.SerialExecutor` does it in this process, a distributed one can run
-`compute` elsewhere unchanged, since items, parts and the context are plain data and the model.
+items -> merge -> write; `worker.pipeline.SerialExecutor` does it in this process. A distributed one can run
+`compute` on workers unchanged: items and partial results are plain (picklable) data, and compute only reads
+(the model, the cache, the store) and writes nothing but its cache checkpoints; merge and write run where
+the store is.
 """
 from __future__ import annotations
 
