@@ -108,8 +108,11 @@ def settings_hash(settings: dict) -> str:
 
 
 def model_fingerprint(loaded) -> str:
-    """A hash of the image tower's weights, so checkpoints of another model or training run never mix."""
+    """A hash of the image tower's weights, so checkpoints of another model or training run never mix,
+    and of its precision unless fp32 (so results computed before precision was recorded keep theirs)."""
     h = hashlib.sha1(loaded.arch.encode())
+    if getattr(loaded, "precision", "fp32") != "fp32":
+        h.update(f"precision={loaded.precision}".encode())
     for name, p in sorted(loaded.visual.state_dict().items()):
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
@@ -129,12 +132,12 @@ def file_digest(path: str, size: int, mtime_ns: int) -> str:
 def model_digest(loaded) -> str:
     """What tells this model's neurons apart: its weights file's digest, a weights tag, or (random init)
     the image tower's parameters."""
-    weights = str(loaded.weights or "")
-    path = Path(weights)
+    weights, precision = str(loaded.weights or ""), getattr(loaded, "precision", "fp32")
+    path, at = Path(weights), "" if precision == "fp32" else f"@{precision}"
     if weights and path.is_file():
         stat = path.stat()
-        return f"{loaded.arch}:{file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}"
-    return f"{loaded.arch}:{weights}" if weights else model_fingerprint(loaded)
+        return f"{loaded.arch}:{file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}{at}"
+    return f"{loaded.arch}:{weights}{at}" if weights else model_fingerprint(loaded)
 
 
 def corpus_digest(corpus: Path | None) -> str | None:

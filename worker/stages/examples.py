@@ -19,7 +19,8 @@ class Examples(Stage):
 
     def settings(self, ctx: BuildContext) -> dict:
         opts = options(ctx)
-        return {"layers": ctx.layer_names(), "k": opts.k, "reduce": opts.reduce, "samples": opts.samples}
+        return {"layers": ctx.layer_names(), "k": opts.k, "reduce": opts.reduce, "samples": opts.samples,
+                "precision": opts.precision}
 
     def compute(self, ctx: BuildContext, item: Item) -> None:
         """The image stream, its checkpoints and the write are one call today (`run_examples`); the corpus
