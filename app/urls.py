@@ -150,3 +150,20 @@ def probe(q: str = "", **params) -> str:
 
 def probe_image(**params) -> str:
     return "/probe/image" + _q(**params)
+
+
+def modality(model_name: str, layer_name: str) -> str:
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/modality"
+
+
+def direction(model_name: str, layer_name: str, q: str = "", **params) -> str:
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/direction" + _q(q=q, **params)
+
+
+def layer_sorted(model_name: str, layer_name: str, sort: str, page: int | None = None) -> str:
+    return f"/models/{quote(model_name)}/{quote(layer_name)}" + _q(sort=sort, page=page if page and page > 1 else None)
+
+
+def directions(model_name: str, layer_name: str) -> str:
+    """Where a direction is saved (POST)."""
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/directions"

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitStats, now
 from app.keys import UnitKey
+from worker.activations import matrix_sink, register_matrices
 from worker.allocator import keep_freed_memory
 from worker.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, Shard, survey
 from worker.device_decode import DeviceDecoder
@@ -136,6 +137,7 @@ class LayerState:
         self.moments.update(high, valid)
         self.sketch.update(high, valid)
         self.samples.update(high, hashes, entries, valid)
+        self.pooled = high  # the (B, U) values it ranks by: the activation matrix's rows (worker/activations.py)
         return int(valid.numel() - valid.sum())
 
     def merge(self, other: "LayerState") -> None:
@@ -167,8 +169,9 @@ class Progress:
     cursor: int = 0
     counts: Counter = field(default_factory=Counter)  # images, duplicates, skipped:<reason>
 
-    def absorb(self, batch: Batch, forward, reduce: str, device: torch.device) -> None:
-        """Fold one decoded batch in: drop duplicates, run the model, update every layer."""
+    def absorb(self, batch: Batch, forward, reduce: str, device: torch.device, sink=None) -> None:
+        """Fold one decoded batch in: drop duplicates, run the model, update every layer (and hand the
+        pooled values to `sink`, the activation matrix writer, when there is one)."""
         fresh = self.seen.first_seen(batch.hashes)
         self.counts["images"] += int(fresh.sum())
         self.counts["duplicates"] += int((~fresh).sum())
@@ -180,6 +183,8 @@ class Progress:
             with one_thread(device):
                 for name, state in self.layers.items():
                     self.counts[f"non-finite:{name}"] += state.update(acts[name], hashes, entries, reduce)
+                    if sink is not None:
+                        sink.add(name, state.pooled, hashes, entries)
         self.cursor = batch.number + 1
 
     def merge(self, other: "Progress") -> None:
@@ -234,9 +239,12 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
     if progress is None:
         progress = Progress({s.name: LayerState(s.n_units, opts.k, grid, loaded.device)
                              for s, grid in zip(specs, probe_grids(loaded, specs), strict=True)})
+    sink = matrix_sink(store.settings.data_dir, job, opts.shard, specs, signal).open(progress.counts["images"])
     started = time.monotonic()
     done_before = progress.counts["images"]
-    stream(loaded, job.corpus, job.entries, progress, opts, lambda p: save_checkpoint(checkpoint, p))
+    stream(loaded, job.corpus, job.entries, progress, opts,
+           lambda p: (sink.commit(), save_checkpoint(checkpoint, p)), sink)  # rows first: the checkpoint trusts them
+    folders = sink.finish()
     seconds = time.monotonic() - started
     timing = {"seconds": round(seconds, 3),
               "images_per_s": round((progress.counts["images"] - done_before) / max(seconds, 1e-9), 2)}
@@ -252,6 +260,7 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
     report = make_report(job, progress, opts, timing)
     writing = time.monotonic()
     report["vanished"] = write_results(store, job, specs, progress, opts, run_id, signal)
+    register_matrices(store, job.model, folders, run_id)
     timing["write_seconds"] = round(time.monotonic() - writing, 3)
     close_run(store, run_id, report)
     checkpoint.unlink(missing_ok=True)
@@ -263,7 +272,8 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
 def register(store: Store, loaded: LoadedModel, model_name: str) -> None:
     """Create (or update) the model, all its catalogued layers and their unit rows."""
     with store.sessions.begin() as session:
-        register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded))
+        register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded),
+                       load=loaded.record())
 
 
 def probe_grids(loaded: LoadedModel, specs: list[LayerSpec]) -> list[tuple[int, int]]:
@@ -275,7 +285,7 @@ def probe_grids(loaded: LoadedModel, specs: list[LayerSpec]) -> list[tuple[int, 
 
 
 def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opts: ExampleOptions,
-           save) -> None:
+           save, sink=None) -> None:
     """Run the corpus through the model from `progress.cursor` on, checkpointing as it goes."""
     device = loaded.device
     keep_freed_memory()
@@ -300,7 +310,7 @@ def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opt
         for batch in loader:
             if batch.number != progress.cursor:
                 raise RuntimeError(f"corpus batches out of order: got {batch.number}, expected {progress.cursor}")
-            progress.absorb(decoder.finish(batch) if decoder else batch, forward, opts.reduce, device)
+            progress.absorb(decoder.finish(batch) if decoder else batch, forward, opts.reduce, device, sink)
             bar.update(batch.n_entries)
             bar.set_postfix(images=progress.counts["images"], refresh=False)
             if time.monotonic() - last_save >= opts.checkpoint_seconds:

@@ -53,14 +53,18 @@ def open_store(settings: Settings | None = None) -> Store:
 
 
 def register_model(session: Session, name: str, arch: str, weights: str | None, image_size: int,
-                   layers: list[LayerSpec], description: str = "") -> Model:
-    """Create or update a model and its layers, with one unit row per neuron."""
+                   layers: list[LayerSpec], description: str = "", load: dict | None = None) -> Model:
+    """Create or update a model and its layers, with one unit row per neuron.
+
+    `load`: how the model was built (`LoadedModel.record()`), kept so the server's probes rebuild the same one."""
     model = session.scalar(select(Model).where(Model.name == name))
     if model is None:
         model = Model(name=name, arch=arch, weights=weights, image_size=image_size, description=description)
         session.add(model)
         session.flush()
     model.arch, model.weights, model.image_size = arch, weights, image_size
+    if load is not None:
+        model.load = load
     model.description = description or model.description
     existing = {la.name: la for la in model.layers}
     for pos, spec in enumerate(layers):

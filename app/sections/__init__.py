@@ -20,6 +20,7 @@ class UnitContext:
     unit: Unit
     key: UnitKey
     stats: UnitStats | None
+    cache: Any = None  # app.cache.Cache: for sections whose data lives in cached files
 
     def sigma(self, value: float) -> float | None:
         """An activation in standard deviations from zero (the paper's unit)."""
@@ -41,7 +42,7 @@ class Section:
 
 
 def all_sections() -> list[Section]:
-    from app.sections import examples, featurevis, labels, places, stats, studies, words
+    from app.sections import examples, featurevis, labels, modality, places, stats, studies, words
 
     return [
         labels.SECTION,
@@ -49,6 +50,7 @@ def all_sections() -> list[Section]:
         stats.SECTION,
         examples.SECTION,
         words.SECTION,
+        modality.SECTION,
         places.SECTION,
         studies.SECTION,
     ]

@@ -1,4 +1,5 @@
 """Home, model, layer grid and neuron pages: the hierarchy that stable URLs mirror."""
+import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import func, select
@@ -57,7 +58,9 @@ def labels_for(session, unit_ids: list[int]) -> dict[int, dict]:
 
 @router.get("/models/{model}/{layer}", name="layer")
 def layer_page(request: Request, session: SessionDep, settings: SettingsDep, model: str, layer: str,
-               page: int = Query(1, ge=1), unit: str | None = None):
+               page: int = Query(1, ge=1), unit: str | None = None,
+               sort: str = Query("unit", pattern="^(unit|multimodal)$",
+                                 description="unit: by index; multimodal: most multimodal first")):
     la = get_layer(session, model, layer)
     if unit is not None:  # the jump-to-unit form
         key = UnitKey(model, layer, parse_unit(unit.strip()))
@@ -68,28 +71,53 @@ def layer_page(request: Request, session: SessionDep, settings: SettingsDep, mod
     if page > pages:
         raise NotFound(f"{la.model.name} {la.name} has {pages} page(s) of {size} units; no page {page}.",
                        [("first page", urls.layer(model, layer))])
-    units = session.scalars(
-        select(Unit).where(Unit.layer_id == la.id).order_by(Unit.index).offset((page - 1) * size).limit(size)
-    ).all()
+    units, scores = page_units(session, request.app.state.cache, la, sort, page, size)
     ids = [u.id for u in units]
     thumbs, labels = thumbs_for(session, ids), labels_for(session, ids)
+    link = (lambda p: urls.layer_sorted(model, layer, sort, p)) if sort != "unit" else \
+        (lambda p: urls.layer(model, layer, p))
     data = {
         "model": model, "layer": {"name": la.name, "n_units": la.n_units, "module": la.module},
-        "page": page, "pages": pages, "total": total,
-        "prev": urls.layer(model, layer, page - 1) if page > 1 else None,
-        "next": urls.layer(model, layer, page + 1) if page < pages else None,
+        "page": page, "pages": pages, "total": total, "sort": sort,
+        "sorts": {"unit": urls.layer(model, layer),
+                  "multimodal": urls.layer_sorted(model, layer, "multimodal") if scores is not None else None},
+        "modality_url": urls.modality(model, layer) if scores is not None else None,
+        "prev": link(page - 1) if page > 1 else None,
+        "next": link(page + 1) if page < pages else None,
         "units": [{"unit": u.index, "url": urls.neuron(UnitKey(model, layer, u.index)),
                    "thumb": thumbs.get(u.id), "label": labels.get(u.id, {}).get("text"),
-                   "label_auto": labels.get(u.id, {}).get("auto", False)} for u in units],
+                   "label_auto": labels.get(u.id, {}).get("auto", False),
+                   "multimodality": score_of(scores, u.index)} for u in units],
     }
     return respond(request, "layer.html", data)
+
+
+def score_of(scores, index: int) -> float | None:
+    return None if scores is None or index >= len(scores) else round(float(scores[index]), 3)
+
+
+def page_units(session, cache, la, sort: str, page: int, size: int):
+    """One page of the layer's units in the asked order, and the multimodality scores (None if not computed)."""
+    from app.modality import layer_profiles
+
+    profiles = layer_profiles(session, cache, la)
+    scores = None if profiles is None else np.asarray(profiles.score)
+    if sort == "multimodal" and scores is None:
+        raise NotFound(f"{la.model.name} {la.name} has no multimodality scores yet: run `microscope worker modality`.",
+                       [("by unit", urls.layer(la.model.name, la.name))])
+    if sort == "unit":
+        return session.scalars(select(Unit).where(Unit.layer_id == la.id).order_by(Unit.index)
+                               .offset((page - 1) * size).limit(size)).all(), scores
+    order = [int(i) for i in np.argsort(-scores, kind="stable")[(page - 1) * size:page * size]]
+    found = {u.index: u for u in session.scalars(select(Unit).where(Unit.layer_id == la.id, Unit.index.in_(order)))}
+    return [found[i] for i in order if i in found], scores
 
 
 @router.get("/models/{model}/{layer}/{unit}", name="neuron")
 def neuron_page(request: Request, session: SessionDep, settings: SettingsDep, model: str, layer: str, unit: str):
     la, u = get_unit(session, model, layer, unit)
     key = UnitKey(la.model.name, la.name, u.index)
-    ctx = UnitContext(la.model, la, u, key, session.get(UnitStats, u.id))
+    ctx = UnitContext(la.model, la, u, key, session.get(UnitStats, u.id), request.app.state.cache)
     sections = []
     for sec in all_sections():
         sections.append({"name": sec.name, "title": sec.title, "template": sec.template,
