@@ -126,16 +126,19 @@ def _embed(loaded, texts: list[str]) -> np.ndarray:
         raise ProbeUnavailable(f"{loaded.arch} cannot embed text here: {e}", 409) from e
 
 
-def _image_activations(loaded, image, layer: str) -> np.ndarray:
+def _image_activations(loaded, image, layer: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(values (units,), maps (units, h, w), what the value is): the numbers the examples stage ranks by,
+    from the same definition (`worker.layers.unit_values`)."""
     import torch
 
-    from worker.layers import activations
+    from worker.layers import signal_description, unit_values
 
     try:
         with torch.inference_mode():
             x = loaded.preprocess(image).unsqueeze(0).to(loaded.device)
-            return activations(loaded, x, [layer])[layer][0].float().cpu().numpy()
-    except ValueError as e:  # a stored layer name the loaded model's catalogue doesn't know
+            values, maps = unit_values(loaded, x, layer)
+            return values[0].float().cpu().numpy(), maps[0].float().cpu().numpy(), signal_description(loaded)
+    except ValueError as e:  # a stored layer name the loaded model's catalogue doesn't know, or no catalogue
         raise ProbeUnavailable(f"{loaded.arch} cannot be probed at layer {layer}: {e}", 409) from e
 
 
@@ -216,8 +219,8 @@ class ProbeEngine:
                 self._texts.popitem(last=False)
         return vec
 
-    def image_activations(self, spec: ModelSpec, image) -> np.ndarray:
-        """The image's activation maps (units, h, w) at the spec's layer."""
+    def image_activations(self, spec: ModelSpec, image) -> tuple[np.ndarray, np.ndarray, str]:
+        """The image's unit values (units,), maps (units, h, w) and the value's description at the spec's layer."""
         return self._run(spec, _image_activations, image, spec.layer)
 
     def typographic_lab(self, spec: ModelSpec, image, text: str, labels: list[str], k: int) -> dict:

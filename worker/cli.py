@@ -83,17 +83,21 @@ def stroop_cmd(source: ModelSource, name: ModelName = None, device: Device = "au
 # -- model frame and dataset examples (shared model options: worker/options.py) ---------------------
 @model_options
 def layers_cmd(source: ModelSource, device: Device = "cpu"):
-    """List the model's neuron layers with their unit counts (the default layer is marked *)."""
-    from worker.layers import catalogue
+    """List the model's neuron layers with their unit counts (the default layer is marked *), what a neuron
+    is in its tower family and which value of it the examples, probes and feature vis show."""
+    from worker.layers import catalogue, family_of, signal_description
     from worker.options import open_model
+    from worker.towers import tower_name
 
     loaded = open_model(source, device)
-    specs = catalogue(loaded)
+    specs, family = catalogue(loaded), family_of(loaded)
     width = max(len(s.name) for s in specs)
     s = loaded.settings
     typer.echo(f"{loaded.arch} ({loaded.image_size} px; QuickGELU {'on' if s.quick_gelu else 'off'}, mean "
                f"{', '.join(f'{v:g}' for v in s.mean)}, std {', '.join(f'{v:g}' for v in s.std)}, "
                f"{s.interpolation}, {s.resize_mode})")
+    typer.echo(f"  family {family.name} ({tower_name(loaded.visual)}); neuron: {family.neuron}")
+    typer.echo(f"  value shown: {signal_description(loaded)}")
     for s in specs:
         typer.echo(f"{'*' if s.is_default else ' '} {s.name:<{width}}  {s.n_units:>6} units  {s.kind:<4}  {s.module}")
 
@@ -198,15 +202,28 @@ def suggest_cmd(model: str = typer.Argument(..., help="model name in the store")
 
 
 @model_options
-def attribution_cmd(source: ModelSource, name: ModelName = None, device: Device = "cpu", force: bool = Force):
-    """Text → neuron read-out (worker/attribution.py): a .npy in the cache that the text probe and search use."""
-    from worker.options import fail
+def attribution_cmd(source: ModelSource, name: ModelName = None, device: Device = "cpu",
+                    corpus: str = typer.Option(None, help="images whose mean activation the autograd read-out is "
+                                                          "evaluated at [default: the dataset-mean grey image]"),
+                    sample: int = typer.Option(64, min=1, help="at most this many corpus images"),
+                    readout: str = typer.Option("auto", help="read-out kept: auto (linear where it exists) | linear "
+                                                             "| autograd")):
+    """Text → neuron read-out (worker/attribution.py): a .npy in the cache that the text probe and search use.
+    Prints how the linear read-out agrees with the autograd one (per-unit cosines) and stores that too."""
+    from worker.attribution import agreement_lines, sample_images, store_readout
+    from worker.options import clean_errors, fail, open_model
 
     if not source.weights:
         fail("attribution needs --weights: the server re-creates the text tower from them (random init can't be)")
-    model_name, report = run_stage("attribution", source, name, device, {}, force)
-    typer.echo(f"{model_name}: read-out {report['units']} units × {report['embed_dim']} dims "
-               f"of {report['layer']} at {report['path']}")
+    loaded = open_model(source, device)
+    store, model_name = _store_with(loaded, name)
+    with clean_errors(ValueError, FileNotFoundError):
+        images, where = sample_images(loaded, corpus, sample)
+        art = store_readout(store, model_name, loaded, source.config_dirs, images, readout, where)
+    typer.echo(f"{model_name}: read-out {art.meta['units']} units × {art.meta['embed_dim']} dims "
+               f"of {art.layer} at {art.path}")
+    for line in agreement_lines(art.meta):
+        typer.echo(f"  {line}")
 
 
 # -- the whole pipeline ---------------------------------------------------------------------------------

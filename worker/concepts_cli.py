@@ -2,21 +2,22 @@
 matrix the examples stage wrote (worker/modality.py, selflabels.py, directions.py)."""
 import typer
 
-from worker.options import Arch, ConfigDirs, Device, ModelName, Weights
+from worker.options import Device, ModelName, ModelSource, model_options
 
 Layer = typer.Option(None, help="layer name (default: the penultimate layer)")
 
 
-def _open(arch: str, weights: str | None, config_dir, device: str, name: str | None):
+def _open(source: ModelSource, device: str, name: str | None):
     from app.settings import Settings
     from worker.options import model_name_for, open_model
     from worker.store import open_store
 
-    loaded = open_model(arch, weights, config_dir, device)
-    return open_store(Settings()), loaded, name or model_name_for(arch, weights)
+    loaded = open_model(source, device)
+    return open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights)
 
 
-def modality_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+@model_options
+def modality_cmd(source: ModelSource, name: ModelName = None,
                  device: Device = "cpu", layer: str = Layer,
                  concepts: str = typer.Option("auto", help="auto | captions | folders | words | imagenet"),
                  min_images: int = typer.Option(3, min=1, help="pictures a concept needs"),
@@ -26,7 +27,7 @@ def modality_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = N
     from worker.modality import run_modality
     from worker.options import clean_errors
 
-    store, loaded, model_name = _open(arch, weights, config_dir, device, name)
+    store, loaded, model_name = _open(source, device, name)
     with clean_errors(ValueError):
         r = run_modality(store, loaded, model_name, layer, concepts, min_images, most, permutations,
                          str(loaded.device))
@@ -34,7 +35,8 @@ def modality_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = N
                f"({r['p99']:.3f}) over {r['concepts']} concepts")
 
 
-def selflabels_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+@model_options
+def selflabels_cmd(source: ModelSource, name: ModelName = None,
                    device: Device = "cpu", layer: str = Layer,
                    vocabulary: str = typer.Option("default", help="default (ImageNet classes + common words) | "
                                                                   "imagenet | words | a file with one concept a line"),
@@ -45,7 +47,7 @@ def selflabels_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs =
 
     if template.count("{}") != 1:
         fail(f"--template must hold exactly one {{}}, got {template!r}")
-    store, loaded, model_name = _open(arch, weights, config_dir, device, name)
+    store, loaded, model_name = _open(source, device, name)
     with clean_errors(ValueError):
         r = run_selflabels(store, loaded, model_name, layer, vocabulary, template)
     auc = "none (no held-out image of any label)" if r["median_auc"] is None else f"{r['median_auc']:.3f}"
@@ -53,14 +55,15 @@ def selflabels_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs =
                f"{auc}; {r['human_scored']} human labels scored")
 
 
-def directions_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+@model_options
+def directions_cmd(source: ModelSource, name: ModelName = None,
                    device: Device = "cpu", steps: int = typer.Option(512, min=1, help="optimisation steps"),
                    force: bool = typer.Option(False, help="render again even if done")):
     """Feature visualizations (and stored top images) of the saved concept directions."""
     from worker.directions import run_directions
     from worker.options import clean_errors
 
-    store, loaded, model_name = _open(arch, weights, config_dir, device, name)
+    store, loaded, model_name = _open(source, device, name)
     with clean_errors(ValueError):
         r = run_directions(store, loaded, model_name, steps, force)
     typer.echo(f"{model_name}: {r['directions']} saved directions, {r['rendered']} rendered, {r['skipped']} "

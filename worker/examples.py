@@ -2,11 +2,16 @@
 that drive it most negative, each with its spatial map (heatmap JSON + overlay PNG), plus activation
 statistics (mean, std, min, max, quantiles, histogram) and a sample spread over the activation range.
 
-Signal: a ResNet layer is read before its final ReLU (the input of `layer[-1].act3`), so one scalar per
-(image, unit) covers both directions: the top-K are the largest, the bottom-K the most negative, and
-the statistics, histogram and sample span the whole range (pages show values in σ from zero). A ViT
-MLP layer is read at its GELU output. Spatial reduction `mean` ranks both ends by the mean over
-positions; `max` ranks the top by the max and the bottom by the min.
+Signal (one definition per tower family, `worker.towers`; the run's settings name it and the neuron page
+shows it): with `--reduce mean` the top-K, statistics and sample rank by the unit's value pooled the way
+the embedding pools it, and the bottom-K by its pooled pre-activation. A ResNet layer is read before its
+final ReLU (the input of `layer[-1].act3`) and averaged over positions, so one scalar per (image, unit)
+covers both directions (pages show values in σ from zero). A ViT MLP unit is its GELU output at the class
+token (`tok` pooling), averaged over the patch tokens (`avg`) or weighted as the attention pool weights
+the tokens (CoCa, SigLIP's map head); its most negative examples rank by the same pooling of the
+pre-GELU value, since GELU is bounded below at −0.17. The heatmaps stay the patch/position maps (value
+for the top, pre-activation for the bottom). `max` ranks the top by the map's peak and the bottom by
+the pre-activation map's trough.
 
 Images are decoded as open_clip's preprocessing expects, except that a JPEG much larger than the model's
 input is decoded at a reduced DCT scale that still covers it (`corpus.decode(draft=…)`): the resize that
@@ -48,7 +53,16 @@ from worker.allocator import keep_freed_memory
 from worker.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, Shard, survey
 from worker.device_decode import DeviceDecoder
 from worker.images import store_images
-from worker.layers import LayerSpec, activations, catalogue, family_of, layer_spec
+from worker.layers import (
+    LayerSpec,
+    Reading,
+    catalogue,
+    family_of,
+    layer_spec,
+    neuron_layers,
+    readings,
+    signal_description,
+)
 from worker.models import LoadedModel
 from worker.precision import DTYPES, PrecisionMismatch, autocast
 from worker.stats import QUANTILES, Moments, Samples, Sketch, restore, spread, state_of
@@ -103,6 +117,7 @@ class Job:
     samples: int
     precision: str
     jpeg_decode: str  # the decoders round differently: a few 1/255 steps, enough to reorder near-ties
+    signal: str = ""  # which value ranks the examples (worker.layers.signal_description)
 
     @property
     def fingerprint(self) -> str:
@@ -111,29 +126,36 @@ class Job:
     def settings(self, shard: Shard, signal: str) -> dict:
         return {"corpus": self.corpus, "entries": self.entries, "layers": list(self.layers), "k": self.k,
                 "reduce": self.reduce, "batch_size": self.batch_size, "samples": self.samples,
-                "shard": str(shard), "signal": signal, "precision": self.precision,
+                "shard": str(shard), "signal": signal, "signal_text": self.signal, "precision": self.precision,
                 "jpeg_decode": self.jpeg_decode, "fingerprint": self.fingerprint}
 
 
 class LayerState:
     """Everything kept about one layer while streaming: top/bottom-K, moments, sketch, samples."""
 
-    def __init__(self, units: int, k: int, grid: tuple[int, int], device: str | torch.device = "cpu"):
+    def __init__(self, units: int, k: int, grid: tuple[int, int], device: str | torch.device = "cpu",
+                 one_scalar: bool = True):
         size = grid[0] * grid[1]
         self.grid = grid
+        self.one_scalar = one_scalar  # the bottom examples rank by the value the statistics describe
         self.top, self.bottom = TopK(units, k, size, 1, device), TopK(units, k, size, -1, device)
         self.moments, self.sketch, self.samples = Moments(units, device), Sketch(units, device), Samples(units, device)
 
-    def update(self, acts: torch.Tensor, hashes: torch.Tensor, entries: torch.Tensor, reduce: str) -> int:
-        """acts (B, U, H, W) for de-duplicated images. Returns how many (image, unit) activations were
-        dropped as non-finite: an fp16 overflow (inf) or NaN is left out of that unit's top and bottom,
-        statistics and sample, instead of ranking first as a huge number and poisoning its std."""
-        maps = acts.flatten(2).float()
-        top_op, bottom_op = REDUCTIONS[reduce]
-        high, low = getattr(maps, top_op)(2), getattr(maps, bottom_op)(2)
-        valid = torch.isfinite(maps).all(2) & torch.isfinite(high) & torch.isfinite(low)
+    def update(self, reading: Reading, hashes: torch.Tensor, entries: torch.Tensor, reduce: str) -> int:
+        """One layer's reading for de-duplicated images: `mean` ranks by the pooled value (top) and pooled
+        pre-activation (bottom); `max` by the peak of the value's map and the trough of the negative's.
+        Returns how many (image, unit) readings were dropped as non-finite: an fp16 overflow (inf) or NaN
+        is left out of that unit's top and bottom, statistics and sample, instead of ranking first as a
+        huge number and poisoning its std."""
+        maps, low_maps = reading.heat.flatten(2).float(), reading.heat_negative.flatten(2).float()
+        if reduce == "mean":
+            high, low = reading.value.float(), reading.negative.float()
+        else:
+            high, low = maps.amax(2), low_maps.amin(2)
+        valid = (torch.isfinite(maps).all(2) & torch.isfinite(low_maps).all(2) & torch.isfinite(high)
+                 & torch.isfinite(low))
         self.top.update(high, hashes, entries, maps, valid)
-        self.bottom.update(low, hashes, entries, maps, valid)
+        self.bottom.update(low, hashes, entries, low_maps, valid)
         self.moments.update(high, valid)
         self.sketch.update(high, valid)
         self.samples.update(high, hashes, entries, valid)
@@ -145,7 +167,8 @@ class LayerState:
             getattr(self, part).merge(getattr(other, part))
 
     def state_dict(self) -> dict:
-        return {"grid": list(self.grid), "top": self.top.state_dict(), "bottom": self.bottom.state_dict(),
+        return {"grid": list(self.grid), "one_scalar": self.one_scalar, "top": self.top.state_dict(),
+                "bottom": self.bottom.state_dict(),
                 "moments": state_of(self.moments), "sketch": state_of(self.sketch),
                 "samples": state_of(self.samples)}
 
@@ -153,6 +176,7 @@ class LayerState:
     def from_state(cls, state: dict, device: str | torch.device = "cpu") -> "LayerState":
         layer = cls.__new__(cls)
         layer.grid = tuple(state["grid"])
+        layer.one_scalar = state.get("one_scalar", True)
         layer.top, layer.bottom = TopK.from_state(state["top"], device), TopK.from_state(state["bottom"], device)
         layer.moments = restore(Moments, state["moments"], device)
         layer.sketch = restore(Sketch, state["sketch"], device)
@@ -230,14 +254,15 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
     n_entries, digest = survey(corpus)
     job = Job(model_name, loaded.arch, loaded.weights, str(Path(corpus).expanduser().resolve()), digest,
               n_entries, tuple(s.name for s in specs), opts.k, opts.reduce, opts.batch_size, opts.samples,
-              opts.precision, opts.jpeg_decode)
-    signal = "pre-relu" if family_of(loaded).pre_relu else "output"
+              opts.precision, opts.jpeg_decode, signal_description(loaded))
+    signal = signal_kind(loaded)
     check_precision(store, job, opts.shard)
     run_id = open_run(store, job, opts.shard, signal)
     checkpoint = checkpoint_path(store, job, opts.shard)
     progress = load_shard_state(store, job, opts.shard, loaded.device) or load_checkpoint(checkpoint, loaded.device)
     if progress is None:
-        progress = Progress({s.name: LayerState(s.n_units, opts.k, grid, loaded.device)
+        one = one_scalar(loaded) and opts.reduce == "mean"
+        progress = Progress({s.name: LayerState(s.n_units, opts.k, grid, loaded.device, one)
                              for s, grid in zip(specs, probe_grids(loaded, specs), strict=True)})
     sink = matrix_sink(store.settings.data_dir, job, opts.shard, specs, signal).open(progress.counts["images"])
     started = time.monotonic()
@@ -276,12 +301,25 @@ def register(store: Store, loaded: LoadedModel, model_name: str) -> None:
                        load=loaded.record())
 
 
+def signal_kind(loaded: LoadedModel) -> str:
+    """The run settings' short name of the signal: "pre-relu" (ResNets: one scalar for both ends), else the
+    family's pooling (cls, patches, attention, mean)."""
+    fam = family_of(loaded)
+    return "pre-relu" if fam.name == "ModifiedResNet" else fam.pooling(loaded.visual)
+
+
+def one_scalar(loaded: LoadedModel) -> bool:
+    """Whether the most-negative examples rank by the same tap as the top ones (ResNets, signed towers)."""
+    layer = neuron_layers(loaded)[-1]
+    return layer.value == layer.negative
+
+
 def probe_grids(loaded: LoadedModel, specs: list[LayerSpec]) -> list[tuple[int, int]]:
     """Each layer's spatial grid (H, W), from one blank image."""
     blank = torch.zeros(1, 3, loaded.image_size, loaded.image_size, device=loaded.device)
     with torch.inference_mode():
-        acts = activations(loaded, blank, [s.name for s in specs], pre_relu=True)
-    return [tuple(acts[s.name].shape[2:]) for s in specs]
+        got = readings(loaded, blank, [s.name for s in specs])
+    return [tuple(got[s.name].heat.shape[2:]) for s in specs]
 
 
 def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opts: ExampleOptions,
@@ -300,9 +338,9 @@ def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opt
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
 
-    def forward(pixels: torch.Tensor, fresh: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(pixels: torch.Tensor, fresh: torch.Tensor) -> dict[str, Reading]:
         with autocast(device, opts.precision):
-            return activations(loaded, to_device(pixels, fresh, device), names, pre_relu=True)
+            return readings(loaded, to_device(pixels, fresh, device), names)
 
     last_save = time.monotonic()
     with tqdm(total=total, initial=min(total, progress.cursor * per_batch), unit="img", desc="examples",
@@ -488,7 +526,7 @@ def write_results(store: Store, job: Job, specs: list[LayerSpec], progress: Prog
 def unit_sample(state: LayerState, unit: int, opts: ExampleOptions) -> list[tuple[float, int]]:
     """The activation sample of one unit: (value, entry) spread over its range."""
     candidates = state.samples.candidates(unit) + [(v, e) for v, e, _ in state.top.rows(unit)]
-    if opts.reduce == "mean":  # the bottom examples' scalar is then the same one
+    if state.one_scalar:  # the bottom examples' scalar is then the same one
         candidates += [(v, e) for v, e, _ in state.bottom.rows(unit)]
     return spread(candidates, opts.samples) if opts.samples else []
 

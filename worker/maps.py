@@ -26,7 +26,7 @@ from tqdm import tqdm
 from app.db import MapActivation, PlaceScore
 from app.keys import UnitKey
 from worker.artifacts import artifact, ensure_model, layer_units, npy_bytes, put_artifact, write_matrix
-from worker.layers import activations, family_of, layer_spec
+from worker.layers import activations, layer_spec
 from worker.models import LoadedModel
 from worker.places import cities, countries
 from worker.precision import autocast
@@ -167,13 +167,11 @@ def map_grid(read: MapReader, image: Image.Image, boxes: list[tuple[int, int, in
 
 
 def layer_maps(loaded: LoadedModel, layer: str) -> MapReader:
-    """The layer's post-ReLU spatial maps (the same activation the words stage averages)."""
-    has_pre = family_of(loaded).pre_relu is not None
-
+    """The layer's maps as the next module reads them (ResNets after the final ReLU; ViT patch tokens after
+    the GELU): the activation whose pooling the words stage ranks top words by."""
     def read(images: torch.Tensor) -> torch.Tensor:
         with autocast(loaded.device, loaded.precision):  # the model's precision, as the words stage
-            grid = activations(loaded, images, [layer], pre_relu=has_pre)[layer].float()
-        return torch.relu(grid) if has_pre else grid
+            return activations(loaded, images, [layer], tap="write")[layer].float()
 
     return read
 

@@ -77,11 +77,12 @@ def clean_errors(*extra: type[BaseException]) -> Iterator[None]:
     from worker.layers import UnknownLayer
     from worker.models import CheckpointError, UnknownModel, WeightsMissing
     from worker.precision import PrecisionMismatch
+    from worker.towers import Unsupported
 
     try:
         yield
-    except (WeightsMissing, UnknownModel, CheckpointError, UnknownLayer, CorpusError, KeyError_, FileNotFoundError,
-            PrecisionMismatch, *extra) as e:
+    except (WeightsMissing, UnknownModel, CheckpointError, UnknownLayer, Unsupported, CorpusError, KeyError_,
+            FileNotFoundError, PrecisionMismatch, *extra) as e:
         fail(str(e))
 
 
@@ -141,14 +142,17 @@ def model_options(command: Callable) -> Callable:
 
 
 def open_model(source: ModelSource, device: str = "auto", precision: str = "fp32"):
-    """`worker.models.load_model` for a command: a bad name, missing or misfit weights exit 2 with one line.
+    """`worker.models.load_model` for a command: a bad name, missing or misfit weights, or an image tower
+    outside the catalogue (`worker.towers`) exit 2 with one line.
     `precision` (fp32 | bf16 | fp16 | auto) is resolved for the device and kept on the model."""
+    from worker.layers import catalogue
     from worker.models import load_model
 
     device = resolve_device(device)
     resolved = precision_for(precision, device)
     with clean_errors():
         loaded = load_model(source.arch, source.weights, device, source.config_dirs, source.overrides)
+        catalogue(loaded)
     loaded.precision = resolved
     return loaded
 

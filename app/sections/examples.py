@@ -18,6 +18,7 @@ def load(session, ctx: UnitContext):
     run = session.get(Run, rows[0].run_id) if rows[0].run_id else None
     settings, report = (run.settings or {}, run.report or {}) if run else ({}, {})
     out = {"top": [], "bottom": [], "reduce": settings.get("reduce"), "signal": settings.get("signal"),
+           "signal_text": settings.get("signal_text"),
            "images": report.get("images"), "run": run.id if run else None}
     for r in rows:
         out.setdefault(r.sign, []).append({

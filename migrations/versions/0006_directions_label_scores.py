@@ -1,13 +1,13 @@
 """directions (curated: saved concept directions) and label_scores (worker: a label's faithfulness)
 
 Revision ID: 0005_concepts
-Revises: 0004
+Revises: 0005_models_load
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_concepts"
-down_revision = "0004"
+down_revision = "0005_models_load"
 branch_labels = None
 depends_on = None
 
