@@ -34,12 +34,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worker.lexicons import STOCK_WORDS
+
 DEFINITION = ("the correlation across concepts between the unit's response to pictures of a concept and to its "
               "rendered name (each z-scored per unit across the concepts)")
 NULL = "the same score with the word modality's concept labels permuted"
 ARTIFACT = "modality"
-STOCK_WORDS = frozenset({"photo", "photos", "image", "images", "picture", "pictures", "stock", "view", "close",
-                         "background", "shot", "closeup", "free", "vector", "illustration", "isolated"})
 MIN_IMAGES = 3  # a concept needs this many pictures for a mean worth comparing
 MAX_CONCEPTS = 1000
 PERMUTATIONS = 20
@@ -175,7 +175,7 @@ def concept_groups(store, loaded, matrix, concept_set: str, min_images: int = MI
     if concept_set not in CONCEPT_SETS:
         raise ValueError(f"--concepts must be one of {', '.join(CONCEPT_SETS)}, got {concept_set!r}")
     if concept_set == "imagenet":
-        from worker.selflabels import imagenet_names, similarity
+        from worker.image_text import imagenet_names, similarity
 
         names = imagenet_names()
         return concept_set, groups_from_similarity(similarity(store, loaded, matrix, names), names, min_images, most)
