@@ -16,7 +16,7 @@ def db_upgrade(revision: str = "head"):
     from app.migrate import upgrade
 
     settings = Settings()
-    upgrade(settings.db_url, revision)
+    upgrade(settings.db_url, revision, cache_root=settings.cache_root)
     typer.echo(f"store at {settings.db_url} is at {revision}")
 
 

@@ -120,17 +120,29 @@ class Image(Base):
 
 class DatasetExample(Base):
     __tablename__ = "dataset_examples"
-    __table_args__ = (UniqueConstraint("unit_id", "sign", "rank"),)
+    __table_args__ = (UniqueConstraint("unit_id", "sign", "rank"),)  # its index serves lookups by unit too
     id: Mapped[int] = mapped_column(primary_key=True)
-    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), index=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
     sign: Mapped[str] = mapped_column(String(8))  # top | bottom
     rank: Mapped[int] = mapped_column(Integer)
     activation: Mapped[float] = mapped_column(Float)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
-    heatmap: Mapped[list] = mapped_column(default=list)  # small HxW activation map, row-major
-    heatmap_image: Mapped[str | None] = mapped_column(String(256))  # cache path of the overlay
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     image: Mapped[Image] = relationship()
+
+
+class UnitHeatmaps(Base):
+    """All of a unit's dataset-example maps in one row, quantized to uint8 (layout: app/heatmaps.py)."""
+
+    __tablename__ = "unit_heatmaps"
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    n_top: Mapped[int] = mapped_column(Integer)  # rows 0..n_top-1: top by rank; then bottom by rank
+    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    maps: Mapped[bytes] = mapped_column(LargeBinary)  # uint8 (N, height, width), C order
+    lo: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian (N,): the value of 0
+    hi: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian (N,): the value of 255
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
 
 
 class Word(Base):
@@ -182,8 +194,11 @@ class FacetProbe(Base):
 class MapActivation(Base):
     __tablename__ = "map_activations"
     unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
-    grid: Mapped[list] = mapped_column(default=list)  # activation over the map, rows x cols
-    overlay: Mapped[str | None] = mapped_column(String(256))  # cache path of the heat overlay image
+    rows: Mapped[int] = mapped_column(Integer)  # the grid over the map: rows x cols cells
+    cols: Mapped[int] = mapped_column(Integer)
+    heat: Mapped[bytes] = mapped_column(LargeBinary)  # uint8 rows x cols, row-major (app/heatmaps.py)
+    lo: Mapped[float] = mapped_column(Float)  # the activation of 0
+    hi: Mapped[float] = mapped_column(Float)  # the activation of 255
     choropleth: Mapped[str | None] = mapped_column(String(256))  # cache path of the country/city plot
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
 

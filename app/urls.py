@@ -72,6 +72,16 @@ def family(name: str, page: int | None = None) -> str:
     return f"/families/{quote(name)}" + _q(page=page if page and page > 1 else None)
 
 
+def example_heatmap(key: UnitKey, sign: str, rank: int) -> str:
+    """The server-rendered overlay PNG of one dataset example's map."""
+    return f"{neuron(key)}/examples/{sign}/{rank}/heatmap.png"
+
+
+def map_overlay(key: UnitKey) -> str:
+    """The neuron's activation over the world map, drawn by the server from its stored grid."""
+    return f"{neuron(key)}/map.jpg"
+
+
 def neuron_labels(key: UnitKey) -> str:
     return neuron(key) + "/labels"
 

@@ -219,7 +219,7 @@ BAD = {
     "wrong architecture": (lambda a, t: a["tiny-vit-oa"][0], "tiny-rn-oa", [],
                            ["does not fit tiny-rn-oa", "missing keys (visual.bn1.weight", "unexpected keys",
                             "looks like ViT (width 64, layers 2, patch_size 8, image_size 32, embed_dim 64, "
-                            "text_width 64, text_layers 1) = tiny-vit / tiny-vit-oa; pass that architecture"]),
+                            "text_width 64, text_layers 1) = tiny-vit / tiny-vit-oa", "; pass that architecture"]),
     "wrong input size": (lambda a, t: a["tiny-rn-oa"][0], "tiny-rn-oa", ["--image-size", "96"],
                          ["1 tensor of another shape (e.g. visual.attnpool.positional_embedding is [5, 512] in the "
                           "file, [10, 512] here)", "ModifiedResNet (width 16, layers [1, 1, 1, 1], image_size 64",

@@ -1,6 +1,7 @@
 """Dataset examples: per unit of the chosen layers, the K corpus images that excite it most and the K
-that drive it most negative, each with its spatial map (heatmap JSON + overlay PNG), plus activation
-statistics (mean, std, min, max, quantiles, histogram) and a sample spread over the activation range.
+that drive it most negative, each with its spatial map (a unit's maps quantized in one `unit_heatmaps` row,
+app/heatmaps.py), plus activation statistics (mean, std, min, max, quantiles, histogram) and a sample spread
+over the activation range.
 
 Signal (one definition per tower family, `worker.towers`; the run's settings name it and the neuron page
 shows it): with `--reduce mean` the top-K, statistics and sample rank by the unit's value pooled the way
@@ -40,14 +41,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitStats, now
-from app.keys import UnitKey
+from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitHeatmaps, UnitStats, now
+from app.heatmaps import quantize
 from worker.activations import matrix_sink, register_matrices
 from worker.allocator import keep_freed_memory
 from worker.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, Shard, survey
@@ -66,12 +66,11 @@ from worker.layers import (
 from worker.models import LoadedModel
 from worker.precision import DTYPES, PrecisionMismatch, autocast
 from worker.stats import QUANTILES, Moments, Samples, Sketch, restore, spread, state_of
-from worker.store import Store, finish_run, register_model, start_run
-from worker.topk import TopK
+from worker.store import Store, bulk_insert, finish_run, register_model, start_run
+from worker.topk import Ranked, TopK
 
 STAGE = "examples"
 REDUCTIONS = {"mean": ("mean", "mean"), "max": ("amax", "amin")}  # (top, bottom) over positions
-HEAT_COLOURS = {"top": (255, 110, 0), "bottom": (0, 110, 255)}
 UNITS_PER_TRANSACTION = 32  # whole units only: a reader never sees half a neuron
 
 
@@ -161,6 +160,10 @@ class LayerState:
         self.samples.update(high, hashes, entries, valid)
         self.pooled = high  # the (B, U) values it ranks by: the activation matrix's rows (worker/activations.py)
         return int(valid.numel() - valid.sum())
+
+    def ranked(self) -> tuple[Ranked, Ranked]:
+        """Top and bottom, every unit sorted best first in one go (what the writer reads)."""
+        return self.top.ranked(), self.bottom.ranked()
 
     def merge(self, other: "LayerState") -> None:
         for part in ("top", "bottom", "moments", "sketch", "samples"):
@@ -515,49 +518,80 @@ def write_results(store: Store, job: Job, specs: list[LayerSpec], progress: Prog
     for state in progress.layers.values():
         for part in (state.top, state.bottom):
             wanted.update(e for e in part.entries.flatten().tolist() if e >= 0)
+        ranked = state.ranked()
         for unit in range(state.top.values.shape[0]):
-            wanted.update(e for _, e in unit_sample(state, unit, opts))
+            wanted.update(e for _, e in unit_sample(state, unit, opts, ranked))
     image_ids = store_images(store, job.corpus, wanted, threads=max(2, opts.workers or 0))
     for spec in specs:
         write_layer(store, job.model, spec.name, progress.layers[spec.name], image_ids, opts, run_id)
     return len(wanted) - len(image_ids)
 
 
-def unit_sample(state: LayerState, unit: int, opts: ExampleOptions) -> list[tuple[float, int]]:
-    """The activation sample of one unit: (value, entry) spread over its range."""
-    candidates = state.samples.candidates(unit) + [(v, e) for v, e, _ in state.top.rows(unit)]
+def unit_sample(state: LayerState, unit: int, opts: ExampleOptions,
+                ranked: tuple[Ranked, Ranked] | None = None) -> list[tuple[float, int]]:
+    """The activation sample of one unit: (value, entry) spread over its range (`ranked`: the layer's
+    top and bottom sorted once, `LayerState.ranked`)."""
+    top, bottom = ranked or (state.top, state.bottom)
+    candidates = state.samples.candidates(unit) + [(v, e) for v, e, _ in top.rows(unit)]
     if state.one_scalar:  # the bottom examples' scalar is then the same one
-        candidates += [(v, e) for v, e, _ in state.bottom.rows(unit)]
+        candidates += [(v, e) for v, e, _ in bottom.rows(unit)]
     return spread(candidates, opts.samples) if opts.samples else []
 
 
 def write_layer(store: Store, model_name: str, layer_name: str, state: LayerState, image_ids: dict[int, int],
                 opts: ExampleOptions, run_id: int) -> None:
-    """Write a layer's units, UNITS_PER_TRANSACTION whole units per transaction (overlays drawn in threads)."""
+    """Write a layer's units, UNITS_PER_TRANSACTION whole units per transaction. On Postgres two connections
+    write ranges side by side: the server's per-row foreign-key checks then overlap the building of the next
+    range's rows (SQLite has one writer at a time: there it would only wait on the lock)."""
     if not bool(state.moments.n.any()):
         return
+    unit_ids = layer_unit_ids(store, model_name, layer_name)
+    stats = unit_stats(state, run_id)
+    units, ranked = len(stats), state.ranked()
+
+    def write(group: range) -> int:
+        write_units(store, [unit_ids[u] for u in group],
+                    [unit_rows(state, ranked, u, unit_ids[u], stats[u], image_ids, opts, run_id) for u in group])
+        return len(group)
+
+    groups = [range(s, min(units, s + UNITS_PER_TRANSACTION)) for s in range(0, units, UNITS_PER_TRANSACTION)]
+    writers = 2 if store.settings.db_url.startswith("postgresql") else 1
+    with ThreadPoolExecutor(writers) as pool, \
+            tqdm(total=units, desc=f"write {layer_name}", unit="unit", disable=not opts.progress) as bar:
+        for done in pool.map(write, groups):
+            bar.update(done)
+
+
+def layer_unit_ids(store: Store, model_name: str, layer_name: str) -> dict[int, int]:
     with store.sessions() as session:
-        unit_ids = dict(session.execute(
+        return dict(session.execute(
             select(Unit.index, Unit.id).join(Layer, Unit.layer_id == Layer.id).join(Model, Layer.model_id == Model.id)
             .where(Model.name == model_name, Layer.name == layer_name)).all())
-    stats = unit_stats(state, run_id)
-    units = len(stats)
 
-    def rows(unit: int) -> tuple[dict, list[dict], list[dict]]:
-        uid, key = unit_ids[unit], UnitKey(model_name, layer_name, unit)
-        examples = [row | {"unit_id": uid, "run_id": run_id}
-                    for sign, part in (("top", state.top), ("bottom", state.bottom))
-                    for row in example_rows(store, key, sign, part.rows(unit), state.grid, image_ids)]
-        samples = [{"unit_id": uid, "image_id": image_ids[e], "activation": v}
-                   for v, e in unit_sample(state, unit, opts) if e in image_ids]
-        return stats[unit] | {"unit_id": uid}, examples, samples
 
-    with ThreadPoolExecutor(max(2, opts.workers or 0)) as pool, \
-            tqdm(total=units, desc=f"write {layer_name}", unit="unit", disable=not opts.progress) as bar:
-        for start in range(0, units, UNITS_PER_TRANSACTION):
-            group = range(start, min(units, start + UNITS_PER_TRANSACTION))
-            write_units(store, [unit_ids[u] for u in group], list(pool.map(rows, group)))
-            bar.update(len(group))
+@dataclass
+class UnitRows:
+    """One unit's rows for every table the examples stage fills."""
+
+    stats: dict
+    examples: list[dict]
+    heatmaps: dict | None
+    samples: list[dict]
+
+
+def unit_rows(state: LayerState, ranked: tuple[Ranked, Ranked], unit: int, unit_id: int, stats: dict,
+              image_ids: dict[int, int], opts: ExampleOptions, run_id: int) -> UnitRows:
+    examples, maps = [], []
+    for sign, part in zip(("top", "bottom"), ranked, strict=True):
+        rows, heat = example_rows(sign, part.rows(unit), image_ids)
+        examples += [row | {"unit_id": unit_id, "run_id": run_id} for row in rows]
+        maps += heat
+    n_top = sum(e["sign"] == "top" for e in examples)
+    heatmaps = quantize(np.stack(maps).reshape(-1, *state.grid), n_top) | {"unit_id": unit_id, "run_id": run_id} \
+        if maps else None
+    samples = [{"unit_id": unit_id, "image_id": image_ids[e], "activation": v}
+               for v, e in unit_sample(state, unit, opts, ranked) if e in image_ids]
+    return UnitRows(stats | {"unit_id": unit_id}, examples, heatmaps, samples)
 
 
 def unit_stats(state: LayerState, run_id: int) -> list[dict]:
@@ -579,49 +613,29 @@ def unit_stats(state: LayerState, run_id: int) -> list[dict]:
     return out
 
 
-def example_rows(store: Store, key: UnitKey, sign: str, rows, grid: tuple[int, int],
-                 image_ids: dict[int, int]) -> list[dict]:
-    out = []
+def example_rows(sign: str, rows, image_ids: dict[int, int]) -> tuple[list[dict], list[np.ndarray]]:
+    """The DatasetExample rows of one sign, ranked from 0 over the images still readable, and their maps."""
+    out, maps = [], []
     for value, entry, flat in rows:
-        if entry not in image_ids:
-            continue
-        rank = len(out)
-        heat = flat.reshape(grid)
-        overlay = store.cache.put_unit_image(key, f"examples-{sign}-{rank:03d}", heat_overlay(heat, sign))
-        out.append({"sign": sign, "rank": rank, "activation": value, "image_id": image_ids[entry],
-                    "heatmap": [[float(f"{v:.4g}") for v in row] for row in heat.tolist()],
-                    "heatmap_image": overlay})
-    return out
+        if entry in image_ids:
+            out.append({"sign": sign, "rank": len(out), "activation": value, "image_id": image_ids[entry]})
+            maps.append(flat)
+    return out, maps
 
 
-def heat_overlay(heat: torch.Tensor, sign: str) -> PILImage.Image:
-    """A tiny RGBA image (one pixel per position; browsers scale it smoothly): opacity = the positive
-    (top) or negative (bottom) part of the map relative to its peak."""
-    part = (heat if sign == "top" else -heat).clamp_min(0)
-    peak = float(part.max())
-    alpha = (part / peak * 230).round() if peak > 0 else torch.zeros_like(part)
-    rgba = np.zeros((*heat.shape, 4), dtype=np.uint8)
-    rgba[..., :3] = HEAT_COLOURS[sign]
-    rgba[..., 3] = alpha.numpy().astype(np.uint8)
-    return PILImage.fromarray(rgba, "RGBA")
-
-
-def write_units(store: Store, unit_ids: list[int], rows: list[tuple[dict, list[dict], list[dict]]]) -> None:
-    """Replace whole units' examples, stats and samples in one transaction (retried once if a concurrent
-    writer of the same units got in between)."""
+def write_units(store: Store, unit_ids: list[int], rows: list[UnitRows]) -> None:
+    """Replace whole units' examples, heatmaps, stats and samples in one transaction (retried once if a
+    concurrent writer of the same units got in between)."""
+    tables = {UnitStats: [r.stats for r in rows], DatasetExample: [e for r in rows for e in r.examples],
+              UnitHeatmaps: [r.heatmaps for r in rows if r.heatmaps],
+              ActivationSample: [s for r in rows for s in r.samples]}
     for attempt in range(2):
         try:
             with store.sessions.begin() as session:
-                for table in (DatasetExample, ActivationSample, UnitStats):
+                for table in tables:
                     session.execute(delete(table).where(table.unit_id.in_(unit_ids)))
-                # Core inserts (executemany): the ORM's bulk path costs ~1 s per 10,000 rows here
-                session.execute(insert(UnitStats.__table__), [stats for stats, _, _ in rows])
-                examples = [e for _, unit_examples, _ in rows for e in unit_examples]
-                samples = [s for _, _, unit_samples in rows for s in unit_samples]
-                if examples:
-                    session.execute(insert(DatasetExample.__table__), examples)
-                if samples:
-                    session.execute(insert(ActivationSample.__table__), samples)
+                for table, values in tables.items():
+                    bulk_insert(session, table, values)
             return
         except IntegrityError:
             if attempt:

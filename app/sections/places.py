@@ -26,7 +26,7 @@ def load(session, ctx: UnitContext):
     if m is None and not places and region is None:
         return None
     return {
-        "overlay": urls.cache(m.overlay) if m else None,
+        "overlay": urls.map_overlay(ctx.key) if m else None,
         "choropleth": urls.cache(m.choropleth) if m else None,
         "countries": [{"name": p.name, "code": p.code, "score": p.score} for p in places if p.kind == "country"][:10],
         "cities": [{"name": p.name, "code": p.code, "score": p.score, "lat": p.lat, "lon": p.lon}
