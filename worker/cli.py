@@ -1,10 +1,11 @@
-"""`microscope worker …`: compute stages. Each command imports torch only when it runs."""
+"""`microscope build` and `microscope worker …`: the pipeline and its stages one by one. Each command imports
+torch only when it runs. Commands are plain functions; `WORKER_COMMANDS` (pipeline order) registers them."""
 import typer
 
-worker_cli = typer.Typer(help="Precompute neuron data into the store (torch + open_clip).", no_args_is_help=True)
-
-
-from worker.options import Device, ModelName, ModelSource, Precision, model_options  # noqa: E402
+from worker.concepts_cli import directions_cmd, modality_cmd, selflabels_cmd
+from worker.featurevis.cli import featurevis_cmd
+from worker.options import Device, Force, ModelName, ModelSource, Precision, command_group, model_options, run_stage
+from worker.words_cli import maps_cmd, regions_cmd, words_cmd
 
 
 # -- the text side: emotion composition, typographic attacks, Stroop (worker/emotions.py, typographic.py, stroop.py)
@@ -22,27 +23,24 @@ def _store_with(loaded, name: str | None):
     return store, model_name
 
 
-@worker_cli.command("emotions")
 @model_options
 def emotions_cmd(source: ModelSource, name: ModelName = None, device: Device = "auto",
                  feelings: str = typer.Option("", help="feeling-wheel file (default: worker/wordlists/feelings.txt)"),
                  method: str = typer.Option("lasso", help="sparse code: lasso | logistic (the paper's footnote 41)"),
                  neurons: int = typer.Option(6, min=1, help="at most this many neurons per word"),
-                 factors: int = typer.Option(7, min=2, help="NMF factors colouring the atlas")):
+                 factors: int = typer.Option(7, min=2, help="NMF factors colouring the atlas"), force: bool = Force):
     """Emotion composition: "I feel {word}" attribution vectors, sparse codes per word, an NMF atlas."""
-    from worker.emotions import FEELINGS, emotions_stage
-    from worker.options import clean_errors, open_model
+    from pathlib import Path
 
-    loaded = open_model(source, device)
-    store, model_name = _store_with(loaded, name)
-    with clean_errors(ValueError):
-        data = emotions_stage(store, model_name, loaded, feelings or FEELINGS, method, neurons, factors)
-    quality = [w["quality"] for w in data["words"]]
-    typer.echo(f"{model_name}: {len(quality)} words, mean {data['quality_name']} "
-               f"{sum(quality) / len(quality):.3f}; atlas at {data['atlas']}")
+    from worker.feelings import FEELINGS
+
+    options = {"feelings_path": Path(feelings or FEELINGS), "method": method, "neurons": neurons,
+               "factors": factors}
+    model_name, report = run_stage("emotions", source, name, device, options, force)
+    typer.echo(f"{model_name}: {report['words']} words, mean {report['quality_name']} "
+               f"{report['mean_quality']:.3f}; data at {report['path']}")
 
 
-@worker_cli.command("typographic")
 @model_options
 def typographic_cmd(source: ModelSource,
                     images: str = typer.Option(..., help="folder of class folders, or a .csv/.jsonl manifest "
@@ -52,22 +50,18 @@ def typographic_cmd(source: ModelSource,
                                                               "label of the image set attacks as itself"),
                     extra_label: list[str] = typer.Option([], help="another class for the zero-shot label set"),
                     template: str = typer.Option("a photo of a {}", help="zero-shot prompt with one {}"),
-                    label_key: str = typer.Option("label", help="a manifest's label column")):
+                    label_key: str = typer.Option("label", help="a manifest's label column"), force: bool = Force):
     """Typographic attack lab: attack text at 8 fixed positions; success rate and pixel cover."""
-    from worker.options import clean_errors, fail, open_model
-    from worker.typographic import Attack, attack_stage, labelled_images
+    from worker.options import clean_errors, fail
+    from worker.typographic import Attack
 
     if template.count("{}") != 1:
         fail(f"--template must hold exactly one {{}}, got {template!r}")
     with clean_errors(ValueError):
-        attacks = [Attack.parse(a) for a in attack] or [
-            Attack(label, label) for label in dict.fromkeys(
-                label for _, label in labelled_images(images, label_key) if label)]
-    loaded = open_model(source, device)
-    store, model_name = _store_with(loaded, name)
-    with clean_errors(ValueError):
-        report = attack_stage(store, model_name, loaded, images, attacks, template, extra_label,
-                              label_key=label_key)
+        attacks = [Attack.parse(a) for a in attack]
+    options = {"images": images, "attacks": attacks, "extra_labels": extra_label, "template": template,
+               "label_key": label_key}
+    model_name, report = run_stage("typographic", source, name, device, options, force)
     skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
     typer.echo(f"{model_name}: {report['n_images']} images (skipped: {skipped}), "
                f"clean accuracy {report['clean_accuracy']:.3f}")
@@ -77,23 +71,16 @@ def typographic_cmd(source: ModelSource,
                    f"pixel cover {a['pixel_cover']:.2%}")
 
 
-@worker_cli.command("stroop")
 @model_options
-def stroop_cmd(source: ModelSource, name: ModelName = None, device: Device = "auto"):
+def stroop_cmd(source: ModelSource, name: ModelName = None, device: Device = "auto", force: bool = Force):
     """Stroop test: colour words drawn in colours, zero-shot ink colour, congruent vs incongruent accuracy."""
-    from worker.options import clean_errors, open_model
-    from worker.stroop import stroop_stage
-
-    loaded = open_model(source, device)
-    store, model_name = _store_with(loaded, name)
-    with clean_errors(ValueError):
-        s = stroop_stage(store, model_name, loaded)["scores"]
+    model_name, report = run_stage("stroop", source, name, device, {}, force)
+    s = report["scores"]
     typer.echo(f"{model_name}: congruent accuracy {s['congruent_accuracy']:.3f} ({s['congruent']}), incongruent "
                f"{s['incongruent_accuracy']:.3f} ({s['incongruent']}), read the word {s['read_word_rate']:.3f}")
 
 
 # -- model frame and dataset examples (shared model options: worker/options.py) ---------------------
-@worker_cli.command("layers")
 @model_options
 def layers_cmd(source: ModelSource, device: Device = "cpu"):
     """List the model's neuron layers with their unit counts (the default layer is marked *), what a neuron
@@ -115,7 +102,6 @@ def layers_cmd(source: ModelSource, device: Device = "cpu"):
         typer.echo(f"{'*' if s.is_default else ' '} {s.name:<{width}}  {s.n_units:>6} units  {s.kind:<4}  {s.module}")
 
 
-@worker_cli.command("register")
 @model_options
 def register_cmd(source: ModelSource, name: ModelName = None,
                  description: str = typer.Option("", help="shown on the model's page")):
@@ -135,7 +121,6 @@ def register_cmd(source: ModelSource, name: ModelName = None,
                    f"{len(model.layers)} layers, {sum(la.n_units for la in model.layers)} units")
 
 
-@worker_cli.command("examples")
 @model_options
 def examples_cmd(
     source: ModelSource,
@@ -191,20 +176,9 @@ def examples_cmd(
         typer.echo(f"shard {report['shard']} saved; the last shard to finish writes the store")
 
 
-# -- feature visualization (worker/featurevis/) -------------------------------------------------------
-from worker.featurevis.cli import featurevis_cmd  # noqa: E402
-
-worker_cli.command("featurevis")(featurevis_cmd)
-
-# -- rendered words, world maps, region report (worker/words.py, maps.py, regions.py) -----------------
-from worker.words_cli import maps_cmd, regions_cmd, words_cmd  # noqa: E402
-
-worker_cli.command("words")(words_cmd)
-worker_cli.command("maps")(maps_cmd)
-worker_cli.command("regions")(regions_cmd)
 
 
-@worker_cli.command("suggest")
+
 def suggest_cmd(model: str = typer.Argument(..., help="model name in the store"),
                 layer: str = typer.Option(None, help="layer name (default: the model's default layer)"),
                 top_words: int = typer.Option(5, min=1, help="top rendered words that vote on the family"),
@@ -227,7 +201,6 @@ def suggest_cmd(model: str = typer.Argument(..., help="model name in the store")
                f"{report['labels_changed']} new labels; families: {families}")
 
 
-@worker_cli.command("attribution")
 @model_options
 def attribution_cmd(source: ModelSource, name: ModelName = None, device: Device = "cpu",
                     corpus: str = typer.Option(None, help="images whose mean activation the autograd read-out is "
@@ -253,9 +226,70 @@ def attribution_cmd(source: ModelSource, name: ModelName = None, device: Device 
         typer.echo(f"  {line}")
 
 
-# -- concepts: modality profiles, self-labels, saved directions (worker/modality.py, selflabels.py, directions.py)
-from worker.concepts_cli import directions_cmd, modality_cmd, selflabels_cmd  # noqa: E402
+# -- the whole pipeline ---------------------------------------------------------------------------------
+def stage_names(values: list[str]) -> list[str]:
+    """--only/--skip values (repeatable or comma-separated), checked against the stages before any loading."""
+    from worker.options import fail
+    from worker.pipeline import UnknownStage, select_stages
+    from worker.stages import STAGES
 
-worker_cli.command("modality")(modality_cmd)
-worker_cli.command("selflabels")(selflabels_cmd)
-worker_cli.command("directions")(directions_cmd)
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    try:
+        select_stages(STAGES, names)
+    except UnknownStage as e:
+        fail(str(e))
+    return names
+
+
+@model_options
+def build_cmd(source: ModelSource,
+              corpus: str = typer.Option(None, help="image folder, .tar shard or .csv/.jsonl manifest (the "
+                                                    "stages that read images are skipped without it)"),
+              name: ModelName = None, device: Device = "auto",
+              layers: list[str] = typer.Option([], "--layers", "--layer", help="layer name (repeatable; "
+                                               "default: the penultimate layer)"),
+              only: list[str] = typer.Option([], help="run only these stages (repeatable or comma-separated)"),
+              skip: list[str] = typer.Option([], help="leave these stages out"),
+              force: list[str] = typer.Option([], help="rerun these stages even when up to date"),
+              word_list: str = typer.Option("clean", help="words stage: clean (common words without profanity "
+                                                          "and slurs) | common (the paper's 10,000)"),
+              words: int = typer.Option(10_000, min=1, help="words stage: drawn from this many most common words"),
+              precision: Precision = "auto",
+              progress: bool = typer.Option(True, "--progress/--no-progress")):
+    """Run every stage that applies to the model, in dependency order, skipping what is up to date."""
+    from pathlib import Path
+
+    from app.settings import Settings
+    from worker.options import clean_errors, fail, model_name_for, open_model
+    from worker.pipeline import run_pipeline, summary
+    from worker.stage import BuildContext
+    from worker.store import open_store
+    from worker.word_lists import WORD_LISTS
+
+    only, skip, force = stage_names(only), stage_names(skip), stage_names(force)
+    if word_list not in WORD_LISTS:
+        fail(f"--word-list must be one of {', '.join(WORD_LISTS)}, got {word_list!r}")
+    if corpus is not None and not Path(corpus).expanduser().exists():
+        fail(f"--corpus {corpus}: no such file or folder")
+    loaded = open_model(source, device, precision)
+    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights),
+                       Path(corpus).expanduser() if corpus else None, tuple(layers),
+                       {"words": {"list": word_list, "n": words}, "examples": {"precision": loaded.precision}},
+                       tuple(source.config_dirs), progress)
+    with clean_errors():
+        ctx.layer_names()
+        outcomes = run_pipeline(ctx, only=only, skip=skip, force=force)
+    typer.echo(summary(outcomes))
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+# pipeline order: the model frame, then the stages as `microscope build` runs them
+WORKER_COMMANDS = [
+    ("layers", layers_cmd), ("register", register_cmd), ("examples", examples_cmd), ("featurevis", featurevis_cmd),
+    ("words", words_cmd), ("maps", maps_cmd), ("regions", regions_cmd), ("attribution", attribution_cmd),
+    ("emotions", emotions_cmd), ("typographic", typographic_cmd), ("stroop", stroop_cmd), ("suggest", suggest_cmd),
+    ("modality", modality_cmd), ("selflabels", selflabels_cmd), ("directions", directions_cmd),
+]
+worker_cli = command_group("Precompute neuron data into the store, one stage at a time (torch + open_clip).",
+                           WORKER_COMMANDS)

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worker.lexicons import STOCK_WORDS
+
 DEFINITION = ("the correlation across concepts between the unit's response to pictures of a concept and to its "
               "rendered name (each z-scored per unit across the concepts)")
 NULL = "the same score with the word modality's concept labels permuted"
 ARTIFACT = "modality"
-STOCK_WORDS = frozenset({"photo", "photos", "image", "images", "picture", "pictures", "stock", "view", "close",
-                         "background", "shot", "closeup", "free", "vector", "illustration", "isolated"})
 MIN_IMAGES = 3  # a concept needs this many pictures for a mean worth comparing
 MAX_CONCEPTS = 1000
 PERMUTATIONS = 20
@@ -175,7 +175,7 @@ def concept_groups(store, loaded, matrix, concept_set: str, min_images: int = MI
     if concept_set not in CONCEPT_SETS:
         raise ValueError(f"--concepts must be one of {', '.join(CONCEPT_SETS)}, got {concept_set!r}")
     if concept_set == "imagenet":
-        from worker.selflabels import imagenet_names, similarity
+        from worker.image_text import imagenet_names, similarity
 
         names = imagenet_names()
         return concept_set, groups_from_similarity(similarity(store, loaded, matrix, names), names, min_images, most)
@@ -221,7 +221,7 @@ def npy(array: np.ndarray) -> bytes:
 def write_profile(store, model_name: str, layer: str, profile: Profile, scored: dict, meta: dict,
                   run_id: int | None) -> dict:
     """Files under artifacts/<model>/<layer>/modality-<hash>/ and the layer's `modality` Artifact row."""
-    from worker.words import put_artifact
+    from worker.artifacts import put_artifact
 
     arrays = {"picture": profile.picture, "word": profile.word, "score": scored["score"].astype(np.float32),
               "best": scored["best"].astype(np.int32), "peak": scored["peak"].astype(np.float32)}
@@ -262,16 +262,3 @@ def run_modality(store, loaded, model_name: str, layer: str | None = None, conce
                              report["run_id"])
         report.update(concepts=len(profile.concepts), **{k: meta["summary"][k] for k in ("p99", "above", "units")})
     return report
-
-
-def demo_stage(ctx) -> dict:
-    """The demo build's stage: layer4 over the caption concepts of the probe corpus's pictures (its rendered
-    words and logos left out, as `demo evaluate` leaves them out), after the examples stage."""
-    from worker.demo.build import done_before
-    from worker.demo.corpus import read_manifest
-    from worker.demo.evaluate import NON_TEXT_EXCLUDED
-
-    if done_before(ctx, ARTIFACT, after="examples"):
-        return {"skipped": "done before"}
-    text = frozenset(r["path"] for r in read_manifest(ctx.manifest.parent) if r["kind"] in NON_TEXT_EXCLUDED)
-    return run_modality(ctx.store, ctx.loaded, ctx.model_name, concept_set="captions", exclude=text)

@@ -35,6 +35,7 @@ from worker.checkpoints import (  # noqa: E402
     read_state_dict,
 )
 from worker.load_settings import LoadOverrides, LoadSettings  # noqa: E402
+from worker.quiet import quiet_loading  # noqa: E402
 
 __all__ = ["CheckpointError", "LoadedModel", "UnknownModel", "WeightsMissing", "load_model"]
 
@@ -227,7 +228,7 @@ def resolve_weights(arch: str, weights: str | None, cache_dir: str | None = None
 def build_model(arch: str, settings: LoadSettings, device: str) -> torch.nn.Module:
     """A random-init open_clip model built with `settings` (no weights: those are loaded and checked here)."""
     native = native_size(check_arch(arch))
-    with quiet_logging():  # open_clip logs "initialized randomly" at WARNING: noise before a one-line error
+    with quiet_logging(), quiet_loading():  # open_clip logs "initialized randomly": noise before a one-line error
         return open_clip.create_model(
             arch, pretrained=None, device=device, pretrained_text=False, quick_gelu=settings.quick_gelu,
             force_image_size=None if settings.image_size == native else settings.image_size,

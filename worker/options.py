@@ -18,12 +18,13 @@ line and exits 2.
 """
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from app.keys import KeyError_, check_name
 from worker.load_settings import INTERPOLATIONS, RESIZE_MODES, LoadOverrides, ModelSource
@@ -57,6 +58,8 @@ CacheDir = Annotated[str | None, typer.Option(
     help="where tags' weights are looked for, as open_clip's cache_dir: <dir>/models--…/snapshots/… and "
          "<dir>/RN50.pt (default: the Hugging Face cache and ~/.cache/clip)")]
 
+
+Force = typer.Option(False, "--force", help="recompute even when the store is up to date")
 
 EXIT_USAGE = 2
 
@@ -177,3 +180,48 @@ def model_name_for(arch: str, weights: str | None) -> str:
     except KeyError_:
         fail(f"cannot make a model name from {arch!r} and {weights!r}; pass --name")
 
+
+class InOrder(TyperGroup):
+    """A command group whose --help lists commands in the order of its table (pipeline order)."""
+
+    order: tuple[str, ...] = ()
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted(self.commands, key=lambda n: self.order.index(n) if n in self.order else len(self.order))
+
+
+def command_group(help: str, commands: Sequence[tuple[str, Callable | typer.Typer]], **options) -> typer.Typer:
+    """The one way commands are registered: a group from (name, function or sub-group) pairs, in order."""
+    in_order = type("InOrder", (InOrder,), {"order": tuple(name for name, _ in commands)})
+    group = typer.Typer(help=help, cls=in_order, no_args_is_help=options.pop("no_args_is_help", True), **options)
+    for name, command in commands:
+        if isinstance(command, typer.Typer):
+            group.add_typer(command, name=name)
+        else:
+            group.command(name)(command)
+    return group
+
+
+# -- one stage through the pipeline: the same skipping as `microscope build --only STAGE`
+def run_stage(stage: str, source: ModelSource, name: str | None, device: str, options: dict | Callable,
+              force: bool, layers: Sequence[str | None] = (), precision: str = "fp32") -> tuple[str, dict]:
+    """Load the model, run `stage` alone through the pipeline (skipped while up to date unless `force`);
+    (model name, the report of its last finished run). A failure or a reason it does not apply: one line.
+    `options` may be a function of the loaded model (a render plan needs its image size)."""
+    from app.settings import Settings
+    from worker.pipeline import last_done, run_pipeline
+    from worker.stage import BuildContext
+    from worker.store import open_store
+
+    loaded = open_model(source, device, precision)
+    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights), None,
+                       tuple(x for x in layers if x), {stage: options(loaded) if callable(options) else options},
+                       tuple(source.config_dirs))
+    with clean_errors():
+        ctx.layer_names()
+    (got,) = run_pipeline(ctx, only=[stage], force=[stage] if force else [], echo=lambda _: None)
+    if got.status == "failed" or (got.status == "skipped" and got.fingerprint is None):
+        fail(got.reason)
+    if got.status == "skipped":
+        typer.echo(f"{ctx.model_name}: {stage} is up to date, its last run's results (--force reruns it):")
+    return ctx.model_name, last_done(ctx, stage).report

@@ -23,11 +23,12 @@ The label is stored as a new "auto" label version (author "selflabels", only whe
 `label_scores` row (method "heldout-auc"). `worker suggest` writes the same "auto" history: the later run's
 label is the current one.
 """
-import hashlib
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
+
+from worker.image_text import image_embeddings, imagenet_names
 
 HELDOUT = 5  # rows with hash % HELDOUT == 0 are held out
 MAX_HELDOUT = 20_000  # held-out rows scored (the first by row order)
@@ -37,13 +38,6 @@ SOFTNESS = 10.0  # a in p(c | x) = softmax(a · cosine)
 WEIGHTS = (0.998, 0.97)  # p(x in D_u) of the first and the last of the top rows
 COMMON_WORDS = 2000  # common words added to ImageNet's classes in the default vocabulary
 STAGE = "selflabels"
-
-
-def imagenet_names() -> list[str]:
-    """ImageNet-1k class names as open_clip ships them (offline)."""
-    import open_clip
-
-    return list(open_clip.IMAGENET_CLASSNAMES)
 
 
 def vocabulary(name: str) -> list[str]:
@@ -133,42 +127,6 @@ def text_auc(acts_held: np.ndarray, sims_held: np.ndarray, text_sims: np.ndarray
 
 
 # -- model-side inputs ---------------------------------------------------------------------------
-
-def image_embeddings(store, loaded, matrix, batch: int = 64) -> np.ndarray:
-    """The model's unit-length image embedding of every matrix row (rows × dim), cached beside the matrix."""
-    import torch
-
-    from worker.corpus import Skip, entries_at, open_entry
-
-    tag = hashlib.sha256(f"{loaded.arch}|{loaded.weights}".encode()).hexdigest()[:12]
-    path = matrix.folder / f"embedding-{tag}-{matrix.rows}.npy"
-    if path.is_file():
-        return np.load(path)
-    entries = entries_at(matrix.corpus, matrix.entries.tolist())
-    out = []
-    with torch.inference_mode():
-        for start in range(0, matrix.rows, batch):
-            images = []
-            for e in matrix.entries[start:start + batch]:
-                try:
-                    images.append(loaded.preprocess(open_entry(entries[int(e)])[1]))
-                except (Skip, KeyError):
-                    images.append(torch.zeros(3, loaded.image_size, loaded.image_size))  # gone since: a blank
-            x = torch.stack(images).to(loaded.device)
-            out.append(loaded.model.encode_image(x, normalize=True).float().cpu().numpy())
-    array = np.concatenate(out) if out else np.zeros((0, 1), np.float32)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array)
-    tmp.replace(path)
-    return array
-
-
-def similarity(store, loaded, matrix, names: list[str], template: str = "{}") -> np.ndarray:
-    """(rows × concepts) cosine of each row's image embedding with each concept's text embedding."""
-    from worker.attribution import embed_texts
-
-    return image_embeddings(store, loaded, matrix) @ embed_texts(loaded, [template.format(n) for n in names]).T
-
 
 # -- the stage -------------------------------------------------------------------------------------
 
@@ -260,12 +218,3 @@ def current_human_labels(store, model_name: str, layer: str) -> list[tuple[int, 
             if label is not None:
                 out.append((label.id, unit, label.text))
     return out
-
-
-def demo_stage(ctx) -> dict:
-    """The demo build's stage: self-labels of layer4 over the default vocabulary (after the examples stage)."""
-    from worker.demo.build import done_before
-
-    if done_before(ctx, STAGE, after="examples"):
-        return {"skipped": "done before"}
-    return run_selflabels(ctx.store, ctx.loaded, ctx.model_name)

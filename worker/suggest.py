@@ -16,7 +16,7 @@ from app.db import DatasetExample, Family, Image, Layer, Model, Unit, Word, Word
 from app.families import set_auto_families
 from app.labelling import MAX_LABEL, append_auto_label
 from app.unit_text import refresh_unit_text
-from worker.modality import STOCK_WORDS
+from worker.lexicons import STOCK_WORDS
 from worker.store import Store, recorded_run
 
 STAGE = "suggest"
