@@ -19,7 +19,7 @@ demo: install system-deps
 	$(BIN)/microscope demo
 
 lint: install
-	$(BIN)/ruff check app worker tests bench migrations
+	$(BIN)/ruff check app worker store tests bench migrations
 
 test: install system-deps lint
 	$(BIN)/pytest -q

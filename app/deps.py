@@ -6,8 +6,8 @@ from fastapi import Depends, Request
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.cache import Cache
-from app.settings import Settings
+from store.cache import Cache
+from store.settings import Settings
 
 
 def get_session(request: Request) -> Iterator[Session]:

@@ -18,7 +18,9 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from app import urls
-from app.db import (
+from app.heatmaps import Heatmaps, unpack
+from store.keys import UnitKey
+from store.schema import (
     DatasetExample,
     Family,
     Image,
@@ -33,8 +35,6 @@ from app.db import (
     Word,
     WordScore,
 )
-from app.heatmaps import Heatmaps, unpack
-from app.keys import UnitKey
 
 CHUNK = 256  # units read per round of queries
 FORMATS = ("parquet", "jsonl")

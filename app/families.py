@@ -11,10 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import urls
-from app.db import CurationEvent, Family, Layer, Model, Unit, UnitFamily
-from app.keys import UnitKey
 from app.lookup import NotFound
 from app.unit_text import refresh_unit_text
+from store.keys import UnitKey
+from store.schema import CurationEvent, Family, Layer, Model, Unit, UnitFamily
 
 NAME_RE = re.compile(r"^[^\W_][\w &'+-]{0,63}$")
 

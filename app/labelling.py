@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import Label
 from app.unit_text import refresh_unit_text
+from store.schema import Label
 
 MAX_LABEL = 200
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")

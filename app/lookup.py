@@ -2,8 +2,8 @@
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db import Layer, Model, Unit
-from app.keys import KeyError_, UnitKey, parse_unit
+from store.keys import KeyError_, UnitKey, parse_unit
+from store.schema import Layer, Model, Unit
 
 
 class NotFound(Exception):

@@ -5,15 +5,15 @@ from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 
-from app.cache import Cache
-from app.db import make_engine, make_sessionmaker
 from app.headers import SecurityHeadersMiddleware, add_input_guards
 from app.httpcache import CachedStaticFiles, ConditionalGetMiddleware, cache_file_headers
-from app.keys import KeyError_
 from app.lookup import NotFound
 from app.pagecache import PageCacheMiddleware
-from app.settings import Settings
 from app.web import ROOT, JsonSuffixMiddleware, error_page
+from store.cache import Cache
+from store.keys import KeyError_
+from store.schema import make_engine, make_sessionmaker
+from store.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

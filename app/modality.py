@@ -10,8 +10,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.cache import Cache
-from app.db import Artifact, Layer
+from store.cache import Cache
+from store.schema import Artifact, Layer
 
 ARTIFACT = "modality"
 MODALITIES = (("picture", "pictures"), ("word", "rendered name"), ("readout", "read-out of the text"))

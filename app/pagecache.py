@@ -1,6 +1,6 @@
 """An in-process cache of rendered pages, valid exactly while the store's version is unchanged.
 
-Every writing transaction bumps `store_version` (app.db.track_writes), so a page rendered at version n is
+Every writing transaction bumps `store_version` (store.schema.track_writes), so a page rendered at version n is
 served again only while the store still reads n: a worker commit or a label edit is visible on the very
 next request. Only routes that opt in (`dependencies=[CacheableDep]`: pages whose content is a function of
 the store, the URL and the Accept header) are cached, only 200s without Set-Cookie, and never for requests
@@ -13,8 +13,8 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
-from app.db import store_version
 from app.httpcache import etag_matches, not_modified
+from store.schema import store_version
 
 
 class PageMark:

@@ -22,10 +22,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.cache import Cache
-from app.db import Artifact, Layer, Model
-from app.paths import ROOT
 from app.probe_images import data_uri
+from store.cache import Cache
+from store.paths import ROOT
+from store.schema import Artifact, Layer, Model
 
 READOUT = "readout"  # the artifact name worker/attribution.py writes
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session
 
-from app.db import Layer, Model, Unit, UnitText
+from store.schema import Layer, Model, Unit, UnitText
 
 MAX_QUERY = 500
 MAX_TOKENS = 16

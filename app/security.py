@@ -16,7 +16,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from markupsafe import Markup
 
-from app.settings import Settings
+from store.settings import Settings
 
 COOKIE = "microscope_editor"
 CSRF_FIELD = "csrf_token"

@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from app import urls
-from app.db import ActivationSample, Study, StudyItem, StudyLabel, UnitStats
 from app.lookup import NotFound
+from store.schema import ActivationSample, Study, StudyItem, StudyLabel, UnitStats
 
 MAX_BUCKETS = 50
 MAX_PER_BUCKET = 500

@@ -5,8 +5,8 @@ from itertools import combinations
 
 import numpy as np
 
-from app.db import Study, StudyItem
 from app.studies import bucket_edges
+from store.schema import Study, StudyItem
 
 
 def conditional_probabilities(study: Study, items: list[StudyItem], answers: dict[int, str]) -> list[dict]:

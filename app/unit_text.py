@@ -6,7 +6,7 @@ shows a label the neuron no longer has.
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import Family, Label, UnitFamily, UnitText, Word, WordScore
+from store.schema import Family, Label, UnitFamily, UnitText, Word, WordScore
 
 TOP_WORDS = 20
 

@@ -3,8 +3,8 @@ import hashlib
 from functools import cache as cache_fn
 from urllib.parse import quote, urlencode
 
-from app.keys import UnitKey
-from app.paths import ROOT
+from store.keys import UnitKey
+from store.paths import ROOT
 
 
 def _q(**params) -> str:

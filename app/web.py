@@ -8,8 +8,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 
 from app import urls
-from app.paths import ROOT
 from app.security import csrf_field, current_editor
+from store.paths import ROOT
 
 DICT_ATTRIBUTES = frozenset(dir(dict))
 

@@ -160,9 +160,9 @@ def child(mode: str, corpus: Path, batch_size: int, workers: int, k: int, rounds
 
 def time_write(loaded, corpus: Path, opts) -> float:
     """The store write phase of a full run_examples (images, overlays, unit rows) into a temp SQLite store."""
-    from app.settings import Settings
+    from store.settings import Settings
+    from store.writes import open_store
     from worker.examples import run_examples
-    from worker.store import open_store
 
     root = Path(tempfile.mkdtemp())
     store = open_store(Settings(data_dir=root, database_url=f"sqlite:///{root / 'store.db'}", cache_dir=root / "c"))

@@ -5,7 +5,7 @@ Phases, all against the same server in one run:
   neuron @C   neuron pages only, and static @C: one static file from the same server (the ceiling)
   neuron @4 / static @4   latency at low concurrency
 With --writer a separate process rewrites neurons (one transaction each) during the whole run, and every
-neuron JSON twin read is checked to show one whole write (worker.synthetic.neuron_generation).
+neuron JSON twin read is checked to show one whole write (tests.synthetic.neuron_generation).
 
     .venv/bin/python bench/load.py                          # 10,000 requests per phase, SQLite
     .venv/bin/python bench/load.py --backend postgres --writer
@@ -32,10 +32,12 @@ from sqlalchemy import create_engine, text
 
 from app import urls
 from app.liveserver import LiveServer
-from app.migrate import upgrade
-from app.settings import Settings
-from worker.store import open_store
-from worker.synthetic import TornNeuron, keep_writing, neuron_generation, populate
+from store.migrate import upgrade
+from store.settings import Settings
+from store.writes import open_store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test fixtures (tests/synthetic.py)
+from tests.synthetic import TornNeuron, keep_writing, neuron_generation, populate
 
 PG_ADMIN_URL = os.environ.get("MICROSCOPE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MODEL = "synth"
@@ -222,7 +224,7 @@ def log_problems(log: str) -> dict[str, int]:
 
 
 class Writer:
-    """worker.synthetic.keep_writing in its own process, from start until stop()."""
+    """tests.synthetic.keep_writing in its own process, from start until stop()."""
 
     def __init__(self, db_url: str, pause: float = 0.0, seconds: float = 3600):
         ctx = multiprocessing.get_context("spawn")

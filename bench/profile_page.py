@@ -10,7 +10,11 @@ the static file the load bench compares with.
 import cProfile
 import pstats
 import random
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.load and the test fixtures (tests/synthetic.py)
 
 import typer
 from sqlalchemy import event
@@ -19,11 +23,11 @@ from starlette.requests import Request
 from app import urls
 from app.deps import read_snapshot
 from app.main import create_app
-from app.migrate import upgrade
 from app.views.browse import neuron_page
 from bench.load import MODEL, temp_store
-from worker.store import open_store
-from worker.synthetic import populate
+from store.migrate import upgrade
+from store.writes import open_store
+from tests.synthetic import populate
 
 
 def fake_request(app, path: str, json: bool) -> Request:

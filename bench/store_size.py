@@ -29,13 +29,13 @@ from sqlalchemy.exc import IntegrityError
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import temp_store  # noqa: E402
 
-from app.cache import Cache  # noqa: E402
-from app.db import Image, Layer, Model, Unit, make_engine, make_sessionmaker  # noqa: E402
-from app.keys import UnitKey  # noqa: E402
-from app.migrate import upgrade  # noqa: E402
+from store.cache import Cache  # noqa: E402
+from store.keys import UnitKey  # noqa: E402
+from store.migrate import upgrade  # noqa: E402
+from store.schema import Image, Layer, Model, Unit, make_engine, make_sessionmaker  # noqa: E402
+from store.writes import Store, register_model, start_run  # noqa: E402
 from worker.examples import ExampleOptions, LayerState, unit_sample, unit_stats, write_layer  # noqa: E402
 from worker.layers import LayerSpec, Reading  # noqa: E402
-from worker.store import Store, register_model, start_run  # noqa: E402
 
 MODEL, LAYER = "bench", "layer4"
 HEATMAPS_REVISION = "5e1f0c2a9b47"  # the migration that made heatmaps data: the old path runs just before it
@@ -57,7 +57,7 @@ def synthetic_state(units: int, k: int, grid: int, images: int, seed: int = 0) -
 def old_revisions(url: str) -> list[str]:
     from alembic.script import ScriptDirectory
 
-    from app.migrate import alembic_config
+    from store.migrate import alembic_config
 
     down = ScriptDirectory.from_config(alembic_config(url)).get_revision(HEATMAPS_REVISION).down_revision
     return [down] if isinstance(down, str) else list(down)

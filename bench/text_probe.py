@@ -58,10 +58,10 @@ def standin_config(folder: Path) -> Path:
 
 
 def build_standin(settings) -> str:
+    from store.writes import open_store, register_model
     from worker.attribution import store_readout
     from worker.layers import catalogue
     from worker.models import load_model, revive_random_resnet, save_checkpoint
-    from worker.store import open_store, register_model
 
     config_dir = standin_config(settings.data_dir / "configs")
     model = revive_random_resnet(load_model(STANDIN, config_dirs=(config_dir,)).model)
@@ -97,7 +97,7 @@ def main(n: int = typer.Option(200, help="prompts (all distinct)"),
 
     from app.main import create_app
     from app.probe import engine_of, readout_artifact, spec_for
-    from app.settings import Settings
+    from store.settings import Settings
 
     tmp = None
     if model is None:

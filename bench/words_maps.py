@@ -52,10 +52,10 @@ def main() -> None:
     ap.add_argument("--skip-maps", action="store_true")
     args = ap.parse_args()
 
-    from app.settings import Settings
+    from store.settings import Settings
+    from store.writes import open_store
     from worker.maps import run_maps
     from worker.render_text import render_all
-    from worker.store import open_store
     from worker.text_scores import common_words, default_plan
     from worker.words import run_words
 

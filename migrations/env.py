@@ -1,9 +1,9 @@
-"""Alembic environment: the URL comes from the caller (app.migrate) or from Settings."""
+"""Alembic environment: the URL comes from the caller (store.migrate) or from Settings."""
 from alembic import context
 from sqlalchemy import event
 
-from app.db import Base, make_engine
-from app.settings import Settings
+from store.schema import Base, make_engine
+from store.settings import Settings
 
 config = context.config
 

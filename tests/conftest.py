@@ -8,10 +8,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from app.main import create_app
-from app.migrate import upgrade
-from app.settings import Settings
+from store.migrate import upgrade
+from store.settings import Settings
+from store.writes import open_store, register_model
 from worker.layers import LayerSpec
-from worker.store import open_store, register_model
 
 PG_ADMIN_URL = os.environ.get("MICROSCOPE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

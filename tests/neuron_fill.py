@@ -1,18 +1,18 @@
 """Neurons with every section of their card filled (test data): what the stages and the curation pages write,
 written directly so page and export tests see every table at once without running a model.
 
-`rich_store(store)` = worker.synthetic.populate (feature vis, examples, words, stats) of model "synth" plus, on
+`rich_store(store)` = tests.synthetic.populate (feature vis, examples, words, stats) of model "synth" plus, on
 units 0 and 1 of layer4, map grids, all 177 country and 30 city scores, activation samples, labels, families,
 a labelled study and a regions report."""
 import numpy as np
 from sqlalchemy import select
 
-from app.db import ActivationSample, Artifact, Family, MapActivation, Model, PlaceScore
 from app.families import add_member, get_family, set_auto_families
 from app.heatmaps import quantize_grid
 from app.labelling import append_auto_label, save_label
 from app.studies import create_study, save_answers
-from worker.synthetic import Material, populate
+from store.schema import ActivationSample, Artifact, Family, MapActivation, Model, PlaceScore
+from tests.synthetic import Material, populate
 
 N_COUNTRIES, N_CITIES = 177, 30
 RICH = (0, 1)  # the fully filled units of layer4

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from app.activations import ActivationMatrix, MatrixError, sha_range
+from store.writes import open_store
 from tests.test_examples import brute_force, hash64, make_corpus, settings_at
 from worker.activations import stored_matrix
 from worker.corpus import Shard
 from worker.examples import ExampleOptions, Progress, load_checkpoint, run_examples
-from worker.store import open_store
 
 
 def by_hash(matrix: ActivationMatrix) -> dict[int, np.ndarray]:

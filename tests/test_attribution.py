@@ -7,7 +7,7 @@ import torch
 from sqlalchemy import delete, select
 from typer.testing import CliRunner
 
-from app.db import Artifact, Run
+from store.schema import Artifact, Run
 from worker.attribution import embed_texts, readout_matrix, text_attribution
 from worker.cli import worker_cli
 from worker.layers import layer_spec

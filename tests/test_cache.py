@@ -1,8 +1,8 @@
 """The image cache: content addressing, atomic writes, no escaping the cache root."""
 from PIL import Image as PILImage
 
-from app.cache import Cache
-from app.keys import UnitKey
+from store.cache import Cache
+from store.keys import UnitKey
 
 
 def test_put_image_is_content_addressed(tmp_path):

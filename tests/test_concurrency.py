@@ -1,14 +1,14 @@
 """Readers and the worker on one store at once: the real server serves neuron pages while a writer process
 rewrites neurons, each in one transaction, on SQLite (WAL) and Postgres. No request fails, nothing says
 "database is locked", and no page shows parts of two writes (bench/load.py's reader checks every neuron
-JSON twin with worker.synthetic.neuron_generation)."""
+JSON twin with tests.synthetic.neuron_generation)."""
 import asyncio
 import importlib.util
 import random
 from pathlib import Path
 
 from app.liveserver import LiveServer
-from worker.synthetic import populate
+from tests.synthetic import populate
 
 spec = importlib.util.spec_from_file_location("bench_load", Path(__file__).resolve().parents[1] / "bench" / "load.py")
 load = importlib.util.module_from_spec(spec)

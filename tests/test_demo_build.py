@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from app.db import Layer, Model, Unit
+from store.schema import Layer, Model, Unit
 from worker.demo import build
 from worker.demo import model as demo_model
 from worker.demo.corpus import Plan, build_corpus
@@ -88,7 +88,7 @@ def test_the_demo_attacks_the_probe_corpus_photos(settings, tiny):
 
 
 def done_runs(ctx, stage: str) -> list:
-    from app.db import Run
+    from store.schema import Run
 
     with ctx.store.sessions() as s:
         return s.scalars(select(Run).join(Model, Run.model_id == Model.id)
@@ -99,9 +99,9 @@ def test_new_weights_at_the_same_path_start_the_demo_store_over(settings, tiny, 
     """A retrained demo model describes other neurons: its old results must not be shown as its own."""
     from dataclasses import replace
 
-    from app.db import Run
+    from store.schema import Run
+    from store.writes import recorded_run, register_model
     from worker.layers import catalogue
-    from worker.store import recorded_run, register_model
 
     loaded, corpus = tiny
     weights = tmp_path / "demo.safetensors"
@@ -139,5 +139,5 @@ def test_demo_group_has_build_train_evaluate_corpus():
 
 
 def test_app_cli_imports_without_torch():
-    code = "import sys, app.cli; sys.exit('torch' in sys.modules)"
+    code = "import sys, worker.commands; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

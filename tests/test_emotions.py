@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from app.db import Artifact
+from store.schema import Artifact
+from store.writes import register_model
 from worker import emotions as E
 from worker.attribution import embed_texts, readout_matrix, text_attribution
 from worker.layers import catalogue
-from worker.store import register_model
 
 SMALL = """# a few words
 [happy]

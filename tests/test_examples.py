@@ -18,17 +18,17 @@ from PIL import Image, ImageDraw
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitHeatmaps, UnitStats
-from app.db import Image as ImageRow
 from app.heatmaps import unpack
-from app.settings import Settings
+from store.schema import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitHeatmaps, UnitStats
+from store.schema import Image as ImageRow
+from store.settings import Settings
+from store.writes import open_store
 from worker.cli import worker_cli
 from worker.corpus import Shard, Skip, content_hash, decode, iter_entries, read_bytes
 from worker.examples import ExampleOptions, load_checkpoint, run_examples
 from worker.layers import readings
 from worker.models import load_model, save_checkpoint
 from worker.stats import QUANTILES, Moments, Sketch, spread
-from worker.store import open_store
 from worker.topk import TopK
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -359,7 +359,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_store(tmp_path, tiny_rn, 
             "--samples", "8", "--workers", "1", "--checkpoint-every", "0", "--no-progress", "--device", "cpu"]
     store_env = {"MICROSCOPE_DATA_DIR": str(killed.data_dir), "MICROSCOPE_CACHE_DIR": str(killed.cache_dir),
                  "MICROSCOPE_DATABASE_URL": killed.db_url}
-    proc = subprocess.Popen([sys.executable, "-c", "from app.cli import main; main()", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", "from worker.commands import main; main()", *args], cwd=ROOT,
                             env={**os.environ, **store_env}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -10,8 +10,10 @@ from neuron_fill import N_CITIES, N_COUNTRIES, rich_store
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from app.cli import cli
-from app.db import (
+from app.export import TABLES
+from app.heatmaps import unpack
+from app.liveserver import settings_env
+from store.schema import (
     DatasetExample,
     Label,
     Layer,
@@ -23,9 +25,7 @@ from app.db import (
     UnitStats,
     WordScore,
 )
-from app.export import TABLES
-from app.heatmaps import unpack
-from app.liveserver import settings_env
+from worker.commands import cli
 
 
 @pytest.fixture

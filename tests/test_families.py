@@ -3,10 +3,10 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import select
 
-from app.db import CurationEvent, FeatureVis, Label, UnitText
 from app.families import get_family, set_auto_families
-from app.keys import UnitKey
 from app.lookup import unit_by_key
+from store.keys import UnitKey
+from store.schema import CurationEvent, FeatureVis, Label, UnitText
 
 API = {"Authorization": "Bearer test-token", "Accept": "application/json"}
 PAPER = ["Region", "Person", "Emotion", "Religion", "Art style", "Holiday", "Brand", "Typographic", "Counting",

@@ -7,12 +7,12 @@ from PIL import Image, ImageDraw, ImageFont
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from app.db import FacetProbe, FeatureVis, Run
+from store.schema import FacetProbe, FeatureVis, Run
+from store.writes import register_model
 from worker.featurevis.facets import ensure_probes, pooled_activations, read_images, train_probe
 from worker.featurevis.render import RenderSettings
 from worker.featurevis.stage import FeatureVisSettings, run_layer
 from worker.layers import catalogue
-from worker.store import register_model
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 WORDS = ["open", "stop", "cafe", "exit", "sale", "hotel", "bank", "taxi", "park", "menu", "news", "love"]
@@ -129,7 +129,7 @@ def test_cli_renders_then_skips_what_is_done(sqlite_url, tmp_path, monkeypatch):
     assert second.exit_code == 0, second.output
     assert "rendered 0 neurons (0 images), skipped 2 already done" in second.output
 
-    from app.db import make_engine, make_sessionmaker
+    from store.schema import make_engine, make_sessionmaker
 
     with make_sessionmaker(make_engine(sqlite_url))() as s:
         runs = s.scalars(select(Run).where(Run.stage == "featurevis")).all()
@@ -141,10 +141,10 @@ def test_cli_renders_then_skips_what_is_done(sqlite_url, tmp_path, monkeypatch):
 
 
 def test_the_build_stage_renders_the_default_layer_and_the_corpus_facets(sqlite_url, tmp_path, tiny_vit):
-    from app.settings import Settings
+    from store.settings import Settings
+    from store.writes import open_store
     from worker.pipeline import run_pipeline
     from worker.stage import BuildContext
-    from worker.store import open_store
 
     corpus = tmp_path / "corpus"
     text_images(corpus / "text", 4)

@@ -7,9 +7,9 @@ from fastapi.testclient import TestClient
 from neuron_fill import N_CITIES, N_COUNTRIES, rich_store
 from sqlalchemy import event, select
 
-from app.db import Family, PlaceScore, Unit
 from app.main import create_app
-from app.settings import Settings
+from store.schema import Family, PlaceScore, Unit
+from store.settings import Settings
 
 MAX_STATEMENTS = 4
 

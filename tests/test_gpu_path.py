@@ -13,14 +13,14 @@ from sqlalchemy import select
 from test_examples import CONFIG_DIR, make_corpus, pattern, same, settings_at, snapshot, stored_examples, stored_stats
 from typer.testing import CliRunner
 
-from app.db import Blob, Run
+from store.schema import Blob, Run
+from store.writes import open_store
 from worker import examples
 from worker.cli import worker_cli
 from worker.corpus import MAX_PIXELS, CorpusBatches, Shard, content_hash, decode, device_decodable
 from worker.device_decode import DeviceDecoder
 from worker.examples import ExampleOptions, run_examples
 from worker.precision import PrecisionMismatch
-from worker.store import open_store
 
 
 class Interrupted(Exception):

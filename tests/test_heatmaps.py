@@ -8,10 +8,10 @@ import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy import create_engine, inspect, text
 
-from app.cache import Cache
 from app.heatmaps import grid_values, quantize, unpack
-from app.migrate import downgrade, upgrade
-from worker.synthetic import K_EXAMPLES, populate
+from store.cache import Cache
+from store.migrate import downgrade, upgrade
+from tests.synthetic import K_EXAMPLES, populate
 
 
 def test_quantized_maps_come_back_within_half_a_step_of_their_own_range():
@@ -31,7 +31,7 @@ def png_pixels(response) -> np.ndarray:
 
 
 def test_heatmap_png_endpoint_draws_the_stored_map(store, client):
-    """worker.synthetic's maps: top examples [[g, 0], [0, g/2]], bottom ones [[-g, 0], [0, g/2]] (g = 1)."""
+    """tests.synthetic's maps: top examples [[g, 0], [0, g/2]], bottom ones [[-g, 0], [0, g/2]] (g = 1)."""
     populate(store, "synth", {"layer4": 3})
     base = "/models/synth/layer4/1/examples"
     first = client.get(f"{base}/top/0/heatmap.png")

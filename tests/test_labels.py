@@ -5,10 +5,10 @@ import threading
 import pytest
 from sqlalchemy import select
 
-from app.db import Label, UnitText
-from app.keys import UnitKey
 from app.labelling import StaleEdit, append_auto_label, save_label
 from app.lookup import unit_by_key
+from store.keys import UnitKey
+from store.schema import Label, UnitText
 
 URL = "/models/toy/layer4/3"
 API = {"Authorization": "Bearer test-token", "Accept": "application/json"}

@@ -85,9 +85,9 @@ def test_layers_command_lists_layers_with_unit_counts():
 def test_register_command_creates_the_model_its_layers_and_units(monkeypatch, tmp_path):
     from sqlalchemy import func, select
 
-    from app.db import Layer, Model, Unit
-    from app.settings import Settings
-    from worker.store import open_store
+    from store.schema import Layer, Model, Unit
+    from store.settings import Settings
+    from store.writes import open_store
 
     monkeypatch.setenv("MICROSCOPE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("MICROSCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")

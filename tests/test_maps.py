@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from sqlalchemy import select
 
-from app.db import Artifact, MapActivation, PlaceScore, Unit
 from app.heatmaps import grid_values
+from store.schema import Artifact, MapActivation, PlaceScore, Unit
 from worker.maps import (
     GRID,
     cell_centres,

@@ -3,9 +3,9 @@ an editor's) is visible on the next request; reads never bump the version; edito
 opt in are never served from it."""
 import pytest
 
-from app.db import store_version
 from app.pagecache import PageCacheMiddleware
-from worker.synthetic import populate, write_unit
+from store.schema import store_version
+from tests.synthetic import populate, write_unit
 
 NEURON = "/models/synth/layer4/3"
 

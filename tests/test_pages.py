@@ -6,9 +6,9 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import select
 
-from app.db import FeatureVis, Label, Unit
-from app.keys import UnitKey
 from app.lookup import unit_by_key
+from store.keys import UnitKey
+from store.schema import FeatureVis, Label, Unit
 
 
 @pytest.fixture
@@ -97,6 +97,6 @@ def test_half_registered_unit_rows_do_not_break_pages(site, toy_model):
 
 
 def test_app_imports_without_torch():
-    code = "import sys, app.main, app.cli; from app.main import create_app; assert 'torch' not in sys.modules"
+    code = "import sys, app.main, worker.commands; from app.main import create_app; assert 'torch' not in sys.modules"
     code += "; assert 'open_clip' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -15,11 +15,11 @@ from PIL import Image
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from app.db import Artifact, FeatureVis, MapActivation, Run, WordScore
+from store.schema import Artifact, FeatureVis, MapActivation, Run, WordScore
+from store.writes import open_store
 from worker.pipeline import SerialExecutor, UnknownStage, check_order, run_pipeline, select_stages, summary
 from worker.stage import BuildContext, Item, Stage
 from worker.stages import STAGE_NAMES, STAGES
-from worker.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -161,7 +161,7 @@ def test_a_stage_listed_before_what_it_needs_is_refused():
 def test_a_mistyped_stage_name_fails_with_one_line_naming_the_stages():
     with pytest.raises(UnknownStage, match="no stage 'wrds'; stages: examples, featurevis, words"):
         select_stages(STAGES, only=["wrds"])
-    from app.cli import cli
+    from worker.commands import cli
 
     result = CliRunner().invoke(cli, ["build", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--only", "words,mapz"])
     assert result.exit_code == 2
@@ -210,8 +210,8 @@ def test_a_killed_build_takes_its_run_over_and_resumes(settings, checkpoint, tmp
     args = ["build", "tiny-rn", "--weights", str(checkpoint.weights), "--config-dir", str(CONFIG_DIR),
             "--corpus", str(tmp_path / "corpus"), "--layers", "layer1", "--only", "examples,words",
             "--word-list", "common", "--words", "1100", "--no-progress", "--device", "cpu"]
-    proc = subprocess.Popen([sys.executable, "-c", "from app.cli import main; main()", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", "from worker.commands import main; main()", *args], env=env,
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = settings.cache_root / "work" / "words"
     deadline = time.monotonic() + 240
     while not list(work.rglob("chunk-*.npz")) and time.monotonic() < deadline and proc.poll() is None:
@@ -222,7 +222,7 @@ def test_a_killed_build_takes_its_run_over_and_resumes(settings, checkpoint, tmp
     store = open_store(settings)
     with store.sessions() as s:
         assert s.scalars(select(Run.status).where(Run.stage == "words")).all() == ["running"]
-    from app.cli import cli
+    from worker.commands import cli
 
     result = CliRunner().invoke(cli, args, env=env)
     assert result.exit_code == 0, result.output
@@ -303,7 +303,7 @@ def test_loading_the_demo_model_prints_no_library_noise(tmp_path):
 
 
 def test_help_lists_the_commands_in_pipeline_order():
-    from app.cli import cli
+    from worker.commands import cli
 
     def listed(*args) -> list[str]:
         """The command names in the order --help shows them."""

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from app.db import Artifact, Model
 from app.probe import engine_of
+from store.schema import Artifact, Model
 from worker.attribution import text_attribution
 
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image as PILImage
 from sqlalchemy import select
 
-from app.db import Image, Model
+from store.schema import Image, Model
 from worker.layers import activations
 
 CONFIG_DIR = __import__("pathlib").Path(__file__).parent / "model_configs"
@@ -153,7 +153,7 @@ def test_an_image_gets_the_same_number_in_examples_and_in_the_image_probe(exampl
                                                                          tmp_path):
     """One definition of a unit's value: the examples stage ranks the only image of a corpus by exactly the
     number the image probe shows for it (ResNet: mean before the final ReLU; ViT tok: the class token)."""
-    from app.db import DatasetExample, Layer, Unit
+    from store.schema import DatasetExample, Layer, Unit
     from worker.examples import ExampleOptions, run_examples
 
     loaded = examples_and_probe_model

@@ -3,9 +3,9 @@ ranked, paginated, shareable; hostile queries never reach the query languages.""
 import pytest
 from sqlalchemy import delete, func, select
 
-from app.db import Layer, Model, Unit, UnitText
-from app.migrate import downgrade, upgrade
 from app.search import full_text
+from store.migrate import downgrade, upgrade
+from store.schema import Layer, Model, Unit, UnitText
 from worker.attribution import text_attribution
 
 DOCS = {

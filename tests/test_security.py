@@ -10,10 +10,10 @@ import pytest
 import schemathesis
 from sqlalchemy import func, select
 
-from app.db import Base, Label, Unit
-from app.keys import UnitKey
 from app.lookup import unit_by_key
-from worker.synthetic import populate
+from store.keys import UnitKey
+from store.schema import Base, Label, Unit
+from tests.synthetic import populate
 
 HOSTILE = ["' OR '1'='1", "1; DROP TABLE units; --", '"><script>alert(1)</script>', "%", "_%_", "\\", "\x00",
            "../../etc/passwd", "😀 ünïcode", "a" * 3000, "-1", "99999999999999999999", "1e309", "NaN", "{{7*7}}",

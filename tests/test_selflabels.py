@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from app.db import Label, LabelScore
+from store.schema import Label, LabelScore
 from worker.selflabels import auc, label_units, soft_wpmi, split, text_auc
 
 

@@ -7,10 +7,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from app.db import Image
 from app.liveserver import LiveServer
 from app.main import create_app
-from worker.synthetic import populate, write_unit
+from store.schema import Image
+from tests.synthetic import populate, write_unit
 
 
 @pytest.fixture

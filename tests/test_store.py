@@ -5,7 +5,11 @@ import sys
 import numpy as np
 from sqlalchemy import inspect, select
 
-from app.db import (
+from app.heatmaps import quantize, unpack
+from app.lookup import unit_by_key
+from store.keys import UnitKey
+from store.migrate import downgrade, upgrade
+from store.schema import (
     DatasetExample,
     FeatureVis,
     Image,
@@ -21,12 +25,8 @@ from app.db import (
     make_engine,
     make_sessionmaker,
 )
-from app.heatmaps import quantize, unpack
-from app.keys import UnitKey
-from app.lookup import unit_by_key
-from app.migrate import downgrade, upgrade
+from store.writes import finish_run, register_model, start_run
 from worker.layers import LayerSpec
-from worker.store import finish_run, register_model, start_run
 
 
 def test_register_model_creates_units_and_is_idempotent(store):
@@ -106,5 +106,5 @@ def test_sqlite_uses_wal(sqlite_url):
 
 def test_the_store_imports_without_the_web_app():
     """The worker writes the store; it must not pull in the web framework (FastAPI, templates) to do so."""
-    code = "import sys, worker.store; assert not {'fastapi', 'starlette', 'app.web'} & set(sys.modules), sys.modules"
+    code = "import sys, store.writes; assert not {'fastapi', 'starlette', 'app.web'} & set(sys.modules), sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from store.writes import register_model
 from worker import stroop as S
 from worker.layers import catalogue
-from worker.store import register_model
 
 
 def test_every_word_in_every_ink_at_every_size():

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import select
 
-from app.db import ActivationSample, Image, StudyItem, UnitStats
-from app.keys import UnitKey
 from app.lookup import unit_by_key
 from app.studies import sample_buckets
 from app.study_results import cohen_kappa
+from store.keys import UnitKey
+from store.schema import ActivationSample, Image, StudyItem, UnitStats
 
 API = {"Authorization": "Bearer test-token", "Accept": "application/json"}
 NEURON = "/models/toy/layer4/2"

@@ -4,11 +4,11 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from app.db import DatasetExample, Image, Label, Run, UnitFamily, UnitText, Word, WordScore
 from app.families import add_member, get_family
-from app.keys import UnitKey
 from app.labelling import save_label
 from app.lookup import unit_by_key
+from store.keys import UnitKey
+from store.schema import DatasetExample, Image, Label, Run, UnitFamily, UnitText, Word, WordScore
 from worker.suggest import SuggestOptions, affix_share, guess_families, run_suggest, short_label
 
 WORDS = {

@@ -9,7 +9,7 @@ import torch
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from app.db import Artifact, DatasetExample, Run, WordScore
+from store.schema import Artifact, DatasetExample, Run, WordScore
 from tests.test_examples import make_corpus
 from worker.cli import worker_cli
 from worker.layers import catalogue, layer_spec, readings
@@ -67,9 +67,9 @@ def sqlite_store(tmp_path, sqlite_url):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.migrate import upgrade
+    from store.migrate import upgrade
+    from store.writes import open_store
     from tests.conftest import make_settings
-    from worker.store import open_store
 
     upgrade(sqlite_url)
     settings = make_settings(tmp_path, sqlite_url)

@@ -7,11 +7,11 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import select
 
-from app.db import Run
+from store.schema import Run
+from store.writes import register_model
 from worker import typographic as T
 from worker.corpus import CorpusError
 from worker.layers import catalogue
-from worker.store import register_model
 from worker.zeroshot import classifier
 
 
@@ -190,7 +190,7 @@ def test_worker_command_attacks_with_every_label_by_default(settings, store, ima
 @pytest.fixture
 def lab(probe_model, store, client):
     """The probe model 'tiny' with one stored image in the store."""
-    from app.db import Image
+    from store.schema import Image
 
     img = photo(7, (80, 80))
     rel = store.cache.put_image(img, fmt="png")
@@ -264,7 +264,7 @@ def test_lab_bad_input_is_a_clear_4xx(lab, probe_model, store):
                             data={"text": "pizza"}, headers={"Accept": "application/json"})
     assert not_image.status_code in (415, 422) and "image" in not_image.json()["error"]
     with store.sessions.begin() as s:
-        from app.db import Model
+        from store.schema import Model
 
         s.scalar(select(Model).where(Model.name == "tiny")).weights = None
     random_init = client.get(url, params={"image_id": image_id, "text": "pizza"})

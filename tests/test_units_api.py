@@ -3,7 +3,7 @@ import pytest
 from neuron_fill import rich_store
 from sqlalchemy import update
 
-from app.db import Layer, Unit, UnitStats
+from store.schema import Layer, Unit, UnitStats
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from PIL import Image
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from app.db import Model
 from app.probe import _load, spec_for
+from store.schema import Model
 from worker.checkpoints import looks_like, save_openai_archive
 from worker.cli import worker_cli
 from worker.layers import activations, catalogue

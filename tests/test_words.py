@@ -7,7 +7,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from app.db import Artifact, Unit, UnitText, Word, WordScore
+from store.schema import Artifact, Unit, UnitText, Word, WordScore
 from worker.render_text import RenderPlan, available_fonts, reduce_variants, render, render_all
 from worker.resumable import Checkpoints, score_resumable
 from worker.stage import settings_hash
@@ -162,7 +162,7 @@ def test_worker_commands_words_and_regions(settings, store):
 def test_text_scoring_and_the_demo_evaluation_import_without_the_store():
     """They run on machines without the web/store stack (a lent GPU box): no SQLAlchemy, pydantic or FastAPI."""
     code = ("import sys, worker.text_scores, worker.layers, worker.demo.evaluate, worker.demo.train; "
-            "assert not {'sqlalchemy', 'pydantic', 'fastapi', 'worker.store'} & set(sys.modules)")
+            "assert not {'sqlalchemy', 'pydantic', 'fastapi', 'store.writes'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -171,7 +171,7 @@ def test_layer_wide_word_scores_give_the_same_search_documents_as_one_unit_at_a_
     labels, families and top words come out as unit_document builds them one unit at a time."""
     from app.labelling import save_label
     from app.unit_text import unit_document
-    from worker.synthetic import populate
+    from tests.synthetic import populate
     from worker.words import write_word_scores
 
     populate(store, "synth", {"layer4": 6}, filled=3)  # units 3-5 have no search document yet

@@ -18,7 +18,7 @@ def scored(store, tiny_rn):
 
 
 def centred(store) -> np.ndarray:
-    from app.db import Artifact
+    from store.schema import Artifact
 
     with store.sessions() as s:
         meta = s.query(Artifact).filter_by(name="words").one().meta

@@ -142,7 +142,7 @@ def register_matrices(store, model_name: str, folders: dict[str, str], run_id: i
     """Point each layer's `activations` Artifact at its (complete) matrix folder, relative to the data folder."""
     from sqlalchemy import select
 
-    from app.db import Artifact, Model
+    from store.schema import Artifact, Model
 
     with store.sessions.begin() as session:
         model = session.scalar(select(Model).where(Model.name == model_name))
@@ -162,7 +162,7 @@ def stored_matrix(store, model_name: str, layer: str) -> ActivationMatrix:
     """The layer's registered matrix, or MatrixError naming the command that writes it."""
     from sqlalchemy import select
 
-    from app.db import Artifact, Model
+    from store.schema import Artifact, Model
 
     with store.sessions() as session:
         row = session.scalar(select(Artifact).join(Model, Artifact.model_id == Model.id).where(

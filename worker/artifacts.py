@@ -6,9 +6,9 @@ import json
 import numpy as np
 from sqlalchemy import select
 
-from app.db import Artifact, Layer, Model, Unit
+from store.schema import Artifact, Layer, Model, Unit
+from store.writes import Store
 from worker.models import LoadedModel
-from worker.store import Store
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -19,8 +19,8 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def ensure_model(store: Store, loaded: LoadedModel, model_name: str) -> None:
     """Register the model (and its layers' unit rows) under `model_name` if the store lacks it."""
+    from store.writes import register_model
     from worker.layers import catalogue
-    from worker.store import register_model
 
     with store.sessions.begin() as session:
         if session.scalar(select(Model).where(Model.name == model_name)) is None:

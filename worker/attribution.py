@@ -44,11 +44,11 @@ import torch
 from sqlalchemy import select
 from torch import nn
 
-from app.db import Artifact, Layer, Model
-from app.web import ROOT
+from store.paths import ROOT
+from store.schema import Artifact, Layer, Model
+from store.writes import Store, finish_run, start_run
 from worker.layers import family_of, layer_spec, neuron_layers
 from worker.models import LoadedModel
-from worker.store import Store, finish_run, start_run
 
 ARTIFACT_NAME = "readout"
 

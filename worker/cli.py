@@ -11,10 +11,10 @@ from worker.words_cli import maps_cmd, regions_cmd, words_cmd
 # -- the text side: emotion composition, typographic attacks, Stroop (worker/emotions.py, typographic.py, stroop.py)
 def _store_with(loaded, name: str | None):
     """The store, with the model registered (or updated) under its name; returns (store, name)."""
-    from app.settings import Settings
+    from store.settings import Settings
+    from store.writes import open_store, register_model
     from worker.layers import catalogue
     from worker.options import model_name_for
-    from worker.store import open_store, register_model
 
     store, model_name = open_store(Settings()), name or model_name_for(loaded.arch, loaded.weights)
     with store.sessions.begin() as session:
@@ -106,10 +106,10 @@ def layers_cmd(source: ModelSource, device: Device = "cpu"):
 def register_cmd(source: ModelSource, name: ModelName = None,
                  description: str = typer.Option("", help="shown on the model's page")):
     """Register a model, its layers and unit rows in the store (no compute)."""
-    from app.settings import Settings
+    from store.settings import Settings
+    from store.writes import open_store, register_model
     from worker.layers import catalogue
     from worker.options import model_name_for, open_model
-    from worker.store import open_store, register_model
 
     loaded = open_model(source, "cpu")
     model_name = name or model_name_for(source.arch, source.weights)
@@ -143,12 +143,12 @@ def examples_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Top-K and most-negative-K dataset examples with heatmaps, activation statistics and samples."""
-    from app.settings import Settings
+    from store.settings import Settings
+    from store.writes import open_store
     from worker.corpus import Shard
     from worker.device_decode import resolve_mode
     from worker.examples import REDUCTIONS, ExampleOptions, run_examples
     from worker.options import clean_errors, fail, model_name_for, open_model, precision_for, resolve_device
-    from worker.store import open_store
 
     if reduce not in REDUCTIONS:
         fail(f"--reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
@@ -186,8 +186,8 @@ def suggest_cmd(model: str = typer.Argument(..., help="model name in the store")
                 captions: int = typer.Option(10, min=0, help="top dataset-example captions used for the label"),
                 label_terms: int = typer.Option(3, min=1, help="terms in the short label")):
     """Automatic family guesses and short labels (source "auto"), from top words and example captions."""
-    from app.settings import Settings
-    from worker.store import open_store
+    from store.settings import Settings
+    from store.writes import open_store
     from worker.suggest import SuggestOptions, run_suggest
 
     opts = SuggestOptions(top_words, threshold, captions, label_terms)
@@ -259,11 +259,11 @@ def build_cmd(source: ModelSource,
     """Run every stage that applies to the model, in dependency order, skipping what is up to date."""
     from pathlib import Path
 
-    from app.settings import Settings
+    from store.settings import Settings
+    from store.writes import open_store
     from worker.options import clean_errors, fail, model_name_for, open_model
     from worker.pipeline import run_pipeline, summary
     from worker.stage import BuildContext
-    from worker.store import open_store
     from worker.word_lists import WORD_LISTS
 
     only, skip, force = stage_names(only), stage_names(skip), stage_names(force)

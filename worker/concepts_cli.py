@@ -8,9 +8,9 @@ Layer = typer.Option(None, help="layer name (default: the penultimate layer)")
 
 
 def _open(source: ModelSource, device: str, name: str | None):
-    from app.settings import Settings
+    from store.settings import Settings
+    from store.writes import open_store
     from worker.options import model_name_for, open_model
-    from worker.store import open_store
 
     loaded = open_model(source, device)
     return open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights)

@@ -12,9 +12,9 @@ import hashlib
 import numpy as np
 from sqlalchemy import select
 
-from app.db import Artifact, Direction, Model
 from app.directions import canonical, combine, extremes, parse
-from worker.store import Store
+from store.schema import Artifact, Direction, Model
+from store.writes import Store
 
 STAGE = "directions"
 EXAMPLES = 12
@@ -72,8 +72,8 @@ def store_examples(store: Store, model_name: str, layer: str, d: np.ndarray, rea
 
 def run_directions(store: Store, loaded, model_name: str, steps: int = 512, force: bool = False) -> dict:
     """Render every saved direction of the model that has none yet (or whose query changed)."""
+    from store.writes import recorded_run
     from worker.attribution import readout_matrix
-    from worker.store import recorded_run
 
     report = {"directions": 0, "rendered": 0, "skipped": 0, "images": 0}
     todo = saved_directions(store, model_name)

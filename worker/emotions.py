@@ -221,8 +221,8 @@ def emotions_stage(store, model_name: str, loaded, feelings_path: Path = FEELING
                    neurons: int = 6, factors: int = 7) -> dict:
     """Compute emotion composition for the model and keep it: a JSON, the atlas PNG and the attribution
     matrix (.npy) in the cache, each with an `artifacts` row on the penultimate layer."""
+    from store.writes import recorded_run
     from worker.layers import layer_spec
-    from worker.store import recorded_run
 
     feelings = read_feelings(Path(feelings_path))
     layer = layer_spec(loaded).name
@@ -265,7 +265,7 @@ def keep_artifacts(store, model_name: str, layer: str, run_id: int, items: dict[
     """Create or update one `artifacts` row per name (model, layer, name is unique)."""
     from sqlalchemy import select
 
-    from app.db import Artifact, Model
+    from store.schema import Artifact, Model
 
     with store.sessions.begin() as session:
         model_id = session.scalar(select(Model.id).where(Model.name == model_name))

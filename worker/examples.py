@@ -46,8 +46,9 @@ from sqlalchemy.exc import IntegrityError
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitHeatmaps, UnitStats, now
 from app.heatmaps import quantize
+from store.schema import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitHeatmaps, UnitStats, now
+from store.writes import Store, bulk_insert, finish_run, register_model, start_run
 from worker.activations import matrix_sink, register_matrices
 from worker.allocator import keep_freed_memory
 from worker.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, Shard, survey
@@ -66,7 +67,6 @@ from worker.layers import (
 from worker.models import LoadedModel
 from worker.precision import DTYPES, PrecisionMismatch, autocast
 from worker.stats import QUANTILES, Moments, Samples, Sketch, restore, spread, state_of
-from worker.store import Store, bulk_insert, finish_run, register_model, start_run
 from worker.topk import Ranked, TopK
 
 STAGE = "examples"

@@ -8,9 +8,9 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app.db import Image
+from store.schema import Image
+from store.writes import Store
 from worker.corpus import Entry, Skip, entries_at, open_entry
-from worker.store import Store
 
 MAX_SIDE = 1024  # pages show thumbnails; the stored picture need not be the original's full size
 

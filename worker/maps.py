@@ -22,9 +22,10 @@ from PIL import Image, ImageDraw
 from sqlalchemy import delete, select
 from tqdm import tqdm
 
-from app.db import MapActivation, PlaceScore
 from app.heatmaps import MAP_BASE, MAP_SIZE, lut, map_overlay, normalise, quantize_grid
-from app.keys import UnitKey
+from store.keys import UnitKey
+from store.schema import MapActivation, PlaceScore
+from store.writes import Store, bulk_insert
 from worker.artifacts import artifact, ensure_model, layer_units, npy_bytes, put_artifact, write_matrix
 from worker.layers import activations, layer_spec
 from worker.models import LoadedModel
@@ -33,7 +34,6 @@ from worker.precision import autocast
 from worker.render_text import RenderPlan
 from worker.resumable import Checkpoints, score_resumable
 from worker.stage import model_fingerprint, settings_hash
-from worker.store import Store, bulk_insert
 from worker.text_scores import channels_last, default_plan, layer_reader, to_batch
 
 STAGE = "maps"
@@ -288,7 +288,7 @@ def run_maps(store: Store, loaded: LoadedModel, model_name: str, layer: str | No
              device: str = "cpu", force: bool = False, units: list[int] | None = None) -> dict:
     """The maps stage: map grids + overlays, place-name scores + choropleths, for every unit of the layer
     (or only `units`; the layer-wide matrices are computed whole either way)."""
-    from worker.store import recorded_run
+    from store.writes import recorded_run
 
     spec = layer_spec(loaded, layer)
     plan = plan or default_plan(loaded)

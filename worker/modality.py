@@ -243,9 +243,9 @@ def run_modality(store, loaded, model_name: str, layer: str | None = None, conce
                  min_images: int = MIN_IMAGES, most: int = MAX_CONCEPTS, permutations: int = PERMUTATIONS,
                  device: str = "cpu", exclude: frozenset[str] = frozenset()) -> dict:
     """The modality stage: profiles and scores of every unit of `layer` over a concept set, from the matrix."""
+    from store.writes import recorded_run
     from worker.activations import stored_matrix
     from worker.layers import layer_spec
-    from worker.store import recorded_run
 
     spec = layer_spec(loaded, layer)
     matrix = stored_matrix(store, model_name, spec.name)

@@ -312,7 +312,7 @@ def preprocess_for(model: torch.nn.Module) -> Callable:
 def portable(path: str | Path) -> str:
     """A config dir as the store keeps it: relative to the repository when inside it (the server's copy may
     live elsewhere), else absolute."""
-    from app.paths import ROOT
+    from store.paths import ROOT
 
     path = Path(path).expanduser().resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)

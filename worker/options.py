@@ -26,7 +26,7 @@ from typing import Annotated, NoReturn
 import typer
 from typer.core import TyperGroup
 
-from app.keys import KeyError_, check_name
+from store.keys import KeyError_, check_name
 from worker.load_settings import INTERPOLATIONS, RESIZE_MODES, LoadOverrides, ModelSource
 
 Arch = Annotated[str, typer.Argument(
@@ -208,10 +208,10 @@ def run_stage(stage: str, source: ModelSource, name: str | None, device: str, op
     """Load the model, run `stage` alone through the pipeline (skipped while up to date unless `force`);
     (model name, the report of its last finished run). A failure or a reason it does not apply: one line.
     `options` may be a function of the loaded model (a render plan needs its image size)."""
-    from app.settings import Settings
+    from store.settings import Settings
+    from store.writes import open_store
     from worker.pipeline import last_done, run_pipeline
     from worker.stage import BuildContext
-    from worker.store import open_store
 
     loaded = open_model(source, device, precision)
     ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights), None,

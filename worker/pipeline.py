@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from tqdm import tqdm
 
-from app.db import Model, Run, now
-from worker import code_version
+from store.paths import code_version
+from store.schema import Model, Run, now
+from store.writes import joined_run
 from worker.stage import BuildContext, Stage, fingerprint
-from worker.store import joined_run
 
 Echo = Callable[[str], None]
 
@@ -197,8 +197,8 @@ def run_pipeline(ctx: BuildContext, stages: Sequence[Stage] | None = None, only:
 
 def register(ctx: BuildContext) -> None:
     """The model, its layers and unit rows in the store (created or updated), before any stage runs."""
+    from store.writes import register_model
     from worker.layers import catalogue
-    from worker.store import register_model
 
     loaded = ctx.loaded
     with ctx.store.sessions.begin() as session:

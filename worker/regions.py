@@ -7,10 +7,10 @@ region page lists the units above a chosen fraction.
 """
 from sqlalchemy import select
 
-from app.db import Unit, Word, WordScore
+from store.schema import Unit, Word, WordScore
+from store.writes import Store
 from worker.artifacts import layer_units, put_artifact
 from worker.places import geographic_words
-from worker.store import Store
 
 STAGE = "regions"
 TOP_K = 5
@@ -68,7 +68,7 @@ def write_regions(store: Store, model_name: str, layer: str, meta: dict, run_id:
 
 def run_regions(store: Store, model_name: str, layer: str) -> dict:
     """The regions stage for one layer, outside the pipeline (cheap, so it always recomputes)."""
-    from worker.store import recorded_run
+    from store.writes import recorded_run
 
     with recorded_run(store, STAGE, model_name, regions_settings(), layer=layer) as report:
         report.update(write_regions(store, model_name, layer, compute_regions(store, model_name, layer),

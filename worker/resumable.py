@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from store.writes import Store
 from worker.render_text import RenderPlan
-from worker.store import Store
 from worker.text_scores import Reader, score_texts
 
 

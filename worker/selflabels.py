@@ -133,10 +133,10 @@ def text_auc(acts_held: np.ndarray, sims_held: np.ndarray, text_sims: np.ndarray
 def run_selflabels(store, loaded, model_name: str, layer: str | None = None, vocab: str = "default",
                    template: str = "{}") -> dict:
     """Label every unit of `layer` from the matrix and the text tower, score the labels, write them."""
+    from store.writes import recorded_run
     from worker.activations import stored_matrix
     from worker.attribution import embed_texts
     from worker.layers import layer_spec
-    from worker.store import recorded_run
 
     spec = layer_spec(loaded, layer)
     matrix = stored_matrix(store, model_name, spec.name)
@@ -164,9 +164,9 @@ def run_selflabels(store, loaded, model_name: str, layer: str | None = None, voc
 
 def write_labels(store, model_name: str, layer: str, names: list[str], result: dict, run_id: int) -> int:
     """Each unit's best concept as an "auto" label version (when it changed) with its score; new versions."""
-    from app.db import LabelScore
     from app.labelling import append_auto_label, current_label
     from app.unit_text import refresh_unit_text
+    from store.schema import LabelScore
 
     ids = unit_ids(store, model_name, layer)
     changed = 0
@@ -190,7 +190,7 @@ def finite_or(value: float, default: float = float("nan")) -> float | None:
 
 
 def write_scores(store, rows: list[tuple[int, str, float, dict]], run_id: int) -> None:
-    from app.db import LabelScore
+    from store.schema import LabelScore
 
     with store.sessions.begin() as session:
         for label_id, method, score, detail in rows:
@@ -199,7 +199,7 @@ def write_scores(store, rows: list[tuple[int, str, float, dict]], run_id: int) -
 
 
 def unit_ids(store, model_name: str, layer: str) -> dict[int, int]:
-    from app.db import Layer, Model, Unit
+    from store.schema import Layer, Model, Unit
 
     with store.sessions() as session:
         return dict(session.execute(

@@ -49,7 +49,7 @@ class BuildContext:
     """What every stage is given: the store, the loaded model and its name, the corpus, the layers asked
     for, and per-stage options (`options[stage][key]`, e.g. the words stage's word list)."""
 
-    store: Any  # worker.store.Store
+    store: Any  # store.writes.Store
     loaded: Any  # worker.models.LoadedModel
     model_name: str
     corpus: Path | None = None

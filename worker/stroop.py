@@ -86,7 +86,7 @@ def stroop_settings(size: int, template: str = STROOP_TEMPLATE) -> dict:
 
 def stroop_stage(store, model_name: str, loaded, template: str = STROOP_TEMPLATE) -> dict:
     """Run the Stroop test and record it as one `stroop` run (report + a stimulus sheet in the cache)."""
-    from worker.store import recorded_run
+    from store.writes import recorded_run
 
     with recorded_run(store, "stroop", model_name, stroop_settings(loaded.image_size, template)) as report:
         report.update(write_stroop(store, run_stroop(loaded, COLOURS, template)))

@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import DatasetExample, Family, Image, Layer, Model, Unit, Word, WordScore
 from app.families import set_auto_families
 from app.labelling import MAX_LABEL, append_auto_label
 from app.unit_text import refresh_unit_text
+from store.schema import DatasetExample, Family, Image, Layer, Model, Unit, Word, WordScore
+from store.writes import Store, recorded_run
 from worker.lexicons import STOCK_WORDS
-from worker.store import Store, recorded_run
 
 STAGE = "suggest"
 BATCH = 200  # units per transaction (each unit is whole within one)

@@ -191,7 +191,7 @@ def tops(clf, probs) -> list[str]:
 def attack_stage(store, model_name: str, loaded, images: str | Path, attacks: Sequence[Attack],
                  template: str, extra_labels: Sequence[str] = (), examples: int = 3, label_key: str = "label") -> dict:
     """Run the attacks over a labelled image set and record them as one `typographic` run."""
-    from worker.store import recorded_run
+    from store.writes import recorded_run
 
     data = attack_images(images, loaded.image_size, label_key)
     labels = label_set(data.labels, attacks, extra_labels)

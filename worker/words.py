@@ -12,14 +12,14 @@ import numpy as np
 from sqlalchemy import delete, select
 from tqdm import tqdm
 
-from app.db import Word, WordScore
+from store.schema import Word, WordScore
+from store.writes import Store, bulk_insert
 from worker.artifacts import artifact, ensure_model, layer_units, write_matrix
 from worker.layers import layer_spec
 from worker.models import LoadedModel
 from worker.render_text import RenderPlan
 from worker.resumable import Checkpoints, score_resumable
 from worker.stage import model_fingerprint, settings_hash
-from worker.store import Store, bulk_insert
 from worker.text_scores import REDUCTION, channels_last, default_plan, layer_reader
 from worker.word_lists import word_list
 
@@ -115,7 +115,7 @@ def run_words(store: Store, loaded: LoadedModel, model_name: str, layer: str | N
               batch_size: int = 256, device: str = "cpu", force: bool = False) -> dict:
     """The words stage for one layer, outside the pipeline: score every word for every unit, resumably, and
     write the store; skipped while the layer's matrix carries the same settings hash (unless `force`)."""
-    from worker.store import recorded_run
+    from store.writes import recorded_run
 
     spec = layer_spec(loaded, layer)
     words = words if words is not None else word_list()

@@ -85,12 +85,12 @@ def regions_cmd(model: str = typer.Argument(..., help="the model's name in the s
     """Region report: the share of each unit's top-5 rendered words that are geographic."""
     from sqlalchemy import select
 
-    from app.db import Layer as LayerRow
-    from app.db import Model
-    from app.settings import Settings
+    from store.schema import Layer as LayerRow
+    from store.schema import Model
+    from store.settings import Settings
+    from store.writes import open_store
     from worker.options import clean_errors, fail
     from worker.regions import run_regions
-    from worker.store import open_store
 
     store = open_store(Settings())
     with store.sessions() as session:

@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.db import Layer, Model, Unit, UnitStats
-from app.keys import UnitKey
+from store.keys import UnitKey
+from store.schema import Layer, Model, Unit, UnitStats
 
 
 @dataclass
@@ -22,7 +22,7 @@ class UnitContext:
     unit: Unit
     key: UnitKey
     stats: UnitStats | None
-    cache: Any = None  # app.cache.Cache: for sections whose data lives in cached files
+    cache: Any = None  # store.cache.Cache: for sections whose data lives in cached files
 
     def sigma(self, value: float) -> float | None:
         """An activation in standard deviations from zero (the paper's unit)."""

@@ -8,10 +8,10 @@ overlay PNG.
 from sqlalchemy import select
 
 from app import urls
-from app.db import DatasetExample, Image, Run, UnitHeatmaps
 from app.heatmaps import Heatmaps, unpack
 from app.sections import Section, UnitContext
 from app.sections.rows import UNIT_ID, json_rows
+from store.schema import DatasetExample, Image, Run, UnitHeatmaps
 
 HEAT_COLUMNS = ("n_top", "height", "width", "maps", "lo", "hi")
 

@@ -2,9 +2,9 @@
 from sqlalchemy import select
 
 from app import urls
-from app.db import FeatureVis
 from app.sections import Section, UnitContext
 from app.sections.rows import UNIT_ID, json_rows
+from store.schema import FeatureVis
 
 
 def _item(r: dict) -> dict:

@@ -3,10 +3,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import urls
-from app.db import CurationEvent, Family, Label, LabelScore, UnitFamily
-from app.keys import UnitKey
 from app.sections import Section
 from app.sections.rows import UNIT_ID, fetch, json_rows, when
+from store.keys import UnitKey
+from store.schema import CurationEvent, Family, Label, LabelScore, UnitFamily
 
 EVENTS = 100  # the newest curation events shown
 

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 from sqlalchemy import select
 
 from app import urls
-from app.db import Artifact, MapActivation, PlaceScore
 from app.heatmaps import grid_values
 from app.sections import Section, UnitContext
 from app.sections.rows import LAYER, MODEL_ID, UNIT_ID, json_rows
+from store.schema import Artifact, MapActivation, PlaceScore
 
 TOP = 10
 

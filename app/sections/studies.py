@@ -2,9 +2,9 @@
 from sqlalchemy import func, select
 
 from app import urls
-from app.db import ActivationSample, Study, StudyItem, StudyLabel
 from app.sections import Section, UnitContext
 from app.sections.rows import UNIT_ID, json_rows, when
+from store.schema import ActivationSample, Study, StudyItem, StudyLabel
 
 
 def columns(dialect: str) -> dict:

@@ -2,10 +2,10 @@
 from sqlalchemy import select
 
 from app import urls
-from app.db import Word, WordScore
 from app.embeddings import TYPO_TOP, shared_fragment
 from app.sections import Section, UnitContext
 from app.sections.rows import UNIT_ID, json_rows
+from store.schema import Word, WordScore
 
 
 def columns(dialect: str) -> dict:

@@ -9,13 +9,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import urls
-from app.db import Image, Model, Run
 from app.deps import CacheDep, SessionDep
 from app.lookup import NotFound, get_model
 from app.probe import ProbeBusy, ProbeUnavailable, engine_of, spec_for
 from app.probe_images import MAX_BYTES, BadImage, read_image
 from app.views.probe import parse_k, probe_error, uploaded_image
 from app.web import error_page, respond
+from store.schema import Image, Model, Run
 
 router = APIRouter()
 

@@ -5,13 +5,13 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import bindparam, func, select
 
 from app import urls
-from app.db import FeatureVis, Label, Layer, Model, Unit, UnitStats
 from app.deps import SessionDep, SettingsDep
-from app.keys import KeyError_, UnitKey, parse_unit
 from app.lookup import NotFound, get_layer, get_model, get_unit, unit_range_text
 from app.pagecache import CacheableDep
 from app.sections import UnitContext, all_sections, load_sections
 from app.web import respond
+from store.keys import KeyError_, UnitKey, parse_unit
+from store.schema import FeatureVis, Label, Layer, Model, Unit, UnitStats
 
 router = APIRouter(dependencies=[CacheableDep])  # pure functions of the store: app.pagecache keeps them
 

@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from app import urls
 from app.activations import ARTIFACT as MATRIX
 from app.activations import ActivationMatrix, MatrixError, sha_range
-from app.db import Artifact, Direction, Image, Label, Layer, Unit
 from app.deps import CacheDep, SessionDep, SettingsDep
 from app.directions import (
     PROJECTIONS,
@@ -28,7 +27,6 @@ from app.directions import (
     readout_norms,
 )
 from app.forms import body_of, done
-from app.keys import UnitKey
 from app.lookup import NotFound, get_layer
 from app.modality import MODALITIES, heat, layer_profiles
 from app.probe import ProbeBusy, ProbeUnavailable, engine_of, readout_artifact, spec_for
@@ -36,6 +34,8 @@ from app.sections.labels import label_scores
 from app.security import EditorDep
 from app.views.probe import probe_error, unit_cards
 from app.web import error_page, respond
+from store.keys import UnitKey
+from store.schema import Artifact, Direction, Image, Label, Layer, Unit
 
 router = APIRouter()
 EXAMPLES = 12

@@ -7,12 +7,12 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 
 from app import urls
-from app.db import Artifact, Layer, Model, Unit
 from app.deps import CacheDep, SessionDep
-from app.keys import UnitKey
 from app.lookup import NotFound, get_model
 from app.views.browse import labels_for, thumbs_for
 from app.web import respond
+from store.keys import UnitKey
+from store.schema import Artifact, Layer, Model, Unit
 
 router = APIRouter()
 ARTIFACT = "emotions"

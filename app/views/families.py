@@ -5,7 +5,6 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, field_validator
 
 from app import urls
-from app.db import Family
 from app.deps import SessionDep, SettingsDep
 from app.families import (
     Conflict,
@@ -21,11 +20,12 @@ from app.families import (
     remove_member,
 )
 from app.forms import body_of, done
-from app.keys import UnitKey
 from app.lookup import NotFound, unit_by_key
 from app.security import EditorDep
 from app.views.browse import labels_for, thumbs_for
 from app.web import error_page, respond
+from store.keys import UnitKey
+from store.schema import Family
 
 router = APIRouter()
 PREVIEW = 8

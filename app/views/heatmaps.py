@@ -8,11 +8,11 @@ from fastapi.responses import Response
 from sqlalchemy import select
 
 from app import urls
-from app.db import MapActivation, UnitHeatmaps
 from app.deps import SessionDep
 from app.heatmaps import MAP_BASE, grid_values, map_base, map_overlay_jpeg, overlay_png, unpack
 from app.httpcache import REVALIDATE
 from app.lookup import NotFound, get_unit, key_of
+from store.schema import MapActivation, UnitHeatmaps
 
 router = APIRouter()
 

@@ -11,15 +11,15 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from app import urls
-from app.db import Artifact, Image, Model
 from app.deps import CacheDep, SessionDep
-from app.keys import UnitKey
 from app.lookup import NotFound, get_model
 from app.probe import ProbeBusy, ProbeUnavailable, engine_of, readout_artifact, spec_for
 from app.probe_images import MAX_BYTES, OVERLAY_SIZE, BadImage, data_uri, model_view, overlay, read_image
 from app.search import BadQuery, check_query
 from app.views.browse import labels_for, thumbs_for
 from app.web import error_page, respond
+from store.keys import UnitKey
+from store.schema import Artifact, Image, Model
 
 router = APIRouter()
 

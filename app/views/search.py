@@ -6,13 +6,13 @@ from sqlalchemy.orm import Session
 
 from app import urls
 from app.deps import CacheDep, SessionDep, SettingsDep
-from app.keys import UnitKey
 from app.lookup import NotFound, get_model
 from app.probe import ProbeBusy, ProbeUnavailable, readout_artifact
 from app.search import ATTRIBUTION_LIMIT, BadQuery, check_query, describe, excerpt, full_text, fuse, tokens, unit_ids
 from app.views.browse import labels_for, thumbs_for
 from app.views.probe import attribution_scores, text_models
 from app.web import error_page, respond
+from store.keys import UnitKey
 
 router = APIRouter()
 

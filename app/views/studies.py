@@ -14,10 +14,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, field_validator
 
 from app import urls
-from app.db import Study, Unit
 from app.deps import SessionDep
 from app.forms import body_of, done, is_form, raw_input
-from app.keys import UnitKey
 from app.lookup import NotFound, get_unit, key_of
 from app.security import EditorDep, current_editor
 from app.studies import (
@@ -36,6 +34,8 @@ from app.studies import (
 from app.study_plot import FORMATS, render_plot
 from app.study_results import results, results_csv
 from app.web import error_page, respond
+from store.keys import UnitKey
+from store.schema import Study, Unit
 
 router = APIRouter()
 BATCH = 24

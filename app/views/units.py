@@ -13,13 +13,13 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from app import urls
-from app.db import Family, Label, Layer, Model, Unit, UnitFamily, UnitStats
 from app.deps import SessionDep
 from app.families import get_family
-from app.keys import UnitKey
 from app.lookup import NotFound
 from app.pagecache import CacheableDep
 from app.web import error_page
+from store.keys import UnitKey
+from store.schema import Family, Label, Layer, Model, Unit, UnitFamily, UnitStats
 
 router = APIRouter(dependencies=[CacheableDep])  # a pure function of the store and the URL
 

@@ -11,12 +11,12 @@ from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from app import urls
-from app.db import Artifact, Model, Word
 from app.deps import CacheDep, SessionDep
 from app.embeddings import EmbeddingError, WordSpace, load_space, suggestion
-from app.keys import UnitKey
 from app.lookup import NotFound, get_layer
 from app.web import error_page, respond
+from store.keys import UnitKey
+from store.schema import Artifact, Model, Word
 
 router = APIRouter()
 

@@ -34,7 +34,7 @@ UNITS_PER_STEP = 500
 def cache_root() -> Path:
     root = context.config.attributes.get("cache_root")
     if root is None:
-        from app.settings import Settings
+        from store.settings import Settings
 
         root = Settings().cache_root
     return Path(root)

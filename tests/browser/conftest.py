@@ -8,14 +8,14 @@ import httpx
 import pytest
 from playwright.sync_api import sync_playwright
 
-from app.keys import UnitKey
 from app.labelling import save_label
 from app.liveserver import LiveServer
 from app.lookup import unit_by_key
-from app.migrate import upgrade
-from app.settings import Settings
-from worker.store import open_store, register_model
-from worker.synthetic import populate
+from store.keys import UnitKey
+from store.migrate import upgrade
+from store.settings import Settings
+from store.writes import open_store, register_model
+from tests.synthetic import populate
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",

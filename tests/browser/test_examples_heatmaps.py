@@ -1,6 +1,6 @@
 """Dataset-example overlays drawn in the browser from the stored maps (static/heatmaps.js on a canvas), and the
 server-rendered PNG in their place when JavaScript is off. The synthetic store's maps: top examples
-[[1, 0], [0, 0.5]], bottom ones [[-1, 0], [0, 0.5]] (worker.synthetic.synthetic_maps, generation 1)."""
+[[1, 0], [0, 0.5]], bottom ones [[-1, 0], [0, 0.5]] (tests.synthetic.synthetic_maps, generation 1)."""
 import pytest
 
 pytestmark = pytest.mark.browser

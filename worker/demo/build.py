@@ -10,8 +10,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from app.db import Model, Run
-from app.settings import Settings
+from store.schema import Model, Run
+from store.settings import Settings
 from worker.pipeline import Outcome, run_pipeline, select_stages, summary
 from worker.stage import BuildContext
 
@@ -27,10 +27,10 @@ FEATUREVIS = {"steps": 32, "batch": 32, "facets": ("faces", "text", "logos", "fl
 def prepare(settings: Settings, device: str = "cpu", loaded=None, corpus: Path | None = None) -> BuildContext:
     """The model (assembled and loaded), the corpus (built once) and the store with the model registered.
     `loaded` and `corpus` replace the embedded model and its corpus (tests use a tiny pair)."""
+    from store.writes import finish_run, open_store, register_model, start_run
     from worker.demo import model as demo_model
     from worker.demo.corpus import build_corpus
     from worker.layers import catalogue
-    from worker.store import finish_run, open_store, register_model, start_run
 
     data_dir = Path(settings.data_dir)
     loaded = loaded or demo_model.load(data_dir, device)

@@ -1,13 +1,13 @@
 """`microscope demo train | evaluate | corpus`: the embedded model's own commands (torch imported inside).
 
-`app.cli` owns the `demo` group (plain `microscope demo` builds and serves, `demo build` only builds) and
+`worker.commands` owns the `demo` group (plain `microscope demo` builds and serves, `demo build` only builds) and
 lists these commands in it.
 """
 from pathlib import Path
 
 import typer
 
-from app.settings import Settings
+from store.settings import Settings
 
 
 def train_cmd(steps: int = typer.Option(None, min=1, help="optimiser steps (default: the committed settings)"),

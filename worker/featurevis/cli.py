@@ -46,7 +46,7 @@ def featurevis_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Feature visualizations of a layer's neurons: plain, a diversity strip, one per facet. Resumable."""
-    from app.settings import Settings
+    from store.settings import Settings
     from worker.featurevis.render import RenderSettings
     from worker.featurevis.stage import FeatureVisSettings
     from worker.options import clean_errors, model_name_for, precision_for, resolve_device
@@ -71,10 +71,10 @@ def run_command(app_settings, source, device, model_name, layer, units, settings
                 facet_layer, retrain, channels_last, progress) -> dict:
     import torch
 
+    from store.writes import open_store, recorded_run, register_model
     from worker.featurevis.stage import run_layer
     from worker.layers import catalogue, layer_spec
     from worker.options import clean_errors, open_model
-    from worker.store import open_store, recorded_run, register_model
 
     torch.manual_seed(0)  # a random-init model is then the same model in every run
     loaded = open_model(source, device)

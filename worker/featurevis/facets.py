@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from sqlalchemy import select
 
-from app.db import FacetProbe, Model
+from store.schema import FacetProbe, Model
+from store.writes import Store
 from worker.corpus import Skip, iter_entries, open_entry
 from worker.layers import activations
 from worker.models import LoadedModel
-from worker.store import Store
 
 FACET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 

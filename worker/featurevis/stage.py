@@ -16,14 +16,14 @@ import torch
 from PIL import Image as PILImage
 from sqlalchemy import delete, select, tuple_
 
-from app.db import FeatureVis, Layer, Model, Unit
-from app.keys import UnitKey
+from store.keys import UnitKey
+from store.schema import FeatureVis, Layer, Model, Unit
+from store.writes import Store
 from worker.featurevis import objectives as O
 from worker.featurevis.facets import StoredProbe
 from worker.featurevis.render import RenderSettings, render
 from worker.featurevis.speed import fast_model
 from worker.models import LoadedModel
-from worker.store import Store
 
 FV_VERSION = 2  # bump when a code change alters the images rendered for the same settings (2: channel
 # objectives climb the unit's value — ResNets before the final ReLU, ViTs the pooled token value)

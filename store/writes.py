@@ -6,19 +6,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sqlalchemy import JSON, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.cache import Cache
-from app.db import Layer, Model, Run, Unit, make_engine, make_sessionmaker, now
-from app.migrate import upgrade
-from app.settings import Settings
-from worker import code_version
-
-if TYPE_CHECKING:
-    from worker.layers import LayerSpec
+from store.cache import Cache
+from store.migrate import upgrade
+from store.paths import code_version
+from store.schema import Layer, Model, Run, Unit, make_engine, make_sessionmaker, now
+from store.settings import Settings
 
 # (run id, stage) of the pipeline stage running now (worker.pipeline): a stage's own run bookkeeping joins
 # that row instead of opening another, so one stage run is one `runs` row carrying the build fingerprint
@@ -54,7 +50,7 @@ def open_store(settings: Settings | None = None) -> Store:
 
 
 def register_model(session: Session, name: str, arch: str, weights: str | None, image_size: int,
-                   layers: list[LayerSpec], description: str = "", load: dict | None = None) -> Model:
+                   layers: list, description: str = "", load: dict | None = None) -> Model:
     """Create or update a model and its layers, with one unit row per neuron.
 
     `load`: how the model was built (`LoadedModel.record()`), kept so the server's probes rebuild the same one."""
@@ -109,10 +105,8 @@ def recorded_run(store: Store, stage: str, model_name: str, settings: dict,
                  layer: str | None = None) -> Iterator[dict]:
     """A `runs` row for a stage that computes first and writes at the end: started now, marked failed if
     the body raises. The body fills the yielded report dict; the row is committed done when it returns."""
-    from app.lookup import get_model
-
     with store.sessions.begin() as session:
-        run_id = start_run(session, stage, get_model(session, model_name), settings, layer=layer).id
+        run_id = start_run(session, stage, model_named(session, model_name), settings, layer=layer).id
     report: dict = {"run_id": run_id}
     if run_id == active_run(stage):  # the pipeline records the outcome
         yield report
@@ -139,7 +133,7 @@ def bulk_insert(session: Session, model, rows: list[dict]) -> None:
         session.execute(insert(table), rows)
         return
     conn = session.connection()
-    conn.info["store_wrote"] = True  # app.db.track_writes sees statements, not COPY data
+    conn.info["store_wrote"] = True  # store.schema.track_writes sees statements, not COPY data
     columns = list(rows[0])
     as_json = [isinstance(table.c[c].type, JSON) for c in columns]
     names = ", ".join(table.c[c].name for c in columns)
@@ -147,3 +141,12 @@ def bulk_insert(session: Session, model, rows: list[dict]) -> None:
             cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row([json.dumps(row[c]) if j else row[c] for c, j in zip(columns, as_json, strict=True)])
+
+
+def model_named(session: Session, name: str) -> Model:
+    """The registered model `name`; a LookupError naming the models there are (one line for the CLI)."""
+    model = session.scalar(select(Model).where(Model.name == name))
+    if model is None:
+        have = ", ".join(session.scalars(select(Model.name).order_by(Model.name))) or "none yet"
+        raise LookupError(f"No model {name!r} in the store. Models there: {have}.")
+    return model

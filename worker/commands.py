@@ -1,4 +1,5 @@
-"""The `microscope` command tree: build, demo, serve, worker, db. Every command is a plain function listed
+"""The `microscope` command tree (the CLI's root; the web app never imports it): build, demo, serve, export,
+worker, db. Every command is a plain function listed
 in a `command_group` table below, in pipeline order; the worker's commands import torch only when they run."""
 import socket
 from contextlib import contextmanager
@@ -7,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from app.settings import Settings
+from store.settings import Settings
 from worker.cli import build_cmd, stage_names, worker_cli
 from worker.demo.cli import corpus_cmd, evaluate_cmd, train_cmd
 from worker.options import command_group
@@ -15,7 +16,7 @@ from worker.options import command_group
 
 def db_upgrade(revision: str = "head"):
     """Create or migrate the store's schema (SQLite file or DATABASE_URL)."""
-    from app.migrate import upgrade
+    from store.migrate import upgrade
 
     settings = Settings()
     upgrade(settings.db_url, revision, cache_root=settings.cache_root)
@@ -24,7 +25,7 @@ def db_upgrade(revision: str = "head"):
 
 def db_downgrade(revision: str = typer.Argument(..., help="target revision, e.g. base")):
     """Migrate the store's schema down (drops data of removed tables)."""
-    from app.migrate import downgrade
+    from store.migrate import downgrade
 
     downgrade(Settings().db_url, revision)
 
@@ -49,7 +50,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option
     """Serve the store over HTTP (several worker processes with --workers)."""
     import uvicorn
 
-    from app.migrate import upgrade
+    from store.migrate import upgrade
 
     upgrade(Settings().db_url)
     sock = listening_socket(host, port)
@@ -82,8 +83,8 @@ def export_cmd(model: str = typer.Argument(..., help="model name, as in its URL"
 @contextmanager
 def store_session():
     """A read-only session of the store (one snapshot, as the pages read), closed after."""
-    from app.db import make_engine, make_sessionmaker
     from app.deps import read_snapshot
+    from store.schema import make_engine, make_sessionmaker
 
     settings = Settings()
     engine = make_engine(settings.db_url)

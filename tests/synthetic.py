@@ -16,8 +16,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app.cache import Cache
-from app.db import (
+from app.heatmaps import quantize
+from app.unit_text import refresh_unit_text
+from store.cache import Cache
+from store.keys import UnitKey
+from store.schema import (
     DatasetExample,
     FeatureVis,
     Image,
@@ -31,11 +34,8 @@ from app.db import (
     make_engine,
     make_sessionmaker,
 )
-from app.heatmaps import quantize
-from app.keys import UnitKey
-from app.unit_text import refresh_unit_text
+from store.writes import Store, register_model
 from worker.layers import LayerSpec
-from worker.store import Store, register_model
 
 K_EXAMPLES = 4  # per sign
 K_WORDS = 5  # per sign

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image as PILImage
 
-from app.keys import UnitKey
+from store.keys import UnitKey
 
 THUMB_SIZE = 128
 

@@ -4,7 +4,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from app.paths import ROOT
+from store.paths import ROOT
 
 
 def alembic_config(url: str, cache_root: Path | None = None) -> Config:
