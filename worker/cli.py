@@ -93,11 +93,12 @@ def layers_cmd(source: ModelSource, device: Device = "cpu"):
     specs, family = catalogue(loaded), family_of(loaded)
     width = max(len(s.name) for s in specs)
     s = loaded.settings
-    typer.echo(f"{loaded.arch} ({loaded.image_size} px; QuickGELU {'on' if s.quick_gelu else 'off'}, mean "
-               f"{', '.join(f'{v:g}' for v in s.mean)}, std {', '.join(f'{v:g}' for v in s.std)}, "
-               f"{s.interpolation}, {s.resize_mode})")
-    typer.echo(f"  family {family.name} ({tower_name(loaded.visual)}); neuron: {family.neuron}")
+    typer.echo(f"{loaded.arch} ({loaded.image_size} px), family {family.name} ({tower_name(loaded.visual)})")
+    typer.echo(f"  neuron: {family.neuron}")
     typer.echo(f"  value shown: {signal_description(loaded)}")
+    typer.echo(f"  preprocessing: QuickGELU {'on' if s.quick_gelu else 'off'}, mean "
+               f"{', '.join(f'{v:g}' for v in s.mean)}, std {', '.join(f'{v:g}' for v in s.std)}, "
+               f"{s.interpolation}, {s.resize_mode}")
     for s in specs:
         typer.echo(f"{'*' if s.is_default else ' '} {s.name:<{width}}  {s.n_units:>6} units  {s.kind:<4}  {s.module}")
 
