@@ -1,18 +1,16 @@
-"""The `microscope` command: database, server, demo and (lazily, with torch) the worker."""
+"""The `microscope` command tree: build, demo, serve, worker, db. Every command is a plain function listed
+in a `command_group` table below, in pipeline order; the worker's commands import torch only when they run."""
 import socket
 from typing import Annotated
 
 import typer
 
 from app.settings import Settings
-
-cli = typer.Typer(help="CLIP Microscope: precompute neuron pages with the worker, browse them with the server.",
-                  no_args_is_help=True)
-db_cli = typer.Typer(help="Create and migrate the store.", no_args_is_help=True)
-cli.add_typer(db_cli, name="db")
+from worker.cli import build_cmd, stage_names, worker_cli
+from worker.demo.cli import corpus_cmd, evaluate_cmd, train_cmd
+from worker.options import command_group
 
 
-@db_cli.command("upgrade")
 def db_upgrade(revision: str = "head"):
     """Create or migrate the store's schema (SQLite file or DATABASE_URL)."""
     from app.migrate import upgrade
@@ -22,7 +20,6 @@ def db_upgrade(revision: str = "head"):
     typer.echo(f"store at {settings.db_url} is at {revision}")
 
 
-@db_cli.command("downgrade")
 def db_downgrade(revision: str = typer.Argument(..., help="target revision, e.g. base")):
     """Migrate the store's schema down (drops data of removed tables)."""
     from app.migrate import downgrade
@@ -44,7 +41,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-@cli.command()
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option(1, min=1),
           reload: bool = False,
           keep_alive: Annotated[int, typer.Option(help="seconds an idle keep-alive connection stays open")] = 75):
@@ -63,39 +59,36 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option
                 timeout_keep_alive=keep_alive)
 
 
-demo_cli = typer.Typer(help="The embedded demo model: build the demo store and serve it, or train, evaluate, "
-                              "build its corpus.", invoke_without_command=True)
-cli.add_typer(demo_cli, name="demo")
-
-
-@demo_cli.callback()
 def demo(ctx: typer.Context, host: str = "127.0.0.1", port: int = 8000,
          serve_after: bool = typer.Option(True, "--serve/--no-serve"), workers: int = 1):
     """Build the demo store on the embedded default model (reusing what exists), then serve it."""
     if ctx.invoked_subcommand is not None:
         return
-    demo_build()
+    demo_build(only=[], skip=[])
     if serve_after:
         serve(host=host, port=port, workers=workers, reload=False)
 
 
-@demo_cli.command("build")
-def demo_build():
-    """Build (or bring up to date) the demo store without serving it."""
+def demo_build(only: list[str] = typer.Option([], help="run only these stages"),
+               skip: list[str] = typer.Option([], help="leave these stages out")):
+    """Build (or bring up to date) the demo store without serving it: `microscope build` on the demo model."""
     from worker.demo.build import build_demo
 
-    build_demo(Settings(), echo=typer.echo)
+    build_demo(Settings(), stage_names(only), stage_names(skip), echo=typer.echo)
+
+
+demo_cli = command_group("The embedded demo model: build the demo store and serve it, or train, evaluate, "
+                         "build its corpus.", [("build", demo_build), ("train", train_cmd),
+                                               ("evaluate", evaluate_cmd), ("corpus", corpus_cmd)],
+                         callback=demo, invoke_without_command=True, no_args_is_help=False)
+db_cli = command_group("Create and migrate the store.", [("upgrade", db_upgrade), ("downgrade", db_downgrade)])
+cli = command_group("CLIP Microscope: precompute neuron pages with the worker, browse them with the server.", [
+    ("build", build_cmd), ("demo", demo_cli), ("serve", serve), ("worker", worker_cli), ("db", db_cli)])
 
 
 def _add_worker() -> None:
-    from worker.cli import worker_cli
-
-    cli.add_typer(worker_cli, name="worker")
-    from worker.demo.cli import add_commands
-
-    add_commands(demo_cli)  # demo train / evaluate / corpus
+    """Kept for callers of the old lazy registration: every command is in the tree from the start."""
 
 
 def main() -> None:
-    _add_worker()
     cli()

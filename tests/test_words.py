@@ -9,8 +9,10 @@ from sqlalchemy import select
 
 from app.db import Artifact, Unit, UnitText, Word, WordScore
 from worker.render_text import RenderPlan, available_fonts, reduce_variants, render, render_all
+from worker.resumable import Checkpoints, score_resumable
+from worker.stage import settings_hash
 from worker.text_scores import common_words, layer_reader
-from worker.words import Checkpoints, run_words, score_resumable, settings_hash
+from worker.words import run_words
 
 WORDS = ["king", "queen", "man", "woman", "paris", "france", "running", "eating", "singing", "walking",
          "telecommunications", "the", "of", "red", "blue", "dog", "cat", "london", "japan", "music"]

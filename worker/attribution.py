@@ -154,16 +154,3 @@ def registered_config_dirs(arch: str) -> list[Path]:
     return [Path(d) for d in dirs if Path(d).is_dir() and Path(d).resolve() != builtin
             and (Path(d) / f"{arch}.json").is_file()]
 
-
-def demo_stage(ctx) -> dict:
-    """The demo build's stage (worker/demo/build.py STAGES): the demo model's read-out, kept while its
-    weights and architecture are unchanged."""
-    with ctx.store.sessions() as session:
-        model = session.scalar(select(Model).where(Model.name == ctx.model_name))
-        art = model and session.scalar(select(Artifact).where(Artifact.model_id == model.id,
-                                                              Artifact.name == ARTIFACT_NAME))
-        if art is not None and art.meta.get("weights") == str(ctx.loaded.weights) and \
-                art.meta.get("arch") == ctx.loaded.arch and ctx.store.cache.resolve(art.path):
-            return {"skipped": "done before"}
-    art = store_readout(ctx.store, ctx.model_name, ctx.loaded, registered_config_dirs(ctx.loaded.arch))
-    return {"units": art.meta["units"], "path": art.path}

@@ -1,10 +1,10 @@
-"""`microscope worker …`: compute stages. Each command imports torch only when it runs."""
+"""`microscope build` and `microscope worker …`: the pipeline and its stages one by one. Each command imports
+torch only when it runs. Commands are plain functions; `WORKER_COMMANDS` (pipeline order) registers them."""
 import typer
 
-worker_cli = typer.Typer(help="Precompute neuron data into the store (torch + open_clip).", no_args_is_help=True)
-
-
-from worker.options import Arch, ConfigDirs, Device, ModelName, Weights  # noqa: E402
+from worker.featurevis.cli import featurevis_cmd
+from worker.options import Arch, ConfigDirs, Device, ModelName, Weights, command_group
+from worker.words_cli import maps_cmd, regions_cmd, words_cmd
 
 
 # -- the text side: emotion composition, typographic attacks, Stroop (worker/emotions.py, typographic.py, stroop.py)
@@ -21,7 +21,6 @@ def _store_with(loaded, arch: str, weights: str | None, name: str | None):
     return store, model_name
 
 
-@worker_cli.command("emotions")
 def emotions_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
                  device: Device = "auto",
                  feelings: str = typer.Option("", help="feeling-wheel file (default: worker/wordlists/feelings.txt)"),
@@ -41,7 +40,6 @@ def emotions_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = N
                f"{sum(quality) / len(quality):.3f}; atlas at {data['atlas']}")
 
 
-@worker_cli.command("typographic")
 def typographic_cmd(arch: Arch,
                     images: str = typer.Option(..., help="folder of class folders, or a .csv/.jsonl manifest "
                                                          "with path and label columns"),
@@ -76,7 +74,6 @@ def typographic_cmd(arch: Arch,
                    f"pixel cover {a['pixel_cover']:.2%}")
 
 
-@worker_cli.command("stroop")
 def stroop_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
                device: Device = "auto"):
     """Stroop test: colour words drawn in colours, zero-shot ink colour, congruent vs incongruent accuracy."""
@@ -92,7 +89,6 @@ def stroop_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = Non
 
 
 # -- model frame and dataset examples (shared model options: worker/options.py) ---------------------
-@worker_cli.command("layers")
 def layers_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, device: Device = "cpu"):
     """List the model's neuron layers with their unit counts (the default layer is marked *)."""
     from worker.layers import catalogue
@@ -106,7 +102,6 @@ def layers_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = Non
         typer.echo(f"{'*' if s.is_default else ' '} {s.name:<{width}}  {s.n_units:>6} units  {s.kind:<4}  {s.module}")
 
 
-@worker_cli.command("register")
 def register_cmd(arch: Arch, name: ModelName = None, weights: Weights = None, config_dir: ConfigDirs = None,
                  description: str = typer.Option("", help="shown on the model's page")):
     """Register a model, its layers and unit rows in the store (no compute)."""
@@ -125,7 +120,6 @@ def register_cmd(arch: Arch, name: ModelName = None, weights: Weights = None, co
                    f"{len(model.layers)} layers, {sum(la.n_units for la in model.layers)} units")
 
 
-@worker_cli.command("examples")
 def examples_cmd(
     arch: Arch,
     corpus: str = typer.Option(..., help="image folder (recursive; .tar shards inside are read too), a .tar "
@@ -165,20 +159,6 @@ def examples_cmd(
         typer.echo(f"shard {report['shard']} saved; the last shard to finish writes the store")
 
 
-# -- feature visualization (worker/featurevis/) -------------------------------------------------------
-from worker.featurevis.cli import featurevis_cmd  # noqa: E402
-
-worker_cli.command("featurevis")(featurevis_cmd)
-
-# -- rendered words, world maps, region report (worker/words.py, maps.py, regions.py) -----------------
-from worker.words_cli import maps_cmd, regions_cmd, words_cmd  # noqa: E402
-
-worker_cli.command("words")(words_cmd)
-worker_cli.command("maps")(maps_cmd)
-worker_cli.command("regions")(regions_cmd)
-
-
-@worker_cli.command("suggest")
 def suggest_cmd(model: str = typer.Argument(..., help="model name in the store"),
                 layer: str = typer.Option(None, help="layer name (default: the model's default layer)"),
                 top_words: int = typer.Option(5, min=1, help="top rendered words that vote on the family"),
@@ -201,7 +181,6 @@ def suggest_cmd(model: str = typer.Argument(..., help="model name in the store")
                f"{report['labels_changed']} new labels; families: {families}")
 
 
-@worker_cli.command("attribution")
 def attribution_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
                     device: Device = "cpu"):
     """Text → neuron read-out (worker/attribution.py): a .npy in the cache that the text probe and search use."""
@@ -216,3 +195,67 @@ def attribution_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs 
         art = store_readout(store, model_name, loaded, config_dir or ())
     typer.echo(f"{model_name}: read-out {art.meta['units']} units × {art.meta['embed_dim']} dims "
                f"of {art.layer} at {art.path}")
+
+
+# -- the whole pipeline ---------------------------------------------------------------------------------
+def stage_names(values: list[str]) -> list[str]:
+    """--only/--skip values (repeatable or comma-separated), checked against the stages before any loading."""
+    from worker.options import fail
+    from worker.pipeline import UnknownStage, select_stages
+    from worker.stages import STAGES
+
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    try:
+        select_stages(STAGES, names)
+    except UnknownStage as e:
+        fail(str(e))
+    return names
+
+
+def build_cmd(arch: Arch, weights: Weights = None,
+              corpus: str = typer.Option(None, help="image folder, .tar shard or .csv/.jsonl manifest (the "
+                                                    "stages that read images are skipped without it)"),
+              config_dir: ConfigDirs = None, name: ModelName = None, device: Device = "auto",
+              layers: list[str] = typer.Option([], "--layers", "--layer", help="layer name (repeatable; "
+                                               "default: the penultimate layer)"),
+              only: list[str] = typer.Option([], help="run only these stages (repeatable or comma-separated)"),
+              skip: list[str] = typer.Option([], help="leave these stages out"),
+              force: list[str] = typer.Option([], help="rerun these stages even when up to date"),
+              word_list: str = typer.Option("clean", help="words stage: clean (common words without profanity "
+                                                          "and slurs) | common (the paper's 10,000)"),
+              progress: bool = typer.Option(True, "--progress/--no-progress")):
+    """Run every stage that applies to the model, in dependency order, skipping what is up to date."""
+    from pathlib import Path
+
+    from app.settings import Settings
+    from worker.options import clean_errors, fail, model_name_for, open_model
+    from worker.pipeline import run_pipeline, summary
+    from worker.stage import BuildContext
+    from worker.store import open_store
+    from worker.word_lists import WORD_LISTS
+
+    only, skip, force = stage_names(only), stage_names(skip), stage_names(force)
+    if word_list not in WORD_LISTS:
+        fail(f"--word-list must be one of {', '.join(WORD_LISTS)}, got {word_list!r}")
+    if corpus is not None and not Path(corpus).expanduser().exists():
+        fail(f"--corpus {corpus}: no such file or folder")
+    loaded = open_model(arch, weights, config_dir, device)
+    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(arch, weights),
+                       Path(corpus).expanduser() if corpus else None, tuple(layers),
+                       {"words": {"list": word_list}}, tuple(config_dir or ()), progress)
+    with clean_errors():
+        ctx.layer_names()
+        outcomes = run_pipeline(ctx, only=only, skip=skip, force=force)
+    typer.echo(summary(outcomes))
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+# pipeline order: the model frame, then the stages as `microscope build` runs them
+WORKER_COMMANDS = [
+    ("layers", layers_cmd), ("register", register_cmd), ("examples", examples_cmd), ("featurevis", featurevis_cmd),
+    ("words", words_cmd), ("maps", maps_cmd), ("regions", regions_cmd), ("attribution", attribution_cmd),
+    ("emotions", emotions_cmd), ("typographic", typographic_cmd), ("stroop", stroop_cmd), ("suggest", suggest_cmd),
+]
+worker_cli = command_group("Precompute neuron data into the store, one stage at a time (torch + open_clip).",
+                           WORKER_COMMANDS)

@@ -15,42 +15,17 @@ valence and arousal), `factors` factors (7 in the paper) colour the cells.
 """
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-FEELINGS = Path(__file__).parent / "wordlists" / "feelings.txt"
+from worker.feelings import FEELINGS, Feeling, read_feelings
+
 PROMPT = "I feel {}"
 LOGISTIC_PROMPTS = ("I feel {}", "i am feeling {}", "Me feeling {} on my face",
                     "a photo of me with a {} expression on my face")
 FACTOR_COLOURS = ("#e6b800", "#3a7bd5", "#2e9e5b", "#d64541", "#8e44ad", "#e67e22", "#16a0a0",
                   "#7f8c8d", "#c0392b", "#2c3e50")
-
-
-@dataclass(frozen=True)
-class Feeling:
-    word: str
-    group: str  # the core feeling it sits under on the wheel
-
-
-def read_feelings(path: Path = FEELINGS) -> list[Feeling]:
-    """The feeling wheel: `[core]` headers, one word per line, `#` comments."""
-    out, group, seen = [], None, set()
-    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            group = line[1:-1].strip()
-            continue
-        if group is None:
-            raise ValueError(f"{path}:{n}: word {line!r} before the first [core] header")
-        if line.lower() in seen:
-            raise ValueError(f"{path}:{n}: {line!r} is listed twice")
-        seen.add(line.lower())
-        out.append(Feeling(line, group))
-    return out
 
 
 # --- sparse codes -------------------------------------------------------------------------------
@@ -237,6 +212,11 @@ def report(result: dict, feelings: list[Feeling], method: str, neurons: int) -> 
     }
 
 
+def emotions_settings(feelings_path: Path, method: str, neurons: int, factors: int) -> dict:
+    return {"feelings": str(feelings_path), "method": method, "neurons": neurons, "factors": factors,
+            "prompt": PROMPT}
+
+
 def emotions_stage(store, model_name: str, loaded, feelings_path: Path = FEELINGS, method: str = "lasso",
                    neurons: int = 6, factors: int = 7) -> dict:
     """Compute emotion composition for the model and keep it: a JSON, the atlas PNG and the attribution
@@ -245,28 +225,34 @@ def emotions_stage(store, model_name: str, loaded, feelings_path: Path = FEELING
     from worker.store import recorded_run
 
     feelings = read_feelings(Path(feelings_path))
-    spec = layer_spec(loaded)
-    settings = {"feelings": str(feelings_path), "method": method, "neurons": neurons, "factors": factors,
-                "prompt": PROMPT}
-    with recorded_run(store, "emotions", model_name, settings, layer=spec.name) as run:
+    layer = layer_spec(loaded).name
+    settings = emotions_settings(feelings_path, method, neurons, factors)
+    with recorded_run(store, "emotions", model_name, settings, layer=layer) as run:
         result = compose(loaded, feelings, method, neurons, factors)
-        data = report(result, feelings, method, neurons)
-        names = [", ".join(f["top_words"][:3]) for f in data["factors"]]
-        png = render_atlas(result["words"], [tuple(w["cell"]) for w in data["words"]], data["side"],
-                           result["atlas"]["share"], names)
-        data["atlas"] = store.cache.write(f"artifacts/{model_name}/{spec.name}/emotions-atlas.png", png)
-        data["vectors"] = save_npy(store.cache, f"artifacts/{model_name}/{spec.name}/emotions-vectors.npy",
-                                   result["vectors"])
-        path = store.cache.write(f"artifacts/{model_name}/{spec.name}/emotions.json",
-                                 json.dumps(data, ensure_ascii=False).encode())
-        meta = {"words": len(feelings), "method": method, "max_neurons": neurons,
-                "mean_quality": round(float(np.mean(result["quality"])), 4), "quality_name": data["quality_name"]}
-        keep_artifacts(store, model_name, spec.name, run["run_id"],
-                       {"emotions": (path, meta), "emotions-atlas": (data["atlas"], {}),
-                        "emotions-vectors": (data["vectors"], {"shape": list(result["vectors"].shape),
-                                                               "rows": "words in emotions.json order"})})
-        run.update(meta, layer=spec.name, path=path)
+        data, meta = write_emotions(store, model_name, layer, result, feelings, method, neurons, run["run_id"])
+        run.update(meta)
     return data
+
+
+def write_emotions(store, model_name: str, layer: str, result: dict, feelings: list[Feeling], method: str,
+                   neurons: int, run_id: int) -> tuple[dict, dict]:
+    """The JSON the pages read, the atlas PNG and the vectors, each with an artifact row; (data, report)."""
+    data = report(result, feelings, method, neurons)
+    names = [", ".join(f["top_words"][:3]) for f in data["factors"]]
+    png = render_atlas(result["words"], [tuple(w["cell"]) for w in data["words"]], data["side"],
+                       result["atlas"]["share"], names)
+    data["atlas"] = store.cache.write(f"artifacts/{model_name}/{layer}/emotions-atlas.png", png)
+    data["vectors"] = save_npy(store.cache, f"artifacts/{model_name}/{layer}/emotions-vectors.npy",
+                               result["vectors"])
+    path = store.cache.write(f"artifacts/{model_name}/{layer}/emotions.json",
+                             json.dumps(data, ensure_ascii=False).encode())
+    meta = {"words": len(feelings), "method": method, "max_neurons": neurons,
+            "mean_quality": round(float(np.mean(result["quality"])), 4), "quality_name": data["quality_name"]}
+    keep_artifacts(store, model_name, layer, run_id,
+                   {"emotions": (path, meta), "emotions-atlas": (data["atlas"], {}),
+                    "emotions-vectors": (data["vectors"], {"shape": list(result["vectors"].shape),
+                                                           "rows": "words in emotions.json order"})})
+    return data, {**meta, "layer": layer, "path": path, "units": int(result["vectors"].shape[1])}
 
 
 def save_npy(cache, rel: str, array: np.ndarray) -> str:

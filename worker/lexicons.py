@@ -43,7 +43,7 @@ sacred worship monk nun priest
 @lru_cache(maxsize=1)
 def family_lexicons() -> dict[str, frozenset[str]]:
     """Family name (as seeded in the store) -> the words that point to it."""
-    from worker.emotions import read_feelings
+    from worker.feelings import read_feelings
     from worker.places import geographic_words
 
     feelings = frozenset(f.word.lower() for f in read_feelings())

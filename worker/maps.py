@@ -25,24 +25,15 @@ from tqdm import tqdm
 
 from app.db import MapActivation, PlaceScore
 from app.keys import UnitKey
+from worker.artifacts import artifact, ensure_model, layer_units, npy_bytes, put_artifact, write_matrix
 from worker.layers import activations, family_of, layer_spec
 from worker.models import LoadedModel
 from worker.places import cities, countries
 from worker.render_text import RenderPlan
+from worker.resumable import Checkpoints, score_resumable
+from worker.stage import model_fingerprint, settings_hash
 from worker.store import Store
 from worker.text_scores import channels_last, default_plan, layer_reader, to_batch
-from worker.words import (
-    Checkpoints,
-    artifact,
-    ensure_model,
-    layer_units,
-    model_fingerprint,
-    npy_bytes,
-    put_artifact,
-    score_resumable,
-    settings_hash,
-    write_matrix,
-)
 
 STAGE = "maps"
 MAP_WIDTH = 1024  # the map the crops come from; height is half
@@ -317,26 +308,48 @@ def run_maps(store: Store, loaded: LoadedModel, model_name: str, layer: str | No
         return {"skipped": "up to date", "hash": digest}
     with channels_last(loaded), recorded_run(store, STAGE, model_name, settings, layer=spec.name) as report:
         world = world_map()
-        boxes = crop_boxes(*world.size, n_crops, seed)
-        grids = map_grid(layer_maps(loaded, spec.name), world.image, boxes, loaded.image_size, loaded.mean,
-                         loaded.std, batch_size=max(1, batch_size // 4), device=device)
+        grids, crops = map_grids(loaded, spec.name, world, n_crops, seed, batch_size, device)
         texts, info = place_texts(n_cities)
-        job = f"places/{model_name}/{spec.name}/{digest}"
-        pre, post, counts = score_resumable(store, job, layer_reader(loaded, spec.name), texts, plan, loaded.mean,
+        pre, post, counts = score_resumable(store, places_job(model_name, spec.name, digest),
+                                            layer_reader(loaded, spec.name), texts, plan, loaded.mean,
                                             loaded.std, batch_size=batch_size, device=device, desc="place names")
-        report.update(crops=len(boxes), places=len(texts), hash=digest, **counts)
-        report.update(write_unit_maps(store, model_name, spec.name, world, grids, post, info, digest,
-                                      report["run_id"], set(units) if units is not None else None))
-        write_matrix(store, model_name, spec.name, "places", texts, {"post": post, "pre": pre},
-                     {"hash": digest, "places": info}, report["run_id"])
-        base = store.cache.write(f"artifacts/{model_name}/{spec.name}/world-map-{digest}.png", png_bytes(world.image))
-        grid_path = store.cache.write(f"artifacts/{model_name}/{spec.name}/map-{digest}.npy", npy_bytes(grids))
-        put_artifact(store, model_name, spec.name, "map", grid_path,
-                     {"hash": digest, "complete": units is None, "grid": list(GRID), "map_image": base,
-                      "crops": len(boxes),
-                      "projection": "equirectangular lon -180..180, lat 90..-90"}, report["run_id"])
-        if units is None:  # a partial run keeps its place-name chunks for the rest of the units
-            Checkpoints(store, f"work/{job}").clear()
+        report.update(counts)
+        report.update(write_maps(store, model_name, spec.name, world, (grids, crops), (texts, info, pre, post),
+                                 digest, report["run_id"], units))
+    return report
+
+
+def places_job(model_name: str, layer: str, digest: str) -> str:
+    return f"places/{model_name}/{layer}/{digest}"
+
+
+def map_grids(loaded: LoadedModel, layer: str, world: WorldMap, n_crops: int, seed: int, batch_size: int,
+              device) -> tuple[np.ndarray, int]:
+    """((units, rows, cols), number of crops): each unit's mean activation per map cell over the crops."""
+    boxes = crop_boxes(*world.size, n_crops, seed)
+    return map_grid(layer_maps(loaded, layer), world.image, boxes, loaded.image_size, loaded.mean, loaded.std,
+                    batch_size=max(1, batch_size // 4), device=device), len(boxes)
+
+
+def write_maps(store: Store, model_name: str, layer: str, world: WorldMap, grids: tuple, places: tuple,
+               digest: str, run_id: int, units: list[int] | None = None) -> dict:
+    """Per-unit maps and place scores, then the layer's matrices; the "map" artifact goes last (its hash
+    and `complete` mark the layer done). `grids` is (grids, crops) from `map_grids`, `places` is (texts, info,
+    pre, post) of the rendered place names."""
+    (grids, crops), (texts, info, pre, post) = grids, places
+    report = {"crops": crops, "places": len(texts), "hash": digest, "units": int(grids.shape[0])}
+    report.update(write_unit_maps(store, model_name, layer, world, grids, post, info, digest, run_id,
+                                  set(units) if units is not None else None))
+    write_matrix(store, model_name, layer, "places", texts, {"post": post, "pre": pre},
+                 {"hash": digest, "places": info}, run_id)
+    base = store.cache.write(f"artifacts/{model_name}/{layer}/world-map-{digest}.png", png_bytes(world.image))
+    grid_path = store.cache.write(f"artifacts/{model_name}/{layer}/map-{digest}.npy", npy_bytes(grids))
+    put_artifact(store, model_name, layer, "map", grid_path,
+                 {"hash": digest, "complete": units is None, "grid": list(GRID), "map_image": base,
+                  "crops": crops,
+                  "projection": "equirectangular lon -180..180, lat 90..-90"}, run_id)
+    if units is None:  # a partial run keeps its place-name chunks for the rest of the units
+        Checkpoints(store, f"work/{places_job(model_name, layer, digest)}").clear()
     return report
 
 
@@ -344,9 +357,3 @@ def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-
-def demo_stage(ctx) -> dict:
-    """`worker.demo.build` stage: the maps stage on the demo model's default layer (skips when up to date)."""
-    return run_maps(ctx.store, ctx.loaded, ctx.model_name)

@@ -17,6 +17,8 @@ import torch  # noqa: E402
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME  # noqa: E402
 from open_clip.pretrained import get_pretrained_cfg  # noqa: E402
 
+from worker.quiet import quiet_loading  # noqa: E402
+
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
@@ -133,7 +135,9 @@ def load_model(arch: str, weights: str | None = None, device: str = "cpu",
         register_config_dir(d)
     resolved_arch = resolve_arch(arch, weights)
     path = resolve_weights(resolved_arch, weights)
-    model, _, preprocess = open_clip.create_model_and_transforms(resolved_arch, pretrained=path, device=device)
+    with quiet_loading():
+        model, _, preprocess = open_clip.create_model_and_transforms(resolved_arch, pretrained=path,
+                                                                     device=device)
     model.eval()
     size = model.visual.image_size
     size = size[0] if isinstance(size, tuple | list) else int(size)

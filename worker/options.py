@@ -15,12 +15,13 @@ Use them in a stage's command like this::
 
 `open_model` already prints WeightsMissing / UnknownModel / a missing config dir as one line and exits 2.
 """
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from app.keys import KeyError_, check_name
 
@@ -91,3 +92,24 @@ def model_name_for(arch: str, weights: str | None) -> str:
         return check_name(name, "model")
     except KeyError_:
         fail(f"cannot make a model name from {arch!r} and {weights!r}; pass --name")
+
+
+class InOrder(TyperGroup):
+    """A command group whose --help lists commands in the order of its table (pipeline order)."""
+
+    order: tuple[str, ...] = ()
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted(self.commands, key=lambda n: self.order.index(n) if n in self.order else len(self.order))
+
+
+def command_group(help: str, commands: Sequence[tuple[str, Callable | typer.Typer]], **options) -> typer.Typer:
+    """The one way commands are registered: a group from (name, function or sub-group) pairs, in order."""
+    in_order = type("InOrder", (InOrder,), {"order": tuple(name for name, _ in commands)})
+    group = typer.Typer(help=help, cls=in_order, no_args_is_help=options.pop("no_args_is_help", True), **options)
+    for name, command in commands:
+        if isinstance(command, typer.Typer):
+            group.add_typer(command, name=name)
+        else:
+            group.command(name)(command)
+    return group

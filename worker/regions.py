@@ -8,9 +8,9 @@ region page lists the units above a chosen fraction.
 from sqlalchemy import select
 
 from app.db import Unit, Word, WordScore
+from worker.artifacts import layer_units, put_artifact
 from worker.places import geographic_words
 from worker.store import Store
-from worker.words import layer_units, put_artifact
 
 STAGE = "regions"
 TOP_K = 5
@@ -44,30 +44,33 @@ def region_report(tops: dict[int, list[str]], geographic: frozenset[str]) -> lis
     return out
 
 
+def regions_settings() -> dict:
+    geographic, _ = geographic_words()
+    return {"stage": STAGE, "top_k": TOP_K, "n_geographic": len(geographic)}
+
+
+def compute_regions(store: Store, model_name: str, layer: str) -> dict:
+    """The layer's region report (the artifact's meta), from the stored word scores."""
+    geographic, sources = geographic_words()
+    tops = top_words(store, model_name, layer)
+    if not tops:
+        raise ValueError(f"no rendered-word scores for {model_name} {layer}: run `microscope worker words` first")
+    units = region_report(tops, geographic)
+    return {"criterion": CRITERION, "top_k": TOP_K, "sources": list(sources), "n_scored": len(tops),
+            "n_all_geographic": sum(1 for u in units if u["fraction"] == 1.0), "units": units}
+
+
+def write_regions(store: Store, model_name: str, layer: str, meta: dict, run_id: int | None) -> dict:
+    put_artifact(store, model_name, layer, "regions", "", meta, run_id)
+    return {"units_scored": meta["n_scored"], "units_with_geography": len(meta["units"]),
+            "units_all_geographic": meta["n_all_geographic"]}
+
+
 def run_regions(store: Store, model_name: str, layer: str) -> dict:
-    """The regions stage: needs the words stage's scores for the layer; cheap, so it always recomputes."""
+    """The regions stage for one layer, outside the pipeline (cheap, so it always recomputes)."""
     from worker.store import recorded_run
 
-    geographic, sources = geographic_words()
-    with recorded_run(store, STAGE, model_name, {"stage": STAGE, "top_k": TOP_K, "n_geographic": len(geographic)},
-                      layer=layer) as report:
-        tops = top_words(store, model_name, layer)
-        if not tops:
-            raise ValueError(f"no rendered-word scores for {model_name} {layer}: run `microscope worker words` first")
-        units = region_report(tops, geographic)
-        all_geo = sum(1 for u in units if u["fraction"] == 1.0)
-        put_artifact(store, model_name, layer, "regions", "", {
-            "criterion": CRITERION, "top_k": TOP_K, "sources": list(sources), "n_scored": len(tops),
-            "n_all_geographic": all_geo, "units": units}, report["run_id"])
-        report.update(units_scored=len(tops), units_with_geography=len(units), units_all_geographic=all_geo)
+    with recorded_run(store, STAGE, model_name, regions_settings(), layer=layer) as report:
+        report.update(write_regions(store, model_name, layer, compute_regions(store, model_name, layer),
+                                    report["run_id"]))
     return report
-
-
-def demo_stage(ctx) -> dict:
-    """`worker.demo.build` stage: the region report for the demo model's default layer (needs the words stage)."""
-    from worker.demo.build import done_before
-    from worker.layers import layer_spec
-
-    if done_before(ctx, STAGE, after="words"):  # a second `microscope demo` writes nothing
-        return {"skipped": "done before"}
-    return run_regions(ctx.store, ctx.model_name, layer_spec(ctx.loaded).name)

@@ -149,3 +149,13 @@ def reduce_variants(values: np.ndarray, plan: RenderPlan) -> np.ndarray:
     """(n, n_variants, ...) -> (n, ...): max over positions, then mean over font sizes."""
     shaped = values.reshape(values.shape[0], len(plan.scales), len(plan.positions), *values.shape[2:])
     return shaped.max(axis=2).mean(axis=1)
+
+
+@lru_cache(maxsize=8)
+def attack_font(size: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans Bold from matplotlib's own data, so every machine draws the same pixels."""
+    from matplotlib import font_manager
+
+    path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans", weight="bold"),
+                                 fallback_to_default=False)
+    return ImageFont.truetype(path, size)

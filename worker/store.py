@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,25 @@ from worker import code_version
 
 if TYPE_CHECKING:
     from worker.layers import LayerSpec
+
+# (run id, stage) of the pipeline stage running now (worker.pipeline): a stage's own run bookkeeping joins
+# that row instead of opening another, so one stage run is one `runs` row carrying the build fingerprint
+ACTIVE_RUN: ContextVar[tuple[int, str] | None] = ContextVar("active_run", default=None)
+
+
+@contextmanager
+def joined_run(run_id: int, stage: str) -> Iterator[None]:
+    token = ACTIVE_RUN.set((run_id, stage))
+    try:
+        yield
+    finally:
+        ACTIVE_RUN.reset(token)
+
+
+def active_run(stage: str) -> int | None:
+    """The pipeline's run row for `stage`, if one is open in this context."""
+    active = ACTIVE_RUN.get()
+    return active[0] if active and active[1] == stage else None
 
 
 @dataclass
@@ -59,6 +79,12 @@ def register_model(session: Session, name: str, arch: str, weights: str | None, 
 
 
 def start_run(session: Session, stage: str, model: Model | None, settings: dict, layer: str | None = None) -> Run:
+    joined = active_run(stage)
+    if joined is not None:  # the pipeline's row: take the stage's settings, keep the build record
+        run = session.get(Run, joined)
+        run.settings = {**settings, "build": (run.settings or {}).get("build")}
+        run.layer = run.layer or layer
+        return run
     run = Run(stage=stage, model_id=model.id if model else None, layer=layer,
               weights=model.weights if model else None, settings=settings, code_version=code_version())
     session.add(run)
@@ -67,6 +93,9 @@ def start_run(session: Session, stage: str, model: Model | None, settings: dict,
 
 
 def finish_run(session: Session, run: Run, report: dict, status: str = "done") -> None:
+    if run.id == active_run(run.stage):  # the pipeline marks its row done once the stage's write returns
+        run.report = report
+        return
     run.report, run.status, run.finished_at = report, status, now()
 
 
@@ -80,6 +109,9 @@ def recorded_run(store: Store, stage: str, model_name: str, settings: dict,
     with store.sessions.begin() as session:
         run_id = start_run(session, stage, get_model(session, model_name), settings, layer=layer).id
     report: dict = {"run_id": run_id}
+    if run_id == active_run(stage):  # the pipeline records the outcome
+        yield report
+        return
     try:
         yield report
     except BaseException:

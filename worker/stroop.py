@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
-from worker.typographic import attack_font
+from worker.render_text import attack_font
 
 STROOP_TEMPLATE = "my favorite word, written in the color {}"
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -80,13 +80,21 @@ def run_stroop(loaded, colours: dict[str, tuple[int, int, int]] = COLOURS, templ
             "sheet_images": [im for (_, _, im) in items[len(SIZES) // 2::len(SIZES)]]}
 
 
+def stroop_settings(size: int, template: str = STROOP_TEMPLATE) -> dict:
+    return {"template": template, "colours": COLOURS, "sizes": SIZES, "size": size}
+
+
 def stroop_stage(store, model_name: str, loaded, template: str = STROOP_TEMPLATE) -> dict:
     """Run the Stroop test and record it as one `stroop` run (report + a stimulus sheet in the cache)."""
     from worker.store import recorded_run
 
-    settings = {"template": template, "colours": COLOURS, "sizes": SIZES, "size": loaded.image_size}
-    with recorded_run(store, "stroop", model_name, settings) as report:
-        result = run_stroop(loaded, COLOURS, template)
-        images = result.pop("sheet_images")
-        report.update(result, sheet=store.cache.put_image(sheet(images, len(COLOURS))))
+    with recorded_run(store, "stroop", model_name, stroop_settings(loaded.image_size, template)) as report:
+        report.update(write_stroop(store, run_stroop(loaded, COLOURS, template)))
     return report
+
+
+def write_stroop(store, result: dict) -> dict:
+    """The report the attacks page reads, with the stimulus sheet put in the cache."""
+    result = dict(result)
+    images = result.pop("sheet_images")
+    return {**result, "sheet": store.cache.put_image(sheet(images, len(COLOURS)))}

@@ -8,14 +8,14 @@ import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageDraw, ImageFont, ImageOps
+from PIL import ImageDraw, ImageOps
 
 from worker.corpus import CorpusError, Entry, Skip, iter_entries, open_entry
+from worker.render_text import attack_font
 
 # top-left corners as fractions of the side, chosen once (arbitrarily, as in the paper) and never changed
 ATTACK_POSITIONS: tuple[tuple[float, float], ...] = (
@@ -24,16 +24,6 @@ ATTACK_POSITIONS: tuple[tuple[float, float], ...] = (
 )
 FONT_FRACTION = 0.07  # font size as a share of the image side
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
-
-
-@lru_cache(maxsize=8)
-def attack_font(size: int) -> ImageFont.FreeTypeFont:
-    """DejaVu Sans Bold from matplotlib's own data, so every machine draws the same pixels."""
-    from matplotlib import font_manager
-
-    path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans", weight="bold"),
-                                 fallback_to_default=False)
-    return ImageFont.truetype(path, size)
 
 
 def fit(img: PILImage.Image, size: int) -> PILImage.Image:
@@ -203,19 +193,34 @@ def attack_stage(store, model_name: str, loaded, images: str | Path, attacks: Se
     """Run the attacks over a labelled image set and record them as one `typographic` run."""
     from worker.store import recorded_run
 
-    data = open_images(labelled_images(images, label_key), loaded.image_size)
-    if not data.images:
-        raise ValueError(f"no readable images in {images} (skipped: {data.skipped or 'none found'})")
+    data = attack_images(images, loaded.image_size, label_key)
     labels = label_set(data.labels, attacks, extra_labels)
-    settings = {"images": str(images), "attacks": [a.__dict__ for a in attacks], "template": template,
-                "positions": ATTACK_POSITIONS, "font": "DejaVu Sans Bold", "font_fraction": FONT_FRACTION,
-                "size": loaded.image_size}
+    settings = attack_settings(images, attacks, template, loaded.image_size)
     with recorded_run(store, "typographic", model_name, settings) as report:
         result = run_attacks(loaded, data, attacks, labels, template, examples)
-        report.update(result["report"], n_images=len(data.images), skipped=data.skipped, labels=labels,
-                      images=str(images), template=template,
-                      examples=[example_row(store.cache, *e) for e in result["examples"]])
+        report.update(attack_report(store, images, data, labels, template, result))
     return report
+
+
+def attack_images(images: str | Path, size: int, label_key: str = "label") -> ImageSet:
+    data = open_images(labelled_images(images, label_key), size)
+    if not data.images:
+        raise ValueError(f"no readable images in {images} (skipped: {data.skipped or 'none found'})")
+    return data
+
+
+def attack_settings(images: str | Path, attacks: Sequence[Attack], template: str, size: int) -> dict:
+    return {"images": str(images), "attacks": [a.__dict__ for a in attacks], "template": template,
+            "positions": ATTACK_POSITIONS, "font": "DejaVu Sans Bold", "font_fraction": FONT_FRACTION,
+            "size": size}
+
+
+def attack_report(store, images: str | Path, data: ImageSet, labels: list[str], template: str,
+                  result: dict) -> dict:
+    """The run's report, which the attacks page reads; the example pictures go to the cache."""
+    return {**result["report"], "n_images": len(data.images), "skipped": data.skipped, "labels": labels,
+            "images": str(images), "template": template,
+            "examples": [example_row(store.cache, *e) for e in result["examples"]]}
 
 
 def example_row(cache, attack: Attack, index: int, before, after, clean_top: str, attacked_top: str,

@@ -7,112 +7,24 @@ most negative dataset examples do). The writes (`write_word_scores`) are separat
 compute; `run_words` resumes from per-chunk checkpoints in the cache.
 """
 import hashlib
-import io
-import json
-import shutil
-from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import delete, insert, select
 from tqdm import tqdm
 
-from app.db import Artifact, Layer, Model, Unit, Word, WordScore
+from app.db import Word, WordScore
+from worker.artifacts import artifact, ensure_model, layer_units, write_matrix
 from worker.layers import layer_spec
 from worker.models import LoadedModel
 from worker.render_text import RenderPlan
+from worker.resumable import Checkpoints, score_resumable
+from worker.stage import model_fingerprint, settings_hash
 from worker.store import Store
-from worker.text_scores import REDUCTION, Reader, channels_last, common_words, default_plan, layer_reader, score_texts
+from worker.text_scores import REDUCTION, channels_last, default_plan, layer_reader
+from worker.word_lists import word_list
 
 STAGE = "words"
 TOP, BOTTOM = 50, 20
-
-
-def model_fingerprint(loaded: LoadedModel) -> str:
-    """A hash of the image tower's weights, so checkpoints of another model or training run never mix."""
-    h = hashlib.sha1(loaded.arch.encode())
-    for name, p in sorted(loaded.visual.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def settings_hash(settings: dict) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
-@dataclass
-class Checkpoints:
-    """Per-chunk results of one scoring job in the cache, so a killed run resumes where it stopped."""
-
-    store: Store
-    folder: str  # cache-relative
-
-    def path(self, i: int) -> str:
-        return f"{self.folder}/chunk-{i:05d}.npz"
-
-    def load(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
-        file = self.store.cache.resolve(self.path(i))
-        if file is None:
-            return None
-        with np.load(file) as z:
-            return z["pre"], z["post"]
-
-    def save(self, i: int, pre: np.ndarray, post: np.ndarray) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, pre=pre, post=post)
-        self.store.cache.write(self.path(i), buf.getvalue())
-
-    def clear(self) -> None:
-        shutil.rmtree(self.store.cache.root / self.folder, ignore_errors=True)
-
-
-def score_resumable(store: Store, job: str, read: Reader, texts: list[str], plan: RenderPlan, mean, std,
-                    chunk_size: int = 512, batch_size: int = 256, device="cpu",
-                    desc: str = "words") -> tuple[np.ndarray, np.ndarray, dict]:
-    """`score_texts` in chunks checkpointed under work/<job>/; returns (pre, post, report)."""
-    ckpt = Checkpoints(store, f"work/{job}")
-    pres, posts, resumed = [], [], 0
-    starts = list(range(0, len(texts), chunk_size))
-    with tqdm(total=len(texts), desc=desc, unit="word", dynamic_ncols=True) as bar:
-        for i, start in enumerate(starts):
-            done = ckpt.load(i)
-            if done is None:
-                pre, post = score_texts(read, texts[start:start + chunk_size], plan, mean, std,
-                                        batch_size, device, bar)
-                ckpt.save(i, pre, post)
-            else:
-                pre, post = done
-                resumed += 1
-                bar.update(len(pre))
-            pres.append(pre)
-            posts.append(post)
-    report = {"chunks": len(starts), "chunks_resumed": resumed, "images": len(texts) * plan.n_variants}
-    return np.concatenate(pres), np.concatenate(posts), report
-
-
-def ensure_model(store: Store, loaded: LoadedModel, model_name: str) -> None:
-    """Register the model (and its layers' unit rows) under `model_name` if the store lacks it."""
-    from worker.layers import catalogue
-    from worker.store import register_model
-
-    with store.sessions.begin() as session:
-        if session.scalar(select(Model).where(Model.name == model_name)) is None:
-            register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded))
-
-
-def layer_units(session, model_name: str, layer: str) -> tuple[Model, Layer, list[Unit]]:
-    model = session.scalar(select(Model).where(Model.name == model_name))
-    la = next((x for x in model.layers if x.name == layer), None)
-    if la is None:
-        raise ValueError(f"model {model_name} has no layer {layer!r} in the store")
-    units = session.scalars(select(Unit).where(Unit.layer_id == la.id).order_by(Unit.index)).all()
-    return model, la, list(units)
 
 
 def word_ids(session, words: list[str]) -> dict[str, int]:
@@ -178,69 +90,48 @@ def write_word_scores(store: Store, model_name: str, layer: str, words: list[str
     return written
 
 
-def put_artifact(store: Store, model_name: str, layer: str, name: str, path: str, meta: dict,
-                 run_id: int | None) -> None:
-    with store.sessions.begin() as session:
-        model = session.scalar(select(Model).where(Model.name == model_name))
-        row = session.scalar(select(Artifact).where(Artifact.model_id == model.id, Artifact.layer == layer,
-                                                    Artifact.name == name))
-        if row is None:
-            row = Artifact(model_id=model.id, layer=layer, name=name, path=path)
-            session.add(row)
-        row.path, row.meta, row.run_id = path, meta, run_id
+def words_settings(loaded: LoadedModel, layer: str, words: list[str], plan: RenderPlan) -> dict:
+    """Everything that decides a layer's word scores; its hash names the checkpoints and the matrix files."""
+    return {"stage": STAGE, "layer": layer, "plan": plan.describe(), "reduction": REDUCTION,
+            "texts": hashlib.sha1("\n".join(words).encode()).hexdigest(), "model": model_fingerprint(loaded),
+            "top": TOP, "bottom": BOTTOM}
 
 
-def write_matrix(store: Store, model_name: str, layer: str, name: str, texts: list[str], matrices: dict,
-                 meta: dict, run_id: int | None) -> dict:
-    """Save texts (.json) and matrices (.npy) under artifacts/<model>/<layer>/ and point an Artifact row at them.
-    File names carry the settings hash, so a server holding the old matrix in memory never reads half a file."""
-    base = f"artifacts/{model_name}/{layer}/{name}-{meta['hash']}"
-    paths = {"texts": store.cache.write(f"{base}.json", json.dumps(texts).encode())}
-    for key, array in matrices.items():
-        paths[key] = store.cache.write(f"{base}.{key}.npy", npy_bytes(array.astype(np.float32)))
-    meta = {**meta, "paths": paths, "n_texts": len(texts)}
-    put_artifact(store, model_name, layer, name, paths["post"], meta, run_id)
-    return meta
+def write_words(store: Store, model_name: str, layer: str, words: list[str], pre: np.ndarray, post: np.ndarray,
+                settings: dict, run_id: int | None) -> dict:
+    """The word scores, then the matrices: the artifact goes last, its hash marks the layer complete."""
+    digest = settings_hash(settings)
+    rows = write_word_scores(store, model_name, layer, words, pre, post, run_id)
+    write_matrix(store, model_name, layer, "words", words, {"post": post, "pre": pre},
+                 {"hash": digest, "reduction": REDUCTION, "plan": settings["plan"]}, run_id)
+    Checkpoints(store, f"work/{words_job(model_name, layer, digest)}").clear()
+    return {"rows": rows, "words": len(words), "units": int(post.shape[1]), "hash": digest}
 
 
-def artifact(store: Store, model_name: str, layer: str, name: str) -> Artifact | None:
-    with store.sessions() as session:
-        model = session.scalar(select(Model).where(Model.name == model_name))
-        if model is None:
-            return None
-        return session.scalar(select(Artifact).where(Artifact.model_id == model.id, Artifact.layer == layer,
-                                                     Artifact.name == name))
-
-
-def load_matrix(store: Store, meta: dict, key: str = "post") -> np.ndarray:
-    return np.load(store.cache.resolve(meta["paths"][key]))
+def words_job(model_name: str, layer: str, digest: str) -> str:
+    return f"words/{model_name}/{layer}/{digest}"
 
 
 def run_words(store: Store, loaded: LoadedModel, model_name: str, layer: str | None = None,
               words: list[str] | None = None, plan: RenderPlan | None = None, chunk_size: int = 512,
               batch_size: int = 256, device: str = "cpu", force: bool = False) -> dict:
-    """The words stage: score every word for every unit of the layer, resumably, and write the store."""
+    """The words stage for one layer, outside the pipeline: score every word for every unit, resumably, and
+    write the store; skipped while the layer's matrix carries the same settings hash (unless `force`)."""
     from worker.store import recorded_run
 
     spec = layer_spec(loaded, layer)
-    words = words if words is not None else common_words()
+    words = words if words is not None else word_list()
     plan = plan or default_plan(loaded)
-    settings = {"stage": STAGE, "layer": spec.name, "plan": plan.describe(), "reduction": REDUCTION,
-                "texts": hashlib.sha1("\n".join(words).encode()).hexdigest(), "model": model_fingerprint(loaded),
-                "top": TOP, "bottom": BOTTOM}
+    settings = words_settings(loaded, spec.name, words, plan)
     digest = settings_hash(settings)
     ensure_model(store, loaded, model_name)
     done = artifact(store, model_name, spec.name, "words")
     if done is not None and done.meta.get("hash") == digest and not force:
         return {"skipped": "up to date", "hash": digest}
     with channels_last(loaded), recorded_run(store, STAGE, model_name, settings, layer=spec.name) as report:
-        job = f"words/{model_name}/{spec.name}/{digest}"
-        pre, post, counts = score_resumable(store, job, layer_reader(loaded, spec.name), words, plan,
+        pre, post, counts = score_resumable(store, words_job(model_name, spec.name, digest),
+                                            layer_reader(loaded, spec.name), words, plan,
                                             loaded.mean, loaded.std, chunk_size, batch_size, device)
-        report.update(counts, words=len(words), units=int(post.shape[1]), hash=digest)
-        report["rows"] = write_word_scores(store, model_name, spec.name, words, pre, post, report["run_id"])
-        # the artifact goes last: its hash marks the stage complete for the next run
-        write_matrix(store, model_name, spec.name, "words", words, {"post": post, "pre": pre},
-                     {"hash": digest, "reduction": REDUCTION, "plan": settings["plan"]}, report["run_id"])
-        Checkpoints(store, f"work/{job}").clear()
+        report.update(counts)
+        report.update(write_words(store, model_name, spec.name, words, pre, post, settings, report["run_id"]))
     return report

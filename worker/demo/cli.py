@@ -1,7 +1,7 @@
 """`microscope demo train | evaluate | corpus`: the embedded model's own commands (torch imported inside).
 
 `app.cli` owns the `demo` group (plain `microscope demo` builds and serves, `demo build` only builds) and
-adds these commands to it with `add_commands`.
+lists these commands in it.
 """
 from pathlib import Path
 
@@ -65,8 +65,3 @@ def corpus_cmd(force: bool = typer.Option(False, help="rebuild even if it is the
     for key in ("by_facet", "by_source", "by_split"):
         typer.echo(f"  {key[3:]}: " + ", ".join(f"{k} {v}" for k, v in info[key].items()))
 
-
-def add_commands(group: typer.Typer) -> None:
-    group.command("train")(train_cmd)
-    group.command("evaluate")(evaluate_cmd)
-    group.command("corpus")(corpus_cmd)

@@ -1,0 +1,16 @@
+"""Every pipeline stage, in dependency order (a stage comes after the stages it reads): the one list
+`microscope build`, `microscope demo` and `--only/--skip` use. Each module holds one `worker.stage.Stage`."""
+from worker.stages.attribution import Attribution
+from worker.stages.emotions import Emotions
+from worker.stages.examples import Examples
+from worker.stages.featurevis import FeatureVis
+from worker.stages.maps import Maps
+from worker.stages.regions import Regions
+from worker.stages.stroop import Stroop
+from worker.stages.suggest import Suggest
+from worker.stages.typographic import Typographic
+from worker.stages.words import Words
+
+STAGES = (Examples(), FeatureVis(), Words(), Maps(), Regions(), Attribution(), Emotions(), Typographic(),
+          Stroop(), Suggest())
+STAGE_NAMES = tuple(s.name for s in STAGES)

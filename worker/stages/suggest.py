@@ -1,0 +1,37 @@
+"""The suggest stage: automatic family guesses and short labels from top words and example captions."""
+from dataclasses import asdict
+
+from worker.stage import BuildContext, Item, Stage
+
+
+def options(ctx: BuildContext):
+    from worker.suggest import SuggestOptions
+
+    return SuggestOptions(**ctx.options.get("suggest", {}))
+
+
+class Suggest(Stage):
+    name = "suggest"
+    needs = ("words",)
+    after = ("examples",)
+    produces = 'automatic family guesses and short labels (source "auto") per unit'
+    code = ("worker.suggest", "worker.lexicons", "worker.places", "worker.feelings")
+
+    def settings(self, ctx: BuildContext) -> dict:
+        return {"layers": ctx.layer_names(), **asdict(options(ctx))}
+
+    def items(self, ctx: BuildContext) -> list[Item]:
+        return [Item(layer, layer) for layer in ctx.layer_names()]
+
+    def compute(self, ctx: BuildContext, item: Item) -> str:
+        """Reads the stored words and captions as it writes each batch of units (`run_suggest`)."""
+        return item.payload
+
+    def merge(self, ctx: BuildContext, parts: list) -> list:
+        return parts
+
+    def write(self, ctx: BuildContext, merged: list, run_id: int) -> dict:
+        from worker.suggest import run_suggest
+
+        layers = {layer: run_suggest(ctx.store, ctx.model_name, layer, options(ctx)) for layer in merged}
+        return {"layers": layers, "units": sum(r["units"] for r in layers.values())}

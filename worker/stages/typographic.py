@@ -1,0 +1,63 @@
+"""The typographic stage: attack text pasted on labelled images; success rate and pixel cover per attack.
+
+Its images: the option `typographic.images` (the demo passes its photo set), else the corpus when it is
+labelled (class folders, or a manifest with a label column). Attacks: `typographic.attacks`, else every
+label attacks as itself."""
+from worker.stage import BuildContext, Item, Stage
+
+TEMPLATE = "a photo of a {}"
+
+
+def images(ctx: BuildContext):
+    return ctx.option("typographic", "images") or ctx.corpus
+
+
+def labels(ctx: BuildContext) -> list[str]:
+    from worker.typographic import labelled_images
+
+    return list(dict.fromkeys(label for _, label in labelled_images(images(ctx)) if label))
+
+
+def attacks(ctx: BuildContext) -> list:
+    from worker.typographic import Attack
+
+    texts = ctx.option("typographic", "attacks") or labels(ctx)
+    return [Attack(t, t) for t in texts]
+
+
+class Typographic(Stage):
+    name = "typographic"
+    produces = "typographic attacks: success rate and pixel cover per attack text, example pictures"
+    code = ("worker.typographic", "worker.zeroshot", "worker.render_text")
+    reads_corpus = True
+
+    def applies(self, ctx: BuildContext) -> str | None:
+        from worker.corpus import CorpusError
+
+        if images(ctx) is None:
+            return "no --corpus given"
+        try:
+            found = labels(ctx)
+        except (CorpusError, ValueError, OSError) as e:
+            return f"the corpus has no labels ({e})"
+        return None if len(found) >= 2 else f"the corpus has {len(found)} labelled classes, attacks need 2"
+
+    def settings(self, ctx: BuildContext) -> dict:
+        from worker.stage import corpus_digest
+        from worker.typographic import attack_settings
+
+        return {**attack_settings(images(ctx), attacks(ctx), TEMPLATE, ctx.loaded.image_size),
+                "image_set": corpus_digest(images(ctx))}
+
+    def compute(self, ctx: BuildContext, item: Item) -> tuple:
+        from worker.typographic import attack_images, label_set, run_attacks
+
+        data = attack_images(images(ctx), ctx.loaded.image_size)
+        found = label_set(data.labels, attacks(ctx))
+        return data, found, run_attacks(ctx.loaded, data, attacks(ctx), found, TEMPLATE, 3)
+
+    def write(self, ctx: BuildContext, merged: tuple, run_id: int) -> dict:
+        from worker.typographic import attack_report
+
+        data, found, result = merged
+        return attack_report(ctx.store, images(ctx), data, found, TEMPLATE, result)

@@ -1,0 +1,75 @@
+"""The words stage: every unit's response to a word list drawn as images. Items are chunks of words per
+layer, each checkpointed in the cache (a killed build resumes at the first chunk it had not finished)."""
+import numpy as np
+
+from worker.stage import BuildContext, Item, Stage, settings_hash
+
+CHUNK = 512
+
+
+def stage_words(ctx: BuildContext) -> list[str]:
+    from worker.word_lists import DEFAULT, word_list
+
+    return word_list(ctx.option("words", "list", DEFAULT), ctx.option("words", "n", 10_000))
+
+
+def plan(ctx: BuildContext):
+    from worker.text_scores import default_plan
+
+    return ctx.option("words", "plan") or default_plan(ctx.loaded)
+
+
+class Words(Stage):
+    name = "words"
+    produces = "top and most negative rendered words per unit; the words x units matrices"
+    code = ("worker.words", "worker.text_scores", "worker.render_text", "worker.resumable", "worker.word_lists")
+
+    def settings(self, ctx: BuildContext) -> dict:
+        from worker.text_scores import REDUCTION
+        from worker.word_lists import DEFAULT
+        from worker.words import BOTTOM, TOP
+
+        words = stage_words(ctx)
+        return {"layers": ctx.layer_names(), "list": ctx.option("words", "list", DEFAULT), "n": len(words),
+                "texts": settings_hash({"words": words}), "plan": plan(ctx).describe(), "reduction": REDUCTION,
+                "top": TOP, "bottom": BOTTOM}
+
+    def items(self, ctx: BuildContext) -> list[Item]:
+        from worker.words import words_job, words_settings
+
+        words, out = stage_words(ctx), []
+        for layer in ctx.layer_names():
+            job = words_job(ctx.model_name, layer, settings_hash(words_settings(ctx.loaded, layer, words, plan(ctx))))
+            out += [Item(f"{layer}:{i}", (layer, i, start, job)) for i, start in enumerate(range(0, len(words), CHUNK))]
+        return out
+
+    def compute(self, ctx: BuildContext, item: Item) -> tuple[str, np.ndarray, np.ndarray]:
+        from worker.resumable import Checkpoints
+        from worker.text_scores import channels_last, layer_reader, score_texts
+
+        layer, i, start, job = item.payload
+        checkpoints = Checkpoints(ctx.store, f"work/{job}")
+        done = checkpoints.load(i)
+        if done is None:
+            loaded = ctx.loaded
+            with channels_last(loaded):
+                done = score_texts(layer_reader(loaded, layer), stage_words(ctx)[start:start + CHUNK], plan(ctx),
+                                   loaded.mean, loaded.std, ctx.option("words", "batch_size", 256), loaded.device)
+            checkpoints.save(i, *done)
+        return (layer, *done)
+
+    def merge(self, ctx: BuildContext, parts: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        out = {}
+        for layer in dict.fromkeys(p[0] for p in parts):
+            mine = [p for p in parts if p[0] == layer]
+            out[layer] = (np.concatenate([p[1] for p in mine]), np.concatenate([p[2] for p in mine]))
+        return out
+
+    def write(self, ctx: BuildContext, merged: dict, run_id: int) -> dict:
+        from worker.words import words_settings, write_words
+
+        words = stage_words(ctx)
+        layers = {layer: write_words(ctx.store, ctx.model_name, layer, words, pre, post,
+                                     words_settings(ctx.loaded, layer, words, plan(ctx)), run_id)
+                  for layer, (pre, post) in merged.items()}
+        return {"layers": layers, "words": len(words), "units": sum(r["units"] for r in layers.values())}
