@@ -1,0 +1,189 @@
+"""`microscope build --ray` on a local Ray cluster (2 CPUs): the same store as the single-process build, bit
+for bit; a Ray worker killed mid-run changes nothing; a killed driver's rerun computes only the missing
+ranges; a partial state lives in a file of a stated, bounded size."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import select
+
+from app.db import ActivationSample, DatasetExample, Layer, Unit, UnitStats, WordScore
+from app.db import Image as ImageRow
+from app.settings import Settings
+from worker import partials
+from worker.example_parts import Range
+from worker.examples import LayerState, Progress
+from worker.pipeline import run_pipeline
+from worker.stage import BuildContext
+from worker.stages.examples import Examples
+from worker.stages.words import Words
+from worker.store import open_store
+from worker.synthetic import picture
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+OPTIONS = {"examples": {"k": 4, "samples": 8, "batch_size": 4, "range_entries": 8, "write_units": 200},
+           "words": {"list": "common", "n": 24}}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
+                                                                     str(Path(__file__).parent)])}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """22 pictures in three listing ranges of 8, a byte copy of picture 3 in the last range, one bad file."""
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(22):
+        picture(i).save(root / f"{i:02d}.{'png' if i % 2 else 'jpg'}")
+    (root / "zz-copy-of-03.png").write_bytes((root / "03.png").read_bytes())
+    (root / "zz-not-an-image.jpg").write_bytes(b"plain text")
+    return root
+
+
+def build(root: Path, loaded, corpus: Path, executor=None, stages=None, options=OPTIONS) -> dict:
+    settings = Settings(data_dir=root / "data", database_url=f"sqlite:///{root / 'store.db'}", cache_dir=root / "cache")
+    store = open_store(settings)
+    ctx = BuildContext(store, loaded, "tiny", corpus, ("layer4",), options, (CONFIG_DIR,), progress=False)
+    outcomes = run_pipeline(ctx, stages=stages or [Examples(), Words()], executor=executor, echo=lambda _: None)
+    assert [o.status for o in outcomes] == ["done"] * len(outcomes), outcomes
+    return {"store": store, "outcomes": outcomes}
+
+
+def content(store) -> dict:
+    """Every example, statistic, sample and word score, keyed by neuron and image hash (not row ids)."""
+    with store.sessions() as s:
+        key = {uid: (layer, index) for uid, layer, index in s.execute(
+            select(Unit.id, Layer.name, Unit.index).join(Layer, Unit.layer_id == Layer.id)).all()}
+        sha = dict(s.execute(select(ImageRow.id, ImageRow.sha256)).all())
+        return {
+            "images": sorted((i.sha256, i.source, i.path, i.thumb) for i in s.scalars(select(ImageRow))),
+            "examples": sorted((*key[e.unit_id], e.sign, e.rank, sha[e.image_id], e.activation, e.heatmap,
+                                e.heatmap_image) for e in s.scalars(select(DatasetExample))),
+            "stats": sorted((*key[u.unit_id], u.n, u.mean, u.std, u.min, u.max, u.quantiles, u.histogram)
+                            for u in s.scalars(select(UnitStats))),
+            "samples": sorted((*key[a.unit_id], sha[a.image_id], a.activation)
+                              for a in s.scalars(select(ActivationSample))),
+            "words": sorted((*key[w.unit_id], w.word_id, w.sign, w.rank, w.score) for w in s.scalars(select(WordScore))),
+        }
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory, tiny_rn, corpus) -> dict:
+    """The single-process build, at one intra-op thread like a one-CPU Ray task: a CPU convolution's float32
+    rounding depends on how many threads split it (about 1e-7 relative), so bit-for-bit needs the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = build(tmp_path_factory.mktemp("serial"), tiny_rn, corpus)
+    finally:
+        torch.set_num_threads(threads)
+    return {"content": content(got["store"]), "report": got["outcomes"][0]}
+
+
+def test_a_ray_build_gives_the_single_process_store_bit_for_bit(ray_cluster, serial, tiny_rn, corpus, tmp_path):
+    from worker.ray_executor import RayExecutor
+
+    got = build(tmp_path, tiny_rn, corpus, RayExecutor())
+    assert content(got["store"]) == serial["content"]  # exact: no tolerance
+    data = serial["content"]
+    assert len(data["stats"]) == 512 and data["stats"][0][2] == 23  # the copy in another range counts in the moments
+    assert serial["report"].units == 512
+    assert {e[4] for e in data["examples"]} and data["words"]
+    assert not (tmp_path / "data" / "partials").exists() or not any((tmp_path / "data" / "partials").iterdir())
+
+
+class DiesOnce(Examples):
+    """The examples stage whose first attempt at range 8 kills its Ray worker process (os._exit)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def compute(self, ctx, item):
+        if item.key == "range-000000008" and not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os._exit(1)
+        return super().compute(ctx, item)
+
+
+def test_a_killed_ray_worker_is_retried_and_the_store_is_identical(ray_cluster, serial, tiny_rn, corpus, tmp_path):
+    from worker.ray_executor import RayExecutor
+
+    marker = tmp_path / "died"
+    got = build(tmp_path, tiny_rn, corpus, RayExecutor(max_retries=2), [DiesOnce(marker), Words()])
+    assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker process died, not the driver
+    assert content(got["store"]) == serial["content"]
+
+
+class Counted(Examples):
+    """The examples stage, noting each range it computes (rather than finds in a partial file)."""
+
+    def __init__(self, log: Path):
+        self.log = log
+
+    def compute(self, ctx, item):
+        if not partials.path_of(ctx.data_dir, item.payload[0], item.key).exists():
+            with open(self.log, "a") as f:
+                f.write(item.key + "\n")
+        return super().compute(ctx, item)
+
+
+def test_a_killed_drivers_rerun_computes_only_the_missing_ranges(ray_cluster, serial, tiny_rn, corpus, tmp_path):
+    from worker.ray_executor import RayExecutor
+
+    # what a driver killed after its first range leaves: that range's partial file
+    ctx = BuildContext(open_store(Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'store.db'}",
+                                           cache_dir=tmp_path / "cache")),
+                       tiny_rn, "tiny", corpus, ("layer4",), OPTIONS, (CONFIG_DIR,), progress=False)
+    first = Counted(tmp_path / "before").items(ctx)[0]
+    Counted(tmp_path / "before").compute(ctx, first)
+    assert partials.path_of(ctx.data_dir, first.payload[0], first.key).is_file()
+    log = tmp_path / "computed"
+    got = build(tmp_path, tiny_rn, corpus, RayExecutor(), [Counted(log), Words()])
+    assert sorted(log.read_text().split()) == ["range-000000008", "range-000000016"]
+    assert content(got["store"]) == serial["content"]
+
+
+def test_the_default_build_never_imports_ray(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, worker.pipeline, worker.stages, worker.cli, app.web; "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ}, cwd=Path(__file__).parent.parent)
+
+
+# -- partial states: in files, of a bounded size ------------------------------------------------------------
+
+RN50X4_UNITS, RN50X4_GRID, K = 2560, (9, 9), 64
+BOUND = 128 * 2**20  # stated: an RN50x4-sized layer's partial is under 128 MiB
+
+
+def test_an_rn50x4_sized_partial_is_a_file_of_bounded_size(tmp_path):
+    """The layout: per unit, top and bottom K slots of (key, hash, entry: 8 B; value: 4 B; map: 81 × 2 B),
+    the moments (mean, m2: 8 B; min, max: 4 B), the sketch (757 int64 bins) and the samples (379 bins of
+    hash, entry, value): 2 × 64 × 190 + 24 + 6,056 + 7,580 = 37,980 B per unit, 97.2 MB for 2,560 units."""
+    state = LayerState(RN50X4_UNITS, K, RN50X4_GRID)
+    g = torch.Generator().manual_seed(0)
+    for part in (state.top, state.bottom):  # full slots, as after a long run
+        part.keys = torch.randint(-2**62, 2**62, part.keys.shape, generator=g)
+        part.values, part.maps = torch.randn(part.values.shape), torch.randn(part.maps.shape).half()
+        part.entries = torch.randint(0, 10**6, part.entries.shape, generator=g)
+    progress = Progress({"layer4": state})
+    progress.seen.recent = set(range(4096))  # the range's content hashes: 8 B per image
+    layout = partials.tensor_bytes(progress.state_dict())
+    assert RN50X4_UNITS * 37_980 + 4096 * 8 <= layout < BOUND  # at least the docstring's arithmetic
+    path = partials.path_of(tmp_path, "fp", Range(0, ()).key)
+    size = partials.save(path, progress.state_dict())
+    assert path.is_file() and not list(path.parent.glob(".*.tmp"))  # written atomically
+    assert layout <= size <= layout * 1.01 + 2**20, (layout, size)  # the file is the tensors and little else
+    assert size < BOUND, size
+    back = partials.load(path)
+    assert torch.equal(back["layers"]["layer4"]["top"]["maps"], state.top.maps)
