@@ -2,6 +2,7 @@
 for bit; a Ray worker killed mid-run changes nothing; a killed driver's rerun computes only the missing
 ranges; a partial state lives in a file of a stated, bounded size."""
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -75,16 +76,22 @@ def content(store) -> dict:
         }
 
 
+@contextmanager
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def serial(tmp_path_factory, tiny_rn, corpus) -> dict:
     """The single-process build, at one intra-op thread like a one-CPU Ray task: a CPU convolution's float32
     rounding depends on how many threads split it (about 1e-7 relative), so bit-for-bit needs the same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         got = build(tmp_path_factory.mktemp("serial"), tiny_rn, corpus)
-    finally:
-        torch.set_num_threads(threads)
     return {"content": content(got["store"]), "report": got["outcomes"][0]}
 
 
@@ -100,54 +107,40 @@ def test_a_ray_build_gives_the_single_process_store_bit_for_bit(ray_cluster, ser
     assert not (tmp_path / "data" / "partials").exists() or not any((tmp_path / "data" / "partials").iterdir())
 
 
-class DiesOnce(Examples):
-    """The examples stage whose first attempt at range 8 kills its Ray worker process (os._exit)."""
+class Flaky(Examples):
+    """The examples stage whose first attempt at range 8 kills its Ray worker process (os._exit), noting
+    each range it computes rather than finds in a partial file."""
 
-    def __init__(self, marker: Path):
-        self.marker = marker
+    def __init__(self, marker: Path, log: Path):
+        self.marker, self.log = marker, log
 
     def compute(self, ctx, item):
+        if not partials.path_of(ctx.data_dir, item.payload[0], item.key).exists():
+            with open(self.log, "a") as f:
+                f.write(item.key + "\n")
         if item.key == "range-000000008" and not self.marker.exists():
             self.marker.write_text(str(os.getpid()))
             os._exit(1)
         return super().compute(ctx, item)
 
 
-def test_a_killed_ray_worker_is_retried_and_the_store_is_identical(ray_cluster, serial, tiny_rn, corpus, tmp_path):
+def test_a_killed_worker_and_a_killed_driver_still_give_the_identical_store(ray_cluster, serial, tiny_rn, corpus,
+                                                                             tmp_path):
+    """A driver killed after range 0 left its partial file: the rerun computes ranges 8 and 16 only, and the
+    worker computing range 8 dies on its first attempt; Ray retries it elsewhere."""
     from worker.ray_executor import RayExecutor
 
-    marker = tmp_path / "died"
-    got = build(tmp_path, tiny_rn, corpus, RayExecutor(max_retries=2), [DiesOnce(marker), Words()])
-    assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker process died, not the driver
-    assert content(got["store"]) == serial["content"]
-
-
-class Counted(Examples):
-    """The examples stage, noting each range it computes (rather than finds in a partial file)."""
-
-    def __init__(self, log: Path):
-        self.log = log
-
-    def compute(self, ctx, item):
-        if not partials.path_of(ctx.data_dir, item.payload[0], item.key).exists():
-            with open(self.log, "a") as f:
-                f.write(item.key + "\n")
-        return super().compute(ctx, item)
-
-
-def test_a_killed_drivers_rerun_computes_only_the_missing_ranges(ray_cluster, serial, tiny_rn, corpus, tmp_path):
-    from worker.ray_executor import RayExecutor
-
-    # what a driver killed after its first range leaves: that range's partial file
+    marker, log = tmp_path / "died", tmp_path / "computed"
     ctx = BuildContext(open_store(Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'store.db'}",
                                            cache_dir=tmp_path / "cache")),
                        tiny_rn, "tiny", corpus, ("layer4",), OPTIONS, (CONFIG_DIR,), progress=False)
-    first = Counted(tmp_path / "before").items(ctx)[0]
-    Counted(tmp_path / "before").compute(ctx, first)
-    assert partials.path_of(ctx.data_dir, first.payload[0], first.key).is_file()
-    log = tmp_path / "computed"
-    got = build(tmp_path, tiny_rn, corpus, RayExecutor(), [Counted(log), Words()])
-    assert sorted(log.read_text().split()) == ["range-000000008", "range-000000016"]
+    stage = Flaky(marker, tmp_path / "before")
+    first = stage.items(ctx)[0]
+    with one_thread():
+        stage.compute(ctx, first)
+    got = build(tmp_path, tiny_rn, corpus, RayExecutor(max_retries=2), [Flaky(marker, log), Words()])
+    assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker process died, not the driver
+    assert sorted(log.read_text().split()) == ["range-000000008", "range-000000008", "range-000000016"]
     assert content(got["store"]) == serial["content"]
 
 
@@ -187,3 +180,18 @@ def test_an_rn50x4_sized_partial_is_a_file_of_bounded_size(tmp_path):
     assert size < BOUND, size
     back = partials.load(path)
     assert torch.equal(back["layers"]["layer4"]["top"]["maps"], state.top.maps)
+
+
+def test_microscope_build_ray_auto_joins_the_running_cluster(ray_cluster, corpus, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    monkeypatch.setenv("MICROSCOPE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MICROSCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    got = CliRunner().invoke(cli, ["build", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--corpus", str(corpus),
+                                   "--only", "examples", "--ray", "auto", "--no-progress"])
+    assert got.exit_code == 0, got.output
+    assert "examples" in got.output and "done" in got.output
+    with open_store(Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'store.db'}")).sessions() as s:
+        assert s.scalar(select(UnitStats.n).limit(1)) == 22  # one range (4096 entries): the copy meets its original

@@ -18,6 +18,7 @@ unit range. The same code runs in one process (`worker.pipeline.SerialExecutor`)
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ from worker.examples import (UNITS_PER_TRANSACTION, ExampleOptions, LayerState, 
 from worker.layers import activations, layer_spec
 from worker.topk import EMPTY_KEY
 
-RANGE_ENTRIES = 4096  # entries per range: a partial is one layer state whatever the range's size
+RANGE_ENTRIES = 4096  # the smallest range; a partial is one state whatever the range's size
+MAX_RANGES = 64  # a larger corpus gets larger ranges: partial files (and merge reads) stay <= 64 states
 WRITE_UNITS = 256  # units per write piece
 
 
@@ -52,9 +54,12 @@ class Range:
         return f"range-{self.start:09d}"
 
 
-def plan_ranges(corpus: str | Path, size: int = RANGE_ENTRIES) -> list[Range]:
-    """The listing cut into ranges of `size` entries (one pass over the listing, no image read)."""
-    return [Range(n * size, tuple(chunk)) for n, chunk in enumerate(batched(iter_entries(corpus), size))]
+def plan_ranges(corpus: str | Path, size: int | None = None) -> list[Range]:
+    """The listing cut into ranges of `size` entries (one pass over the listing, no image read). The
+    default depends on the corpus alone: RANGE_ENTRIES, or more so that there are at most MAX_RANGES."""
+    entries = list(iter_entries(corpus))
+    size = size or max(RANGE_ENTRIES, math.ceil(len(entries) / MAX_RANGES))
+    return [Range(n * size, tuple(chunk)) for n, chunk in enumerate(batched(entries, size))]
 
 
 class RangeBatches(CorpusBatches):

@@ -13,10 +13,9 @@ def options(ctx: BuildContext):
     return ExampleOptions(**{"progress": ctx.progress, **given})
 
 
-def range_entries(ctx: BuildContext) -> int:
-    from worker.example_parts import RANGE_ENTRIES
-
-    return int(ctx.option("examples", "range_entries", RANGE_ENTRIES))
+def range_entries(ctx: BuildContext) -> int | None:
+    """Entries per listing range (None: `worker.example_parts.plan_ranges` picks from the corpus size)."""
+    return ctx.option("examples", "range_entries")
 
 
 class Examples(Stage):
