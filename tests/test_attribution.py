@@ -8,7 +8,7 @@ from sqlalchemy import delete, select
 from typer.testing import CliRunner
 
 from app.db import Artifact, Run
-from worker.attribution import demo_stage, embed_texts, readout_matrix, text_attribution
+from worker.attribution import embed_texts, readout_matrix, text_attribution
 from worker.cli import worker_cli
 from worker.layers import layer_spec
 from worker.models import load_model, save_checkpoint
@@ -144,15 +144,17 @@ def test_worker_command_refuses_random_weights(settings):
     assert result.exit_code == 2 and "--weights" in result.output
 
 
-def test_demo_build_stage_stores_the_readout_once(settings, store, probe_model):
-    from worker.demo.build import DemoContext
+def test_build_stage_stores_the_readout_once(settings, store, probe_model):
+    from worker.pipeline import run_pipeline
+    from worker.stage import BuildContext
 
-    ctx = DemoContext(settings, store, probe_model, "tiny", corpus=None, manifest=None)
+    ctx = BuildContext(store, probe_model, "tiny", progress=False)
     with store.sessions.begin() as s:
         s.execute(delete(Artifact))  # as before the stage first runs
-    report = demo_stage(ctx)
-    assert report["units"] == 512
+    (got,) = run_pipeline(ctx, only=["attribution"], echo=lambda _: None)
+    assert got.status == "done" and got.units == 512
     with store.sessions() as s:
         art = s.scalar(select(Artifact).where(Artifact.name == "readout"))
     assert "tests/model_configs" in art.meta["config_dirs"]  # found in open_clip's registered config dirs
-    assert demo_stage(ctx) == {"skipped": "done before"}
+    (again,) = run_pipeline(ctx, only=["attribution"], echo=lambda _: None)
+    assert (again.status, again.reason) == ("skipped", "up to date")

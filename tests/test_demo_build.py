@@ -1,6 +1,7 @@
 """`microscope demo`: the build registers the model and runs the stage list; the command group's shape."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -11,20 +12,25 @@ from worker.demo import build
 from worker.demo import model as demo_model
 from worker.demo.corpus import Plan, build_corpus
 from worker.demo.items import load_pools
+from worker.pipeline import UnknownStage
+from worker.stage import Stage
 
 VISION = {"image_size": 32, "width": 8}
 
 
-RECORD_STAGE = '''
-def record(ctx):
-    """A stage for the test: notes what it was given in the data folder; skips on later runs."""
-    log = ctx.data_dir / "recorded.txt"
-    seen = log.is_file()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
-        f.write(f"{ctx.model_name} {ctx.manifest} {ctx.manifest.is_file()} {ctx.loaded.arch}\\n")
-    return {"skipped": "recorded before"} if seen else {}
-'''
+class Record(Stage):
+    """A stage for the test: notes what it was given in the data folder."""
+
+    name = "record"
+
+    def compute(self, ctx, item):
+        return f"{ctx.model_name} {ctx.corpus / 'manifest.jsonl'} {(ctx.corpus / 'manifest.jsonl').is_file()} " \
+               f"{ctx.loaded.arch}\n"
+
+    def write(self, ctx, merged, run_id):
+        with open(ctx.data_dir / "recorded.txt", "a") as f:
+            f.write(merged)
+        return {"units": 0}
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +47,14 @@ def tiny(tmp_path_factory):
     return loaded, build_corpus(root, 32, plan, npm=False, pools=pools)
 
 
-def test_build_registers_the_model_and_runs_every_stage(settings, tiny, tmp_path, monkeypatch):
+def test_build_registers_the_model_and_runs_every_stage(settings, tiny, tmp_path):
     loaded, corpus = tiny
-    (tmp_path / "recording_stage.py").write_text(RECORD_STAGE)
-    monkeypatch.syspath_prepend(str(tmp_path))
     lines: list[str] = []
-    stages = ["recording_stage:record", "worker.no_such_stage:run"]
-    ctx = build.build_demo(settings, stages, loaded=loaded, corpus=corpus, echo=lines.append)
+    ctx, outcomes = build.build_demo(settings, loaded=loaded, corpus=corpus, echo=lines.append, stages=[Record()],
+                                     progress=False)
     log = settings.data_dir / "recorded.txt"
     assert log.read_text() == f"demo {corpus / 'manifest.jsonl'} True demo-clip-build\n"
-    assert any("worker.no_such_stage:run: not in this checkout, skipped" in line for line in lines)
+    assert [(o.stage, o.status) for o in outcomes] == [("record", "done")]
     with ctx.store.sessions() as s:
         model = s.scalar(select(Model).where(Model.name == "demo"))
         layers = {la.name: la for la in s.scalars(select(Layer).where(Layer.model_id == model.id))}
@@ -58,32 +62,37 @@ def test_build_registers_the_model_and_runs_every_stage(settings, tiny, tmp_path
         assert set(layers) == {"layer1", "layer2", "layer3", "layer4"} and layers["layer4"].is_default
         assert layers["layer4"].n_units == 8 * 32
         n_units = len(s.scalars(select(Unit).where(Unit.layer_id == layers["layer4"].id)).all())
-    build.build_demo(settings, stages, loaded=loaded, corpus=corpus, echo=lines.append)  # a second run
-    assert any("record: recorded before" in line for line in lines)
-    assert len(log.read_text().splitlines()) == 2
+    _, again = build.build_demo(settings, loaded=loaded, corpus=corpus, echo=lines.append, stages=[Record()],
+                                progress=False)  # a second run
+    assert [(o.status, o.reason) for o in again] == [("skipped", "up to date")]
+    table = "\n".join(lines).splitlines()
+    assert any(line.split()[:2] == ["record", "0"] and "skipped: up to date" in line for line in table)
+    assert len(log.read_text().splitlines()) == 1
     with ctx.store.sessions() as s:
         assert len(s.scalars(select(Unit).where(Unit.layer_id == layers["layer4"].id)).all()) == n_units
 
 
-def test_a_stage_counts_as_done_only_after_the_stage_it_reads(settings, tiny):
-    """The regions stage reads the words stage's scores: done only if it ran after the last words run."""
-    from worker.store import recorded_run
+def test_the_demo_attacks_the_probe_corpus_photos(settings, tiny):
+    """The demo's typographic options: its photos labelled by concept, attack texts picked from the labels."""
+    from worker.stages.typographic import Typographic
+    from worker.typographic import labelled_images
 
     loaded, corpus = tiny
     ctx = build.prepare(settings, loaded=loaded, corpus=corpus)
-    assert not build.done_before(ctx, "words")
-    with recorded_run(ctx.store, "words", "demo", {}):
-        pass
-    assert build.done_before(ctx, "words") and not build.done_before(ctx, "regions", after="words")
-    with recorded_run(ctx.store, "regions", "demo", {}):
-        pass
-    assert build.done_before(ctx, "regions", after="words")
-    with pytest.raises(RuntimeError), recorded_run(ctx.store, "words", "demo", {}):
-        raise RuntimeError("killed")  # a failed words run changes nothing ...
-    assert build.done_before(ctx, "regions", after="words")
-    with recorded_run(ctx.store, "words", "demo", {}):
-        pass
-    assert not build.done_before(ctx, "regions", after="words")  # ... a finished one makes regions stale
+    images = ctx.option("typographic", "images")
+    labels = [y for _, y in labelled_images(images)]
+    assert labels and all(y == y.lower() and not y.startswith(("a ", "an ", "the ")) for y in labels)
+    assert set(ctx.option("typographic", "attacks")) <= set(labels)
+    assert Typographic().applies(ctx) is None
+    assert ctx.option("featurevis", "steps") == build.FEATUREVIS["steps"]
+
+
+def done_runs(ctx, stage: str) -> list:
+    from app.db import Run
+
+    with ctx.store.sessions() as s:
+        return s.scalars(select(Run).join(Model, Run.model_id == Model.id)
+                         .where(Model.name == "demo", Run.stage == stage, Run.status == "done")).all()
 
 
 def test_new_weights_at_the_same_path_start_the_demo_store_over(settings, tiny, tmp_path):
@@ -103,23 +112,19 @@ def test_new_weights_at_the_same_path_start_the_demo_store_over(settings, tiny, 
     with ctx.store.sessions.begin() as s:  # as every stage does: the model re-registered with its plain path
         register_model(s, "demo", loaded.arch, str(weights), loaded.image_size, catalogue(loaded))
     build.prepare(settings, loaded=replace(loaded, weights=str(weights)), corpus=corpus)
-    assert build.done_before(ctx, "words")  # same weights: kept
+    assert done_runs(ctx, "words")  # same weights: kept
     weights.write_bytes(b"retrained weights")
     build.prepare(settings, loaded=replace(loaded, weights=str(weights)), corpus=corpus)
-    assert not build.done_before(ctx, "words")
+    assert not done_runs(ctx, "words")
     with ctx.store.sessions() as s:
         assert s.scalars(select(Run.stage)).all() == [build.WEIGHTS_STAGE]  # only the new weights' record
         model = s.scalar(select(Model).where(Model.name == "demo"))
         assert model.weights == str(weights) and len(model.layers) == 4  # the path the probe loads
 
 
-def test_a_stage_whose_own_import_fails_is_not_hidden(tmp_path, monkeypatch):
-    (tmp_path / "stage_with_missing_dep.py").write_text("import no_such_package_xyz\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModuleNotFoundError, match="no_such_package_xyz"):
-        build.resolve("stage_with_missing_dep:run")
-    assert build.resolve("worker.no_such_stage:run") is None
-    assert build.resolve("worker.demo.build:words_stage") is build.words_stage
+def test_a_mistyped_stage_is_an_error_before_anything_is_built(settings):
+    with pytest.raises(UnknownStage, match="no stage 'wrods'; stages: examples, featurevis, words"):
+        build.build_demo(settings, only=["wrods"], loaded=object(), corpus=Path("nowhere"))
 
 
 def test_demo_group_has_build_train_evaluate_corpus():

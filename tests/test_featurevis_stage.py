@@ -1,7 +1,6 @@
 """The featurevis stage on the real store (SQLite file and Postgres), facet probes, the neuron page, the CLI."""
 import random
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -141,24 +140,26 @@ def test_cli_renders_then_skips_what_is_done(sqlite_url, tmp_path, monkeypatch):
     assert missing.exit_code == 2 and "no stored probe for facets ['nosuch']" in missing.output
 
 
-def test_demo_stage_renders_the_default_layer_and_the_corpus_facets(sqlite_url, tmp_path, tiny_vit, monkeypatch):
+def test_the_build_stage_renders_the_default_layer_and_the_corpus_facets(sqlite_url, tmp_path, tiny_vit):
     from app.settings import Settings
-    from worker.featurevis import demo
+    from worker.pipeline import run_pipeline
+    from worker.stage import BuildContext
     from worker.store import open_store
 
-    monkeypatch.setattr(demo, "SETTINGS", FeatureVisSettings(RenderSettings(steps=1), batch=128))
-    monkeypatch.setattr(demo, "FACET_UNITS", 2)
     corpus = tmp_path / "corpus"
     text_images(corpus / "text", 4)
     generic_images(corpus / "photos", 4)
     store = open_store(Settings(database_url=sqlite_url, data_dir=tmp_path / "data"))
-    with store.sessions.begin() as s:
-        register_model(s, "demo", tiny_vit.arch, None, tiny_vit.image_size, catalogue(tiny_vit))
-    report = demo.demo_featurevis(store, tiny_vit, "demo", corpus, progress=False)
-    assert report["plain"]["rendered"] == 256 and report["probes"]["photos"]["trained"]
+    options = {"featurevis": {"steps": 1, "batch": 128, "facets": ("faces", "text"), "facet_units": 2}}
+    ctx = BuildContext(store, tiny_vit, "demo", corpus, options=options, progress=False)
+    (got,) = run_pipeline(ctx, only=["featurevis"], echo=lambda _: None)
+    assert got.status == "done" and got.units == 256
+    with store.sessions() as s:
+        report = s.scalar(select(Run.report).where(Run.stage == "featurevis"))
+    assert report["layers"]["resblocks.1.mlp"]["rendered"] == 256 and report["facets"]["probes"]["photos"]["trained"]
     assert report["facets"]["images"] == 2  # text only: photos is a probe's contrast, not a rendered facet
-    ctx = SimpleNamespace(store=store, loaded=tiny_vit, model_name="demo", corpus=corpus)
-    assert demo.demo_stage(ctx)["skipped"] == "done before"  # what the demo build runs, a second time
+    (again,) = run_pipeline(ctx, only=["featurevis"], echo=lambda _: None)
+    assert (again.status, again.reason) == ("skipped", "up to date")  # what the demo build runs, a second time
     with store.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Run)) == 1  # ... and it records no new run
         kinds = s.execute(select(FeatureVis.kind, func.count()).group_by(FeatureVis.kind).order_by(FeatureVis.kind))

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import select
 
+from app.db import Run
 from worker import typographic as T
 from worker.corpus import CorpusError
 from worker.layers import catalogue
@@ -281,7 +282,9 @@ def test_examples_show_successes_first_then_eligible_images():
 
 def test_demo_stages_run_once_on_the_probe_corpus_pictures(store, tiny_rn, tmp_path, settings, monkeypatch):
     from worker.demo import text_stages
-    from worker.demo.build import DemoContext
+    from worker.demo.build import demo_options
+    from worker.pipeline import run_pipeline
+    from worker.stage import BuildContext
 
     monkeypatch.chdir(tmp_path)  # relative folders, as `make demo` gives them (data/...)
     settings = settings.model_copy(update={"data_dir": Path("data")})
@@ -295,16 +298,19 @@ def test_demo_stages_run_once_on_the_probe_corpus_pictures(store, tiny_rn, tmp_p
     (corpus / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with store.sessions.begin() as s:
         register_model(s, "demo", "tiny-rn", None, tiny_rn.image_size, catalogue(tiny_rn))
-    ctx = DemoContext(settings, store, tiny_rn, "demo", corpus, corpus / "manifest.jsonl")
 
-    labels = [y for _, y in T.labelled_images(text_stages.attack_set(ctx))]
+    labels = [y for _, y in T.labelled_images(text_stages.attack_set(settings.data_dir, corpus))]
     assert labels == ["pizza", "apple", "cat", "apple"]  # photos only, lower case, no leading article
     assert text_stages.pick_attacks(["zebra", "apple", "pizza", "cat", "kite"], 3) == ["pizza", "cat", "apple"]
-    first = text_stages.typographic_stage(ctx)
-    assert first["images"] == 4 and 0 <= first["mean_success_rate"] <= 1
-    assert text_stages.typographic_stage(ctx) == {"skipped": "done before"}
-    assert "congruent_accuracy" in text_stages.stroop_stage(ctx)
-    assert text_stages.stroop_stage(ctx) == {"skipped": "done before"}
     (tmp_path / "f.txt").write_text("[happy]\nhappy\nproud\n[sad]\nsad\nlonely\n")
-    assert text_stages.emotions_stage(ctx, tmp_path / "f.txt")["words"] == 4
-    assert text_stages.emotions_stage(ctx) == {"skipped": "done before"}
+    options = {**demo_options(settings.data_dir, corpus), "emotions": {"feelings_path": tmp_path / "f.txt"}}
+    ctx = BuildContext(store, tiny_rn, "demo", corpus, options=options, progress=False)
+    only = ["emotions", "typographic", "stroop"]
+    first = {o.stage: o for o in run_pipeline(ctx, only=only, echo=lambda _: None)}
+    assert [o.status for o in first.values()] == ["done"] * 3
+    with store.sessions() as s:
+        reports = {r.stage: r.report for r in s.scalars(select(Run).where(Run.stage.in_(only)))}
+    assert reports["typographic"]["n_images"] == 4 and reports["typographic"]["labels"] == ["pizza", "apple", "cat"]
+    assert "congruent_accuracy" in reports["stroop"]["scores"] and reports["emotions"]["words"] == 4
+    again = run_pipeline(ctx, only=only, echo=lambda _: None)
+    assert [(o.status, o.reason) for o in again] == [("skipped", "up to date")] * 3

@@ -3,41 +3,27 @@ torch only when it runs. Commands are plain functions; `WORKER_COMMANDS` (pipeli
 import typer
 
 from worker.featurevis.cli import featurevis_cmd
-from worker.options import Arch, ConfigDirs, Device, ModelName, Weights, command_group
+from worker.options import Arch, ConfigDirs, Device, Force, ModelName, Weights, command_group, run_stage
 from worker.words_cli import maps_cmd, regions_cmd, words_cmd
 
 
 # -- the text side: emotion composition, typographic attacks, Stroop (worker/emotions.py, typographic.py, stroop.py)
-def _store_with(loaded, arch: str, weights: str | None, name: str | None):
-    """The store, with the model registered (or updated) under its name; returns (store, name)."""
-    from app.settings import Settings
-    from worker.layers import catalogue
-    from worker.options import model_name_for
-    from worker.store import open_store, register_model
-
-    store, model_name = open_store(Settings()), name or model_name_for(arch, weights)
-    with store.sessions.begin() as session:
-        register_model(session, model_name, loaded.arch, weights, loaded.image_size, catalogue(loaded))
-    return store, model_name
-
-
 def emotions_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
                  device: Device = "auto",
                  feelings: str = typer.Option("", help="feeling-wheel file (default: worker/wordlists/feelings.txt)"),
                  method: str = typer.Option("lasso", help="sparse code: lasso | logistic (the paper's footnote 41)"),
                  neurons: int = typer.Option(6, min=1, help="at most this many neurons per word"),
-                 factors: int = typer.Option(7, min=2, help="NMF factors colouring the atlas")):
+                 factors: int = typer.Option(7, min=2, help="NMF factors colouring the atlas"), force: bool = Force):
     """Emotion composition: "I feel {word}" attribution vectors, sparse codes per word, an NMF atlas."""
-    from worker.emotions import FEELINGS, emotions_stage
-    from worker.options import clean_errors, open_model
+    from pathlib import Path
 
-    loaded = open_model(arch, weights, config_dir, device)
-    store, model_name = _store_with(loaded, arch, weights, name)
-    with clean_errors(ValueError):
-        data = emotions_stage(store, model_name, loaded, feelings or FEELINGS, method, neurons, factors)
-    quality = [w["quality"] for w in data["words"]]
-    typer.echo(f"{model_name}: {len(quality)} words, mean {data['quality_name']} "
-               f"{sum(quality) / len(quality):.3f}; atlas at {data['atlas']}")
+    from worker.feelings import FEELINGS
+
+    options = {"feelings_path": Path(feelings or FEELINGS), "method": method, "neurons": neurons,
+               "factors": factors}
+    model_name, report = run_stage("emotions", arch, weights, config_dir, name, device, options, force)
+    typer.echo(f"{model_name}: {report['words']} words, mean {report['quality_name']} "
+               f"{report['mean_quality']:.3f}; data at {report['path']}")
 
 
 def typographic_cmd(arch: Arch,
@@ -49,22 +35,18 @@ def typographic_cmd(arch: Arch,
                                                               "label of the image set attacks as itself"),
                     extra_label: list[str] = typer.Option([], help="another class for the zero-shot label set"),
                     template: str = typer.Option("a photo of a {}", help="zero-shot prompt with one {}"),
-                    label_key: str = typer.Option("label", help="a manifest's label column")):
+                    label_key: str = typer.Option("label", help="a manifest's label column"), force: bool = Force):
     """Typographic attack lab: attack text at 8 fixed positions; success rate and pixel cover."""
-    from worker.options import clean_errors, fail, open_model
-    from worker.typographic import Attack, attack_stage, labelled_images
+    from worker.options import clean_errors, fail
+    from worker.typographic import Attack
 
     if template.count("{}") != 1:
         fail(f"--template must hold exactly one {{}}, got {template!r}")
     with clean_errors(ValueError):
-        attacks = [Attack.parse(a) for a in attack] or [
-            Attack(label, label) for label in dict.fromkeys(
-                label for _, label in labelled_images(images, label_key) if label)]
-    loaded = open_model(arch, weights, config_dir, device)
-    store, model_name = _store_with(loaded, arch, weights, name)
-    with clean_errors(ValueError):
-        report = attack_stage(store, model_name, loaded, images, attacks, template, extra_label,
-                              label_key=label_key)
+        attacks = [Attack.parse(a) for a in attack]
+    options = {"images": images, "attacks": attacks, "extra_labels": extra_label, "template": template,
+               "label_key": label_key}
+    model_name, report = run_stage("typographic", arch, weights, config_dir, name, device, options, force)
     skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
     typer.echo(f"{model_name}: {report['n_images']} images (skipped: {skipped}), "
                f"clean accuracy {report['clean_accuracy']:.3f}")
@@ -75,15 +57,10 @@ def typographic_cmd(arch: Arch,
 
 
 def stroop_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
-               device: Device = "auto"):
+               device: Device = "auto", force: bool = Force):
     """Stroop test: colour words drawn in colours, zero-shot ink colour, congruent vs incongruent accuracy."""
-    from worker.options import clean_errors, open_model
-    from worker.stroop import stroop_stage
-
-    loaded = open_model(arch, weights, config_dir, device)
-    store, model_name = _store_with(loaded, arch, weights, name)
-    with clean_errors(ValueError):
-        s = stroop_stage(store, model_name, loaded)["scores"]
+    model_name, report = run_stage("stroop", arch, weights, config_dir, name, device, {}, force)
+    s = report["scores"]
     typer.echo(f"{model_name}: congruent accuracy {s['congruent_accuracy']:.3f} ({s['congruent']}), incongruent "
                f"{s['incongruent_accuracy']:.3f} ({s['incongruent']}), read the word {s['read_word_rate']:.3f}")
 
@@ -182,19 +159,15 @@ def suggest_cmd(model: str = typer.Argument(..., help="model name in the store")
 
 
 def attribution_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
-                    device: Device = "cpu"):
+                    device: Device = "cpu", force: bool = Force):
     """Text → neuron read-out (worker/attribution.py): a .npy in the cache that the text probe and search use."""
-    from worker.attribution import store_readout
-    from worker.options import clean_errors, fail, open_model
+    from worker.options import fail
 
     if not weights:
         fail("attribution needs --weights: the server re-creates the text tower from them (random init can't be)")
-    loaded = open_model(arch, weights, config_dir, device)
-    store, model_name = _store_with(loaded, arch, weights, name)
-    with clean_errors(ValueError):
-        art = store_readout(store, model_name, loaded, config_dir or ())
-    typer.echo(f"{model_name}: read-out {art.meta['units']} units × {art.meta['embed_dim']} dims "
-               f"of {art.layer} at {art.path}")
+    model_name, report = run_stage("attribution", arch, weights, config_dir, name, device, {}, force)
+    typer.echo(f"{model_name}: read-out {report['units']} units × {report['embed_dim']} dims "
+               f"of {report['layer']} at {report['path']}")
 
 
 # -- the whole pipeline ---------------------------------------------------------------------------------
@@ -226,6 +199,7 @@ def build_cmd(arch: Arch, weights: Weights = None,
               ray: str = typer.Option(None, "--ray", help="run the image- and unit-heavy stages on a Ray cluster: "
                                       "auto (the cluster this machine runs, else a new one over its GPUs) or "
                                       "its ADDRESS (docs/scale.md)"),
+              words: int = typer.Option(10_000, min=1, help="words stage: drawn from this many most common words"),
               progress: bool = typer.Option(True, "--progress/--no-progress")):
     """Run every stage that applies to the model, in dependency order, skipping what is up to date."""
     from pathlib import Path
@@ -247,7 +221,7 @@ def build_cmd(arch: Arch, weights: Weights = None,
     loaded = open_model(arch, weights, config_dir, "cpu" if ray and device == "auto" else device)
     ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(arch, weights),
                        Path(corpus).expanduser() if corpus else None, tuple(layers),
-                       {"words": {"list": word_list}}, tuple(config_dir or ()), progress)
+                       {"words": {"list": word_list, "n": words}}, tuple(config_dir or ()), progress)
     with clean_errors():
         ctx.layer_names()
         outcomes = run_pipeline(ctx, only=only, skip=skip, force=force, executor=executor)

@@ -37,6 +37,8 @@ ModelName = Annotated[str | None, typer.Option(
     "--name", help="the model's name in the store and in URLs (default: from arch and weights)")]
 Device = Annotated[str, typer.Option("--device", help="cuda | cpu | auto (cuda when there is one)")]
 
+Force = typer.Option(False, "--force", help="recompute even when the store is up to date")
+
 EXIT_USAGE = 2
 
 
@@ -113,3 +115,28 @@ def command_group(help: str, commands: Sequence[tuple[str, Callable | typer.Type
         else:
             group.command(name)(command)
     return group
+
+
+# -- one stage through the pipeline: the same skipping as `microscope build --only STAGE`
+def run_stage(stage: str, arch: str, weights: str | None, config_dir, name: str | None, device: str,
+              options: dict | Callable, force: bool, layers: Sequence[str | None] = ()) -> tuple[str, dict]:
+    """Load the model, run `stage` alone through the pipeline (skipped while up to date unless `force`);
+    (model name, the report of its last finished run). A failure or a reason it does not apply: one line.
+    `options` may be a function of the loaded model (a render plan needs its image size)."""
+    from app.settings import Settings
+    from worker.pipeline import last_done, run_pipeline
+    from worker.stage import BuildContext
+    from worker.store import open_store
+
+    loaded = open_model(arch, weights, config_dir, device)
+    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(arch, weights), None,
+                       tuple(x for x in layers if x), {stage: options(loaded) if callable(options) else options},
+                       tuple(config_dir or ()))
+    with clean_errors():
+        ctx.layer_names()
+    (got,) = run_pipeline(ctx, only=[stage], force=[stage] if force else [], echo=lambda _: None)
+    if got.status == "failed" or (got.status == "skipped" and got.fingerprint is None):
+        fail(got.reason)
+    if got.status == "skipped":
+        typer.echo(f"{ctx.model_name}: {stage} is up to date, its last run's results (--force reruns it):")
+    return ctx.model_name, last_done(ctx, stage).report

@@ -46,7 +46,9 @@ class SerialExecutor:
     executor keeps the shape: compute per item on workers, merge and write where the store is."""
 
     def run(self, stage: Stage, ctx: BuildContext, run_id: int) -> dict:
-        parts = [stage.compute(ctx, item) for item in stage.items(ctx)]
+        items = stage.items(ctx)
+        bar = tqdm(items, desc=stage.name, unit="item", leave=False, disable=not ctx.progress or len(items) < 2)
+        parts = [stage.compute(ctx, item) for item in bar]
         return stage.write(ctx, stage.merge(ctx, parts), run_id)
 
 
@@ -86,10 +88,15 @@ def build_fingerprint(run: Run) -> str | None:
     return ((run.settings or {}).get("build") or {}).get("fingerprint")
 
 
+def last_done(ctx: BuildContext, stage: str) -> Run | None:
+    done = runs_of(ctx, stage, "done")
+    return done[0] if done else None
+
+
 def last_fingerprint(ctx: BuildContext, stage: str) -> str | None:
     """The fingerprint of the stage's last finished run (a run outside the pipeline counts by its id)."""
-    done = runs_of(ctx, stage, "done")
-    return (build_fingerprint(done[0]) or f"run {done[0].id}") if done else None
+    run = last_done(ctx, stage)
+    return (build_fingerprint(run) or f"run {run.id}") if run else None
 
 
 def open_run(ctx: BuildContext, stage: Stage, fp: str, record: dict) -> int:
@@ -145,8 +152,9 @@ def run_stage(ctx: BuildContext, stage: Stage, outcomes: dict[str, Outcome], exe
     if reason:
         return Outcome(stage.name, "skipped", reason)
     fp, record = fingerprint(stage, ctx, upstream(ctx, stage, outcomes))
-    if not force and last_fingerprint(ctx, stage.name) == fp:
-        return Outcome(stage.name, "skipped", "up to date", fingerprint=fp)
+    done = last_done(ctx, stage.name)
+    if not force and done is not None and build_fingerprint(done) == fp:
+        return Outcome(stage.name, "skipped", "up to date", units=(done.report or {}).get("units"), fingerprint=fp)
     run_id = open_run(ctx, stage, fp, record)
     try:
         with joined_run(run_id, stage.name):

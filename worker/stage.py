@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -143,9 +144,9 @@ def corpus_digest(corpus: Path | None) -> str | None:
 def code_digest(stage: Stage) -> str:
     """The stage's code version: the source of its own module and of the modules in `code`."""
     h = hashlib.sha1()
-    for module in (type(stage).__module__, *stage.code):
-        spec = importlib.util.find_spec(module)
-        h.update(module.encode() + Path(spec.origin).read_bytes())
+    files = [inspect.getsourcefile(type(stage))] + [importlib.util.find_spec(m).origin for m in stage.code]
+    for file in files:
+        h.update(Path(file).read_bytes())
     return h.hexdigest()[:16]
 
 

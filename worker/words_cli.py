@@ -2,13 +2,12 @@
 Importing this module does not import torch (the commands do, when they run)."""
 import typer
 
-from worker.options import Arch, ConfigDirs, Device, ModelName, Weights
+from worker.options import Arch, ConfigDirs, Device, Force, ModelName, Weights
 
 Layer = typer.Option(None, "--layer", help="layer name (default: the penultimate layer)")
 Fonts = typer.Option("dejavu-sans,liberation-serif", help="comma-separated fonts (worker/render_text.py FONTS)")
 Scales = typer.Option("0.22,0.36", help="comma-separated font sizes as fractions of the image side")
 BatchSize = typer.Option(256, min=1, help="images per forward pass")
-Force = typer.Option(False, "--force", help="recompute even when the store is up to date")
 
 
 def _style(fonts: str, scales: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
@@ -34,33 +33,26 @@ def _plan(loaded, style: tuple[tuple[str, ...], tuple[float, ...]]):
     return RenderPlan(canvas=loaded.image_size, fonts=style[0], scales=style[1])
 
 
-def _setup(arch, weights, config_dir, name, device):
-    from app.settings import Settings
-    from worker.options import model_name_for, open_model
-    from worker.store import open_store
-
-    loaded = open_model(arch, weights, config_dir, device)
-    return open_store(Settings()), loaded, name or model_name_for(arch, weights)
-
-
 def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
               device: Device = "auto", layer: str = Layer, words: int = typer.Option(
-                  10_000, min=1, help="how many of wordfreq's most common English words (digit tokens dropped)"),
+                  10_000, min=1, help="drawn from this many of wordfreq's most common English words"),
+              word_list: str = typer.Option("clean", help="clean (without better-profanity's profanity and slur "
+                                                          "list) | common (the paper's list)"),
               fonts: str = Fonts, scales: str = Scales, batch_size: int = BatchSize,
               chunk_size: int = typer.Option(512, min=1, help="words per checkpoint"), force: bool = Force):
     """Rendered-word scores: top and most negative words per unit, the words x units matrix."""
     import time
 
-    from worker.options import clean_errors
-    from worker.text_scores import common_words
-    from worker.words import run_words
+    from worker.options import fail, run_stage
+    from worker.word_lists import WORD_LISTS
 
+    if word_list not in WORD_LISTS:
+        fail(f"--word-list must be one of {', '.join(WORD_LISTS)}, got {word_list!r}")
     style = _style(fonts, scales)
-    store, loaded, model_name = _setup(arch, weights, config_dir, name, device)
     start = time.perf_counter()
-    with clean_errors():
-        report = run_words(store, loaded, model_name, layer, common_words(words), _plan(loaded, style),
-                           chunk_size, batch_size, str(loaded.device), force)
+    model_name, report = run_stage("words", arch, weights, config_dir, name, device, lambda loaded: {
+        "list": word_list, "n": words, "plan": _plan(loaded, style), "batch_size": batch_size,
+        "chunk_size": chunk_size}, force, [layer])
     typer.echo(f"{model_name}: {report} in {time.perf_counter() - start:.1f} s")
 
 
@@ -73,15 +65,13 @@ def maps_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None,
     """World map activations with heat overlays; country and city name scores with choropleths."""
     import time
 
-    from worker.maps import run_maps
-    from worker.options import clean_errors
+    from worker.options import run_stage
 
     style = _style(fonts, scales)
-    store, loaded, model_name = _setup(arch, weights, config_dir, name, device)
     start = time.perf_counter()
-    with clean_errors():
-        report = run_maps(store, loaded, model_name, layer, crops, seed, cities, _plan(loaded, style),
-                          batch_size, str(loaded.device), force)
+    model_name, report = run_stage("maps", arch, weights, config_dir, name, device, lambda loaded: {
+        "crops": crops, "seed": seed, "cities": cities, "plan": _plan(loaded, style), "batch_size": batch_size},
+        force, [layer])
     typer.echo(f"{model_name}: {report} in {time.perf_counter() - start:.1f} s")
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from app.db import Model, Run
 from app.settings import Settings
-from worker.pipeline import Outcome, run_pipeline, summary
+from worker.pipeline import Outcome, run_pipeline, select_stages, summary
 from worker.stage import BuildContext
 
 DEMO_MODEL = "demo"
@@ -88,6 +88,9 @@ def build_demo(settings: Settings, only: Sequence[str] = (), skip: Sequence[str]
                echo: Callable[[str], None] = print, loaded=None, corpus: Path | None = None,
                stages=None, progress: bool = True) -> tuple[BuildContext, list[Outcome]]:
     """Build (or bring up to date) the demo store; returns the context and each stage's outcome."""
+    from worker.stages import STAGES
+
+    select_stages(STAGES if stages is None else stages, only, skip)  # a mistyped name fails before any work
     t0 = time.perf_counter()
     ctx = prepare(settings, device, loaded, corpus)
     ctx.progress = progress

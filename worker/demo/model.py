@@ -70,8 +70,10 @@ def create(name: str = ARCH):
     import torch
 
     from worker.models import revive_random_resnet
+    from worker.quiet import quiet_loading
 
-    model = open_clip.create_model(name, pretrained=None)
+    with quiet_loading():  # MiniLM without its pooler: the expected LOAD REPORT, hidden
+        model = open_clip.create_model(name, pretrained=None)
     revive_random_resnet(model.visual)
     model.text.lock(unlocked_layers=0, freeze_layer_norm=True)
     with torch.no_grad():

@@ -28,4 +28,4 @@ class Attribution(Stage):
         from worker.attribution import store_readout
 
         art = store_readout(ctx.store, ctx.model_name, ctx.loaded, config_dirs(ctx))
-        return {"units": art.meta["units"], "embed_dim": art.meta["embed_dim"], "path": art.path}
+        return {"units": art.meta["units"], "embed_dim": art.meta["embed_dim"], "layer": art.layer, "path": art.path}

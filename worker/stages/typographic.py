@@ -8,21 +8,26 @@ from worker.stage import BuildContext, Item, Stage
 TEMPLATE = "a photo of a {}"
 
 
+def opt(ctx: BuildContext, key: str):
+    defaults = {"images": ctx.corpus, "attacks": (), "extra_labels": (), "template": TEMPLATE, "label_key": "label"}
+    return ctx.option("typographic", key) or defaults[key]
+
+
 def images(ctx: BuildContext):
-    return ctx.option("typographic", "images") or ctx.corpus
+    return opt(ctx, "images")
 
 
 def labels(ctx: BuildContext) -> list[str]:
     from worker.typographic import labelled_images
 
-    return list(dict.fromkeys(label for _, label in labelled_images(images(ctx)) if label))
+    return list(dict.fromkeys(label for _, label in labelled_images(images(ctx), opt(ctx, "label_key")) if label))
 
 
 def attacks(ctx: BuildContext) -> list:
+    """The attacks asked for (Attack objects or texts that attack as themselves), else every label."""
     from worker.typographic import Attack
 
-    texts = ctx.option("typographic", "attacks") or labels(ctx)
-    return [Attack(t, t) for t in texts]
+    return [a if isinstance(a, Attack) else Attack(a, a) for a in opt(ctx, "attacks") or labels(ctx)]
 
 
 class Typographic(Stage):
@@ -39,25 +44,26 @@ class Typographic(Stage):
         try:
             found = labels(ctx)
         except (CorpusError, ValueError, OSError) as e:
-            return f"the corpus has no labels ({e})"
+            return f"no labelled images: {e}"
         return None if len(found) >= 2 else f"the corpus has {len(found)} labelled classes, attacks need 2"
 
     def settings(self, ctx: BuildContext) -> dict:
         from worker.stage import corpus_digest
         from worker.typographic import attack_settings
 
-        return {**attack_settings(images(ctx), attacks(ctx), TEMPLATE, ctx.loaded.image_size),
+        return {**attack_settings(images(ctx), attacks(ctx), opt(ctx, "template"), ctx.loaded.image_size),
+                "extra_labels": list(opt(ctx, "extra_labels")), "label_key": opt(ctx, "label_key"),
                 "image_set": corpus_digest(images(ctx))}
 
     def compute(self, ctx: BuildContext, item: Item) -> tuple:
         from worker.typographic import attack_images, label_set, run_attacks
 
-        data = attack_images(images(ctx), ctx.loaded.image_size)
-        found = label_set(data.labels, attacks(ctx))
-        return data, found, run_attacks(ctx.loaded, data, attacks(ctx), found, TEMPLATE, 3)
+        data = attack_images(images(ctx), ctx.loaded.image_size, opt(ctx, "label_key"))
+        found = label_set(data.labels, attacks(ctx), opt(ctx, "extra_labels"))
+        return data, found, run_attacks(ctx.loaded, data, attacks(ctx), found, opt(ctx, "template"), 3)
 
     def write(self, ctx: BuildContext, merged: tuple, run_id: int) -> dict:
         from worker.typographic import attack_report
 
         data, found, result = merged
-        return attack_report(ctx.store, images(ctx), data, found, TEMPLATE, result)
+        return attack_report(ctx.store, images(ctx), data, found, opt(ctx, "template"), result)

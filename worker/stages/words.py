@@ -13,6 +13,11 @@ def stage_words(ctx: BuildContext) -> list[str]:
     return word_list(ctx.option("words", "list", DEFAULT), ctx.option("words", "n", 10_000))
 
 
+def chunk(ctx: BuildContext) -> int:
+    """Words per item (a checkpoint each): speed and resumption only, so not a setting."""
+    return ctx.option("words", "chunk_size", CHUNK)
+
+
 def plan(ctx: BuildContext):
     from worker.text_scores import default_plan
 
@@ -41,29 +46,33 @@ class Words(Stage):
         words, out = stage_words(ctx), []
         for layer in ctx.layer_names():
             job = words_job(ctx.model_name, layer, settings_hash(words_settings(ctx.loaded, layer, words, plan(ctx))))
-            out += [Item(f"{layer}:{i}", (layer, i, start, job)) for i, start in enumerate(range(0, len(words), CHUNK))]
+            starts = range(0, len(words), chunk(ctx))
+            out += [Item(f"{layer}:{i}", (layer, i, start, job)) for i, start in enumerate(starts)]
         return out
 
-    def compute(self, ctx: BuildContext, item: Item) -> tuple[str, np.ndarray, np.ndarray]:
+    def compute(self, ctx: BuildContext, item: Item) -> tuple[str, np.ndarray, np.ndarray, bool]:
+        """(layer, pre, post, resumed): one chunk's scores, from its checkpoint when a killed run left one."""
         from worker.resumable import Checkpoints
         from worker.text_scores import channels_last, layer_reader, score_texts
 
         layer, i, start, job = item.payload
         checkpoints = Checkpoints(ctx.store, f"work/{job}")
         done = checkpoints.load(i)
-        if done is None:
-            loaded = ctx.loaded
-            with channels_last(loaded):
-                done = score_texts(layer_reader(loaded, layer), stage_words(ctx)[start:start + CHUNK], plan(ctx),
-                                   loaded.mean, loaded.std, ctx.option("words", "batch_size", 256), loaded.device)
-            checkpoints.save(i, *done)
-        return (layer, *done)
+        if done is not None:
+            return (layer, *done, True)
+        loaded = ctx.loaded
+        with channels_last(loaded):
+            done = score_texts(layer_reader(loaded, layer), stage_words(ctx)[start:start + chunk(ctx)], plan(ctx),
+                               loaded.mean, loaded.std, ctx.option("words", "batch_size", 256), loaded.device)
+        checkpoints.save(i, *done)
+        return (layer, *done, False)
 
-    def merge(self, ctx: BuildContext, parts: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        out = {}
+    def merge(self, ctx: BuildContext, parts: list) -> dict:
+        """{layer: (pre, post)} in word order, and "resumed": how many chunks came from checkpoints."""
+        out: dict = {"resumed": sum(p[3] for p in parts), "chunks": len(parts), "layers": {}}
         for layer in dict.fromkeys(p[0] for p in parts):
             mine = [p for p in parts if p[0] == layer]
-            out[layer] = (np.concatenate([p[1] for p in mine]), np.concatenate([p[2] for p in mine]))
+            out["layers"][layer] = (np.concatenate([p[1] for p in mine]), np.concatenate([p[2] for p in mine]))
         return out
 
     def write(self, ctx: BuildContext, merged: dict, run_id: int) -> dict:
@@ -72,5 +81,6 @@ class Words(Stage):
         words = stage_words(ctx)
         layers = {layer: write_words(ctx.store, ctx.model_name, layer, words, pre, post,
                                      words_settings(ctx.loaded, layer, words, plan(ctx)), run_id)
-                  for layer, (pre, post) in merged.items()}
-        return {"layers": layers, "words": len(words), "units": sum(r["units"] for r in layers.values())}
+                  for layer, (pre, post) in merged["layers"].items()}
+        return {"layers": layers, "words": len(words), "units": sum(r["units"] for r in layers.values()),
+                "chunks": merged["chunks"], "chunks_resumed": merged["resumed"]}
