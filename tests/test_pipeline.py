@@ -124,6 +124,15 @@ class NeedsBoom(Note):
     needs = ("boom",)
 
 
+class UnreadableSettings(Note):
+    """Its settings read a file that is gone: the stage fails before it starts, the others go on."""
+
+    name = "unreadable"
+
+    def settings(self, ctx):
+        return {"text": Path("/no/such/feelings.txt").read_text()}
+
+
 def toy_context(settings, tiny_rn) -> BuildContext:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return BuildContext(open_store(settings), tiny_rn, "toy", progress=False)
@@ -131,8 +140,9 @@ def toy_context(settings, tiny_rn) -> BuildContext:
 
 def test_a_failing_stage_does_not_stop_the_stages_that_do_not_need_it(settings, tiny_rn):
     ctx = toy_context(settings, tiny_rn)
-    got = by_stage(run_pipeline(ctx, [Boom(), NeedsBoom(), Note()], echo=lambda _: None))
+    got = by_stage(run_pipeline(ctx, [Boom(), NeedsBoom(), UnreadableSettings(), Note()], echo=lambda _: None))
     assert got["boom"].status == "failed" and got["boom"].reason == "RuntimeError: the disk is full"
+    assert got["unreadable"].status == "failed" and "FileNotFoundError" in got["unreadable"].reason
     assert (got["needs-boom"].status, got["needs-boom"].reason) == ("skipped", "needs boom, which failed")
     assert got["note"].status == "done" and (settings.data_dir / "note.txt").read_text() == "all"
     with ctx.store.sessions() as s:
@@ -294,17 +304,15 @@ def test_loading_the_demo_model_prints_no_library_noise(tmp_path):
 def test_help_lists_the_commands_in_pipeline_order():
     from app.cli import cli
 
-    def commands(*args):
+    def listed(*args) -> list[str]:
+        """The command names in the order --help shows them."""
         out = CliRunner().invoke(cli, [*args, "--help"], terminal_width=200).output
-        return [line.split()[1] for line in out.splitlines() if line.startswith("│ ") and line.split()[1][0].isalpha()
-                and not line.split()[1].startswith("-")]
+        return [line.split()[1] for line in out.split("Commands")[1].splitlines()
+                if line.startswith("│ ") and line[2].isalpha()]  # a wrapped description line starts with spaces
 
-    assert commands()[:5] == ["build", "demo", "serve", "worker", "db"]
-    worker = commands("worker")
-    assert [c for c in worker if c in STAGE_NAMES] == list(STAGE_NAMES)
-    assert worker[:2] == ["layers", "register"]
-
-
+    assert listed() == ["build", "demo", "serve", "worker", "db"]
+    assert listed("worker") == ["layers", "register", *STAGE_NAMES]
+    assert listed("demo") == ["build", "train", "evaluate", "corpus"]
 
 def test_a_worker_command_skips_its_stage_like_the_build(settings, checkpoint):
     """`microscope worker stroop` twice: the second run is up to date (one mechanism), --force reruns it.

@@ -73,14 +73,13 @@ def check_order(stages: Sequence[Stage]) -> None:
 
 # -- the runs table ---------------------------------------------------------------------------------------
 
-def model_id(ctx: BuildContext) -> int:
-    with ctx.store.sessions() as session:
-        return session.scalar(select(Model.id).where(Model.name == ctx.model_name))
+def model_id(session, ctx: BuildContext) -> int:
+    return session.scalar(select(Model.id).where(Model.name == ctx.model_name))
 
 
 def runs_of(ctx: BuildContext, stage: str, status: str) -> list[Run]:
     with ctx.store.sessions() as session:
-        return list(session.scalars(select(Run).where(Run.model_id == model_id(ctx), Run.stage == stage,
+        return list(session.scalars(select(Run).where(Run.model_id == model_id(session, ctx), Run.stage == stage,
                                                       Run.status == status).order_by(Run.id.desc())))
 
 
@@ -103,11 +102,11 @@ def open_run(ctx: BuildContext, stage: Stage, fp: str, record: dict) -> int:
     """The stage's row: a killed run with the same fingerprint is taken over, else a new one."""
     settings = {**record["settings"], "build": {"fingerprint": fp, **record}}
     with ctx.store.sessions.begin() as session:
-        for run in session.scalars(select(Run).where(Run.model_id == model_id(ctx), Run.stage == stage.name,
+        model = session.get(Model, model_id(session, ctx))
+        for run in session.scalars(select(Run).where(Run.model_id == model.id, Run.stage == stage.name,
                                                      Run.status == "running")):
             if build_fingerprint(run) == fp:
                 return run.id
-        model = session.get(Model, model_id(ctx))
         layers = ctx.layer_names()
         run = Run(stage=stage.name, model_id=model.id, layer=layers[0] if len(layers) == 1 else None,
                   weights=model.weights, settings=settings, code_version=code_version())
@@ -148,10 +147,13 @@ def upstream(ctx: BuildContext, stage: Stage, outcomes: dict[str, Outcome]) -> d
 
 def run_stage(ctx: BuildContext, stage: Stage, outcomes: dict[str, Outcome], executor, force: bool) -> Outcome:
     t0 = time.perf_counter()
-    reason = blocked(stage, outcomes) or stage.applies(ctx)
-    if reason:
-        return Outcome(stage.name, "skipped", reason)
-    fp, record = fingerprint(stage, ctx, upstream(ctx, stage, outcomes))
+    try:
+        reason = blocked(stage, outcomes) or stage.applies(ctx)
+        if reason:
+            return Outcome(stage.name, "skipped", reason)
+        fp, record = fingerprint(stage, ctx, upstream(ctx, stage, outcomes))
+    except Exception as e:  # a setting it cannot read (a missing file): this stage fails, the others go on
+        return Outcome(stage.name, "failed", first_line(e), time.perf_counter() - t0)
     done = last_done(ctx, stage.name)
     if not force and done is not None and build_fingerprint(done) == fp:
         return Outcome(stage.name, "skipped", "up to date", units=(done.report or {}).get("units"), fingerprint=fp)
