@@ -49,9 +49,12 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
+def settings_at(root: Path) -> Settings:
+    return Settings(data_dir=root / "data", database_url=f"sqlite:///{root / 'store.db'}", cache_dir=root / "cache")
+
+
 def build(root: Path, loaded, corpus: Path, executor=None, stages=None, options=OPTIONS) -> dict:
-    settings = Settings(data_dir=root / "data", database_url=f"sqlite:///{root / 'store.db'}", cache_dir=root / "cache")
-    store = open_store(settings)
+    store = open_store(settings_at(root))
     ctx = BuildContext(store, loaded, "tiny", corpus, ("layer4",), options, (CONFIG_DIR,), progress=False)
     outcomes = run_pipeline(ctx, stages=stages or [Examples(), Words()], executor=executor, echo=lambda _: None)
     assert [o.status for o in outcomes] == ["done"] * len(outcomes), outcomes
@@ -72,7 +75,8 @@ def content(store) -> dict:
                             for u in s.scalars(select(UnitStats))),
             "samples": sorted((*key[a.unit_id], sha[a.image_id], a.activation)
                               for a in s.scalars(select(ActivationSample))),
-            "words": sorted((*key[w.unit_id], w.word_id, w.sign, w.rank, w.score) for w in s.scalars(select(WordScore))),
+            "words": sorted((*key[w.unit_id], w.word_id, w.sign, w.rank, w.score)
+                            for w in s.scalars(select(WordScore))),
         }
 
 
@@ -131,9 +135,8 @@ def test_a_killed_worker_and_a_killed_driver_still_give_the_identical_store(ray_
     from worker.ray_executor import RayExecutor
 
     marker, log = tmp_path / "died", tmp_path / "computed"
-    ctx = BuildContext(open_store(Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'store.db'}",
-                                           cache_dir=tmp_path / "cache")),
-                       tiny_rn, "tiny", corpus, ("layer4",), OPTIONS, (CONFIG_DIR,), progress=False)
+    ctx = BuildContext(open_store(settings_at(tmp_path)), tiny_rn, "tiny", corpus, ("layer4",), OPTIONS, (CONFIG_DIR,),
+                       progress=False)
     stage = Flaky(marker, tmp_path / "before")
     first = stage.items(ctx)[0]
     with one_thread():
@@ -193,5 +196,5 @@ def test_microscope_build_ray_auto_joins_the_running_cluster(ray_cluster, corpus
                                    "--only", "examples", "--ray", "auto", "--no-progress"])
     assert got.exit_code == 0, got.output
     assert "examples" in got.output and "done" in got.output
-    with open_store(Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'store.db'}")).sessions() as s:
+    with open_store(settings_at(tmp_path)).sessions() as s:
         assert s.scalar(select(UnitStats.n).limit(1)) == 22  # one range (4096 entries): the copy meets its original

@@ -235,7 +235,6 @@ def ray_executor(address: str | None):
     if address is None:
         return None
     from worker.options import fail
-
     from worker.ray_executor import RayExecutor
 
     try:

@@ -32,8 +32,18 @@ from app.db import Layer, Model, Unit
 from app.keys import UnitKey
 from worker import partials
 from worker.corpus import CorpusBatches, Entry, batched, iter_entries
-from worker.examples import (UNITS_PER_TRANSACTION, ExampleOptions, LayerState, Progress, example_rows,
-                             loader_workers, probe_grids, unit_sample, unit_stats, write_units)
+from worker.examples import (
+    UNITS_PER_TRANSACTION,
+    ExampleOptions,
+    LayerState,
+    Progress,
+    example_rows,
+    loader_workers,
+    probe_grids,
+    unit_sample,
+    unit_stats,
+    write_units,
+)
 from worker.layers import activations, layer_spec
 from worker.topk import EMPTY_KEY
 
