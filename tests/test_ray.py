@@ -10,6 +10,7 @@ import torch
 from sqlalchemy import select
 
 from app.db import ActivationSample, DatasetExample, Layer, Unit, UnitStats, WordScore
+from app.db import FeatureVis as FeatureVisRow
 from app.db import Image as ImageRow
 from app.settings import Settings
 from worker import partials
@@ -53,9 +54,10 @@ def settings_at(root: Path) -> Settings:
     return Settings(data_dir=root / "data", database_url=f"sqlite:///{root / 'store.db'}", cache_dir=root / "cache")
 
 
-def build(root: Path, loaded, corpus: Path, executor=None, stages=None, options=OPTIONS) -> dict:
+def build(root: Path, loaded, corpus: Path | None, executor=None, stages=None, options=OPTIONS,
+          layers=("layer4",)) -> dict:
     store = open_store(settings_at(root))
-    ctx = BuildContext(store, loaded, "tiny", corpus, ("layer4",), options, (CONFIG_DIR,), progress=False)
+    ctx = BuildContext(store, loaded, "tiny", corpus, layers, options, (CONFIG_DIR,), progress=False)
     outcomes = run_pipeline(ctx, stages=stages or [Examples(), Words()], executor=executor, echo=lambda _: None)
     assert [o.status for o in outcomes] == ["done"] * len(outcomes), outcomes
     return {"store": store, "outcomes": outcomes}
@@ -145,6 +147,26 @@ def test_a_killed_worker_and_a_killed_driver_still_give_the_identical_store(ray_
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker process died, not the driver
     assert sorted(log.read_text().split()) == ["range-000000008", "range-000000008", "range-000000016"]
     assert content(got["store"]) == serial["content"]
+
+
+def test_featurevis_unit_ranges_on_ray_render_what_one_process_renders(ray_cluster, tiny_rn, tmp_path):
+    """layer1's 64 units in two unit ranges of 32, 2 steps: the same images (content-addressed paths) and
+    objectives as the single-process build."""
+    from worker.ray_executor import RayExecutor
+    from worker.stages.featurevis import FeatureVis
+
+    def rendered(store) -> list:
+        with store.sessions() as s:
+            return sorted(s.execute(select(Unit.index, FeatureVisRow.kind, FeatureVisRow.image, FeatureVisRow.objective)
+                                    .join(Unit, FeatureVisRow.unit_id == Unit.id)).all())
+
+    options = {"featurevis": {"steps": 2, "batch": 8, "unit_range": 32}}
+    with one_thread():
+        serial = build(tmp_path / "serial", tiny_rn, None, None, [FeatureVis()], options, ("layer1",))
+    got = build(tmp_path / "ray", tiny_rn, None, RayExecutor(), [FeatureVis()], options, ("layer1",))
+    assert len(rendered(serial["store"])) == 64
+    assert rendered(got["store"]) == rendered(serial["store"])
+    assert got["outcomes"][0].units == 64
 
 
 def test_the_default_build_never_imports_ray(tmp_path):
