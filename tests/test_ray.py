@@ -50,13 +50,14 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-def settings_at(root: Path) -> Settings:
-    return Settings(data_dir=root / "data", database_url=f"sqlite:///{root / 'store.db'}", cache_dir=root / "cache")
+def settings_at(root: Path, url: str | None = None) -> Settings:
+    return Settings(data_dir=root / "data", database_url=url or f"sqlite:///{root / 'store.db'}",
+                    cache_dir=root / "cache")
 
 
 def build(root: Path, loaded, corpus: Path | None, executor=None, stages=None, options=OPTIONS,
-          layers=("layer4",)) -> dict:
-    store = open_store(settings_at(root))
+          layers=("layer4",), url: str | None = None) -> dict:
+    store = open_store(settings_at(root, url))
     ctx = BuildContext(store, loaded, "tiny", corpus, layers, options, (CONFIG_DIR,), progress=False)
     outcomes = run_pipeline(ctx, stages=stages or [Examples(), Words()], executor=executor, echo=lambda _: None)
     assert [o.status for o in outcomes] == ["done"] * len(outcomes), outcomes
@@ -101,10 +102,12 @@ def serial(tmp_path_factory, tiny_rn, corpus) -> dict:
     return {"content": content(got["store"]), "report": got["outcomes"][0]}
 
 
-def test_a_ray_build_gives_the_single_process_store_bit_for_bit(ray_cluster, serial, tiny_rn, corpus, tmp_path):
+def test_a_ray_build_gives_the_single_process_store_bit_for_bit(ray_cluster, serial, tiny_rn, corpus, tmp_path,
+                                                               db_url):
+    """On a SQLite file and on Postgres (the cluster's store: write pieces commit concurrently)."""
     from worker.ray_executor import RayExecutor
 
-    got = build(tmp_path, tiny_rn, corpus, RayExecutor())
+    got = build(tmp_path, tiny_rn, corpus, RayExecutor(), url=db_url)
     assert content(got["store"]) == serial["content"]  # exact: no tolerance
     data = serial["content"]
     assert len(data["stats"]) == 512 and data["stats"][0][2] == 23  # the copy in another range counts in the moments

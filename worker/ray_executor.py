@@ -62,7 +62,9 @@ def recipe_of(ctx: BuildContext, ray, loader_workers: int | None) -> Recipe:
 def context(recipe: Recipe) -> BuildContext:
     """The worker process's build context for `recipe` (built on first use)."""
     if recipe.key not in _CONTEXTS:
-        _CONTEXTS.clear()  # one build at a time per worker: free the previous model
+        for old in _CONTEXTS.values():  # one build at a time per worker: free the previous model and engine
+            old.store.sessions.kw["bind"].dispose()
+        _CONTEXTS.clear()
         _CONTEXTS[recipe.key] = build_context(recipe)
     return _CONTEXTS[recipe.key]
 
