@@ -3,7 +3,7 @@ torch only when it runs. Commands are plain functions; `WORKER_COMMANDS` (pipeli
 import typer
 
 from worker.featurevis.cli import featurevis_cmd
-from worker.options import Arch, ConfigDirs, Device, Force, ModelName, Weights, command_group, run_stage
+from worker.options import Arch, ConfigDirs, Device, Force, ModelName, Precision, Weights, command_group, run_stage
 from worker.words_cli import maps_cmd, regions_cmd, words_cmd
 
 
@@ -111,27 +111,40 @@ def examples_cmd(
     shard: str = typer.Option(None, help="i/N: process the images whose content hash is i mod N"),
     samples: int = typer.Option(256, min=0, help="activation samples kept per unit (for studies)"),
     checkpoint_every: float = typer.Option(60.0, min=0, help="seconds between checkpoints"),
+    precision: Precision = "auto",
+    jpeg_decode: str = typer.Option("auto", help="workers (PIL in the loader processes) | device "
+                                                 "(torchvision/nvJPEG on the model's device) | auto (device "
+                                                 "with CUDA); other formats always decode in the workers"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Top-K and most-negative-K dataset examples with heatmaps, activation statistics and samples."""
     from app.settings import Settings
     from worker.corpus import Shard
+    from worker.device_decode import resolve_mode
     from worker.examples import REDUCTIONS, ExampleOptions, run_examples
-    from worker.options import clean_errors, fail, model_name_for, open_model
+    from worker.options import clean_errors, fail, model_name_for, open_model, precision_for, resolve_device
     from worker.store import open_store
 
     if reduce not in REDUCTIONS:
         fail(f"--reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
+    device = resolve_device(device)
     with clean_errors():
         opts = ExampleOptions(k=k, reduce=reduce, batch_size=batch_size, workers=workers, shard=Shard.parse(shard),
-                              checkpoint_seconds=checkpoint_every, samples=samples, progress=progress)
-    loaded = open_model(arch, weights, config_dir, device)
+                              checkpoint_seconds=checkpoint_every, samples=samples, progress=progress,
+                              precision=precision_for(precision, device))
+    loaded = open_model(arch, weights, config_dir, device, opts.precision)
     model_name = name or model_name_for(arch, weights)
+    with clean_errors(ValueError):
+        opts.jpeg_decode = resolve_mode(jpeg_decode, loaded.device, loaded.preprocess)
     with clean_errors():
         report = run_examples(open_store(Settings()), loaded, model_name, corpus, layer or None, opts)
     skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
     typer.echo(f"{model_name}: {report['images']} images ({report['duplicates']} duplicates, skipped: {skipped}) "
-               f"in {report['timing']['seconds']:.1f} s, {report['timing']['images_per_s']:.1f} img/s")
+               f"in {report['timing']['seconds']:.1f} s, {report['timing']['images_per_s']:.1f} img/s "
+               f"at {report['precision']}")
+    for layer_name, n in report["non_finite"].items():
+        typer.echo(f"{layer_name}: {n} non-finite activations (overflow?) left out of their units' examples "
+                   "and statistics; --precision bf16 or fp32 avoids fp16 overflow")
     if report.get("waiting_for_shards"):
         typer.echo(f"shard {report['shard']} saved; the last shard to finish writes the store")
 
@@ -200,6 +213,7 @@ def build_cmd(arch: Arch, weights: Weights = None,
                                       "auto (the cluster this machine runs, else a new one over its GPUs) or "
                                       "its ADDRESS (docs/scale.md)"),
               words: int = typer.Option(10_000, min=1, help="words stage: drawn from this many most common words"),
+              precision: Precision = "auto",
               progress: bool = typer.Option(True, "--progress/--no-progress")):
     """Run every stage that applies to the model, in dependency order, skipping what is up to date."""
     from pathlib import Path
@@ -218,7 +232,7 @@ def build_cmd(arch: Arch, weights: Weights = None,
         fail(f"--corpus {corpus}: no such file or folder")
     executor = ray_executor(ray)
     # with --ray the GPUs are the workers': the driver (merge, small stages) keeps to the CPU unless told
-    loaded = open_model(arch, weights, config_dir, "cpu" if ray and device == "auto" else device)
+    loaded = open_model(arch, weights, config_dir, "cpu" if ray and device == "auto" else device, precision)
     ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(arch, weights),
                        Path(corpus).expanduser() if corpus else None, tuple(layers),
                        {"words": {"list": word_list, "n": words}}, tuple(config_dir or ()), progress)

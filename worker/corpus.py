@@ -16,7 +16,7 @@ import tarfile
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +29,8 @@ PATH_KEYS = ("path", "image", "file", "filename")
 CAPTION_KEYS = ("caption", "text", "title")
 MAX_BYTES = 64 * 2**20
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+EXIF_ORIENTATION = 0x0112
 SKIP_REASONS = ("missing", "unreadable", "empty", "too-large", "not-image", "truncated", "corrupt",
                 "bad-manifest-line")
 
@@ -309,6 +311,31 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def is_whole_jpeg(data: bytes) -> bool:
+    """A JPEG that ends with its end-of-image marker. A truncated one is left to PIL, which skips it as
+    truncated (a GPU decoder would pad it with grey)."""
+    return data.startswith(JPEG_START) and data.rstrip(b"\0\n\r ").endswith(JPEG_END)
+
+
+def device_decodable(data: bytes, max_pixels: int = MAX_PIXELS) -> bool:
+    """Whether a whole JPEG can go to the GPU decoder, from its header alone: RGB or grey, and upright
+    (nvJPEG ignores EXIF orientation, and CMYK needs PIL's conversion). Skip("too-large") if too big;
+    False when the header does not parse (PIL then gives the reason)."""
+    if not is_whole_jpeg(data):
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > max_pixels:
+                    raise Skip("too-large")
+                return img.mode in ("RGB", "L") and img.getexif().get(EXIF_ORIENTATION, 1) == 1
+    except Image.DecompressionBombError:
+        raise Skip("too-large") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return False
+
+
 def open_entry(entry: Entry, max_pixels: int = MAX_PIXELS) -> tuple[str, Image.Image]:
     """(sha256 hex, RGB image) of one entry, or Skip."""
     data = read_bytes(entry)
@@ -337,6 +364,8 @@ class Batch:
     hashes: torch.Tensor  # (n,) int64 content hashes
     n_entries: int
     skipped: Counter
+    jpegs: list[bytes] = field(default_factory=list)  # JPEGs left for the device to decode …
+    jpeg_rows: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))  # … their rows
 
     def pin_memory(self) -> "Batch":
         """Called by a DataLoader with pin_memory=True (CUDA): page-locked pixels copy asynchronously."""
@@ -345,27 +374,32 @@ class Batch:
 
 
 class CorpusBatches(IterableDataset):
-    """The corpus as numbered batches of `batch_entries` entries from batch `start` on.
+    """The corpus as numbered batches of `batch_entries` entries from batch `start` on. With
+    `jpeg_on_device`, a whole, upright RGB or grey JPEG is read and hashed but left undecoded
+    (`worker.device_decode`).
 
-    With several DataLoader workers, worker w takes batches w, w+W, … and the loader's round robin
-    puts them back in order, so batch numbers (and what is in each batch) never depend on the
-    number of workers.
+    With several DataLoader workers, worker w takes batches start+w, start+w+W, … and the loader's
+    round robin (worker 0, 1, …, W-1, 0, …) puts them back in order, so batch numbers (and what is in
+    each batch) never depend on the number of workers. Counting from `start`, not from 0, is what lets
+    a run resume with workers: worker 0 must hold the first batch asked for.
     """
 
     def __init__(self, corpus: str | Path, transform: Callable, batch_entries: int, start: int = 0,
-                 shard: Shard = Shard(), max_pixels: int = MAX_PIXELS, draft: int | None = None):
+                 shard: Shard = Shard(), max_pixels: int = MAX_PIXELS, draft: int | None = None,
+                 jpeg_on_device: bool = False):
         self.corpus, self.transform, self.batch_entries = str(corpus), transform, batch_entries
         self.start, self.shard, self.max_pixels, self.draft = start, shard, max_pixels, draft
+        self.jpeg_on_device = jpeg_on_device
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for number, chunk in enumerate(batched(iter_entries(self.corpus), self.batch_entries)):
-            if number >= self.start and number % workers == worker:
+            if number >= self.start and (number - self.start) % workers == worker:
                 yield self.load(number, chunk)
 
     def load(self, number: int, chunk: list[Entry]) -> Batch:
-        pixels, entries, hashes, skipped = [], [], [], Counter()
+        pixels, entries, hashes, skipped, jpegs, jpeg_rows = [], [], [], Counter(), [], []
         for i, entry in enumerate(chunk):
             position, hash64 = number * self.batch_entries + i, None
             try:
@@ -373,7 +407,11 @@ class CorpusBatches(IterableDataset):
                 _, hash64 = content_hash(data)
                 if not self.shard.owns(hash64):
                     continue
-                pixels.append(self.pixels(data))
+                if self.jpeg_on_device and device_decodable(data, self.max_pixels):
+                    jpegs.append(data)
+                    jpeg_rows.append(len(entries))
+                else:
+                    pixels.append(self.pixels(data))
             except Skip as s:
                 # a file with no content hash is counted by the shard that owns its position
                 if self.shard.owns(position if hash64 is None else hash64):
@@ -383,7 +421,8 @@ class CorpusBatches(IterableDataset):
             hashes.append(hash64)
         stack = torch.stack(pixels) if pixels else torch.empty(0)
         return Batch(number, stack, torch.tensor(entries, dtype=torch.int64),
-                     torch.tensor(hashes, dtype=torch.int64), len(chunk), skipped)
+                     torch.tensor(hashes, dtype=torch.int64), len(chunk), skipped, jpegs,
+                     torch.tensor(jpeg_rows, dtype=torch.int64))
 
     def pixels(self, data: bytes) -> torch.Tensor:
         image = decode(data, self.max_pixels, self.draft)

@@ -40,11 +40,13 @@ from worker.examples import (
     example_rows,
     loader_workers,
     probe_grids,
+    to_device,
     unit_sample,
     unit_stats,
     write_units,
 )
 from worker.layers import activations, layer_spec
+from worker.precision import autocast
 from worker.topk import EMPTY_KEY
 
 RANGE_ENTRIES = 4096  # the smallest range; a partial is one state whatever the range's size
@@ -102,23 +104,21 @@ def compute_range(loaded, layers: list[str], piece: Range, opts: ExampleOptions)
     workers = loader_workers(opts.workers, device)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
-    forward = forward_of(loaded, layers)
+    forward = forward_of(loaded, layers, opts.precision)
     with torch.inference_mode():
         for batch in loader:
             progress.absorb(batch, forward, opts.reduce, device)
     return progress
 
 
-def forward_of(loaded, names: list[str]):
-    """The batch forward `Progress.absorb` calls: fresh pixels to the device, channels-last, the layers'
-    pre-ReLU activations (fp16 autocast on CUDA, as `worker.examples.stream`)."""
+def forward_of(loaded, names: list[str], precision: str):
+    """The batch forward `Progress.absorb` calls, as `worker.examples.stream`'s: the whole (pinned) batch to
+    the device, its fresh images picked there, the layers' pre-ReLU activations at `precision`."""
     device = loaded.device
 
-    def forward(pixels: torch.Tensor, fresh: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        x = pixels.to(device, non_blocking=True)
-        x = (x if fresh is None else x[fresh.to(device)]).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-            return activations(loaded, x, names, pre_relu=True)
+    def forward(pixels: torch.Tensor, fresh: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast(device, precision):
+            return activations(loaded, to_device(pixels, fresh, device), names, pre_relu=True)
 
     return forward
 
@@ -210,7 +210,7 @@ def write_piece(store, model_name: str, plan: Plan, piece: tuple[str, int, int],
 
     layer, start, stop = piece
     state = merged_slice(plan, layer, start, stop)
-    if state.moments.n == 0:
+    if not bool(state.moments.n.any()):
         return {"units": 0, "vanished": 0}
     wanted = shown_entries(state, opts)
     image_ids = store_entries(store, [(p, plan.entry(p)) for p in sorted(wanted)], threads=max(2, opts.workers or 0))
@@ -256,8 +256,10 @@ def unit_ids(store, model_name: str, layer: str) -> dict[int, int]:
 
 def report_of(plan: Plan, pieces: list[dict], entries: int, opts: ExampleOptions) -> dict:
     skipped = {k.split(":", 1)[1]: v for k, v in sorted(plan.counts.items()) if k.startswith("skipped:")}
+    non_finite = {k.split(":", 1)[1]: v for k, v in sorted(plan.counts.items()) if k.startswith("non-finite:") and v}
     return {"entries": entries, "images": plan.counts["images"], "duplicates": plan.counts["duplicates"],
-            "skipped": skipped, "layers": list(plan.units), "units": sum(plan.units.values()), "k": opts.k,
+            "skipped": skipped, "non_finite": non_finite, "precision": opts.precision, "layers": list(plan.units),
+            "units": sum(plan.units.values()), "k": opts.k,
             "ranges": len(plan.paths), "partial_bytes": plan.partial_bytes,
             "vanished": sum(p["vanished"] for p in pieces),
             "timing": {"compute_seconds": round(plan.seconds, 3)}}

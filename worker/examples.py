@@ -16,6 +16,10 @@ Compute streams the corpus once with memory O(units × K). `--shard i/N` takes t
 hash is i mod N. State is checkpointed to a file every `checkpoint_seconds`, so a killed run resumes
 where it stopped. Shard states go into `blobs`; the shard that finds all N there merges them and
 writes. Writing replaces whole units per transaction, and is idempotent.
+
+The forward runs at `precision` (fp32, or bf16 / fp16 autocast: `worker.precision`), and JPEGs may be
+decoded on the model's device (`worker.device_decode`); both are part of the job's fingerprint, and a
+checkpoint or shard state made with another value stops the run with one line instead of mixing.
 """
 import hashlib
 import io
@@ -25,8 +29,8 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +45,11 @@ from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Un
 from app.keys import UnitKey
 from worker.allocator import keep_freed_memory
 from worker.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, Shard, survey
+from worker.device_decode import DeviceDecoder
 from worker.images import store_images
 from worker.layers import LayerSpec, activations, catalogue, family_of, layer_spec
 from worker.models import LoadedModel
+from worker.precision import DTYPES, PrecisionMismatch, autocast
 from worker.stats import QUANTILES, Moments, Samples, Sketch, restore, spread, state_of
 from worker.store import Store, finish_run, register_model, start_run
 from worker.topk import TopK
@@ -65,12 +71,18 @@ class ExampleOptions:
     samples: int = 256  # activation samples per unit (for conditional-probability studies)
     max_pixels: int = MAX_PIXELS
     progress: bool = True
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (worker.precision; the command resolves "auto")
+    jpeg_decode: str = "workers"  # workers (PIL) | device (worker.device_decode; the command resolves "auto")
 
     def check(self) -> None:
         if self.reduce not in REDUCTIONS:
             raise ValueError(f"--reduce must be one of {', '.join(REDUCTIONS)}, got {self.reduce!r}")
         if self.k < 1 or self.batch_size < 1 or self.samples < 0 or (self.workers or 0) < 0:
             raise ValueError("--k and --batch-size must be >= 1, --samples and --workers >= 0")
+        if self.jpeg_decode not in ("workers", "device"):
+            raise ValueError(f"--jpeg-decode must be workers or device, got {self.jpeg_decode!r}")
+        if self.precision not in DTYPES:
+            raise ValueError(f"--precision must be one of {', '.join(DTYPES)}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,8 @@ class Job:
     reduce: str
     batch_size: int
     samples: int
+    precision: str
+    jpeg_decode: str  # the decoders round differently: a few 1/255 steps, enough to reorder near-ties
 
     @property
     def fingerprint(self) -> str:
@@ -96,7 +110,8 @@ class Job:
     def settings(self, shard: Shard, signal: str) -> dict:
         return {"corpus": self.corpus, "entries": self.entries, "layers": list(self.layers), "k": self.k,
                 "reduce": self.reduce, "batch_size": self.batch_size, "samples": self.samples,
-                "shard": str(shard), "signal": signal, "fingerprint": self.fingerprint}
+                "shard": str(shard), "signal": signal, "precision": self.precision,
+                "jpeg_decode": self.jpeg_decode, "fingerprint": self.fingerprint}
 
 
 class LayerState:
@@ -108,16 +123,20 @@ class LayerState:
         self.top, self.bottom = TopK(units, k, size, 1, device), TopK(units, k, size, -1, device)
         self.moments, self.sketch, self.samples = Moments(units, device), Sketch(units, device), Samples(units, device)
 
-    def update(self, acts: torch.Tensor, hashes: torch.Tensor, entries: torch.Tensor, reduce: str) -> None:
-        """acts (B, U, H, W) for de-duplicated images."""
-        maps = torch.nan_to_num(acts.flatten(2).float())  # an fp16 overflow must not rank first
+    def update(self, acts: torch.Tensor, hashes: torch.Tensor, entries: torch.Tensor, reduce: str) -> int:
+        """acts (B, U, H, W) for de-duplicated images. Returns how many (image, unit) activations were
+        dropped as non-finite: an fp16 overflow (inf) or NaN is left out of that unit's top and bottom,
+        statistics and sample, instead of ranking first as a huge number and poisoning its std."""
+        maps = acts.flatten(2).float()
         top_op, bottom_op = REDUCTIONS[reduce]
         high, low = getattr(maps, top_op)(2), getattr(maps, bottom_op)(2)
-        self.top.update(high, hashes, entries, maps)
-        self.bottom.update(low, hashes, entries, maps)
-        self.moments.update(high)
-        self.sketch.update(high)
-        self.samples.update(high, hashes, entries)
+        valid = torch.isfinite(maps).all(2) & torch.isfinite(high) & torch.isfinite(low)
+        self.top.update(high, hashes, entries, maps, valid)
+        self.bottom.update(low, hashes, entries, maps, valid)
+        self.moments.update(high, valid)
+        self.sketch.update(high, valid)
+        self.samples.update(high, hashes, entries, valid)
+        return int(valid.numel() - valid.sum())
 
     def merge(self, other: "LayerState") -> None:
         for part in ("top", "bottom", "moments", "sketch", "samples"):
@@ -156,11 +175,11 @@ class Progress:
         for reason, n in batch.skipped.items():
             self.counts[f"skipped:{reason}"] += n
         if fresh.any():
-            acts = forward(batch.pixels[fresh])
+            acts = forward(batch.pixels, fresh)
             hashes, entries = batch.hashes[fresh].to(device), batch.entries[fresh].to(device)
             with one_thread(device):
                 for name, state in self.layers.items():
-                    state.update(acts[name], hashes, entries, reduce)
+                    self.counts[f"non-finite:{name}"] += state.update(acts[name], hashes, entries, reduce)
         self.cursor = batch.number + 1
 
     def merge(self, other: "Progress") -> None:
@@ -205,8 +224,10 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
     register(store, loaded, model_name)
     n_entries, digest = survey(corpus)
     job = Job(model_name, loaded.arch, loaded.weights, str(Path(corpus).expanduser().resolve()), digest,
-              n_entries, tuple(s.name for s in specs), opts.k, opts.reduce, opts.batch_size, opts.samples)
+              n_entries, tuple(s.name for s in specs), opts.k, opts.reduce, opts.batch_size, opts.samples,
+              opts.precision, opts.jpeg_decode)
     signal = "pre-relu" if family_of(loaded).pre_relu else "output"
+    check_precision(store, job, opts.shard)
     run_id = open_run(store, job, opts.shard, signal)
     checkpoint = checkpoint_path(store, job, opts.shard)
     progress = load_shard_state(store, job, opts.shard, loaded.device) or load_checkpoint(checkpoint, loaded.device)
@@ -261,17 +282,17 @@ def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opt
     loaded.model.to(memory_format=torch.channels_last)
     names = list(progress.layers)
     per_batch = opts.batch_size * opts.shard.count  # each shard keeps about batch_size images per batch
+    on_device = opts.jpeg_decode == "device"
     dataset = CorpusBatches(corpus, loaded.preprocess, per_batch, progress.cursor, opts.shard, opts.max_pixels,
-                            draft=loaded.image_size)
+                            draft=loaded.image_size, jpeg_on_device=on_device)
+    decoder = DeviceDecoder(loaded.preprocess, device, opts.max_pixels) if on_device else None
     workers = loader_workers(opts.workers, device)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
 
-    def forward(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = pixels.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast:
-            return activations(loaded, x, names, pre_relu=True)
+    def forward(pixels: torch.Tensor, fresh: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast(device, opts.precision):
+            return activations(loaded, to_device(pixels, fresh, device), names, pre_relu=True)
 
     last_save = time.monotonic()
     with tqdm(total=total, initial=min(total, progress.cursor * per_batch), unit="img", desc="examples",
@@ -279,12 +300,22 @@ def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opt
         for batch in loader:
             if batch.number != progress.cursor:
                 raise RuntimeError(f"corpus batches out of order: got {batch.number}, expected {progress.cursor}")
-            progress.absorb(batch, forward, opts.reduce, device)
+            progress.absorb(decoder.finish(batch) if decoder else batch, forward, opts.reduce, device)
             bar.update(batch.n_entries)
             bar.set_postfix(images=progress.counts["images"], refresh=False)
             if time.monotonic() - last_save >= opts.checkpoint_seconds:
                 save(progress)
                 last_save = time.monotonic()
+
+
+def to_device(pixels: torch.Tensor, fresh: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The batch's fresh images on the device, channels-last. The whole batch is copied as the loader
+    left it, page-locked, so the copy is asynchronous; it is indexed on the device. Indexing first
+    would make a pageable copy, and a copy from pageable memory is synchronous."""
+    x = pixels.to(device, non_blocking=True)
+    if not bool(fresh.all()):  # rows picked by index: a boolean mask on the device would wait for it
+        x = x.index_select(0, fresh.nonzero().squeeze(1).to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def loader_workers(requested: int | None, device: torch.device) -> int:
@@ -300,6 +331,25 @@ def loader_workers(requested: int | None, device: torch.device) -> int:
 
 
 # -- checkpoints and shard states -------------------------------------------------------------------
+
+def check_precision(store: Store, job: Job, shard: Shard) -> None:
+    """PrecisionMismatch if this job's checkpoint or shard states exist at another precision or JPEG
+    decoder: resuming or merging them would mix two computations' top-K, so the user decides (one line
+    says how)."""
+    others = [("precision", p) for p in DTYPES] + [("jpeg-decode", d) for d in ("workers", "device")]
+    for option, value in others:
+        other = replace(job, **{option.replace("-", "_"): value})
+        mine = getattr(job, option.replace("-", "_"))
+        if value == mine:
+            continue
+        path = checkpoint_path(store, other, shard)
+        if path.is_file():
+            raise PrecisionMismatch(f"a checkpoint of this run at --{option} {value} exists ({path}): resume it "
+                                    f"with --{option} {value}, or delete it to start again at {mine}")
+        if shard.count > 1 and stored_shard_states(store, other):
+            raise PrecisionMismatch(f"other shards of this job ran at --{option} {value}: shards of mixed "
+                                    f"{option} do not merge; run shard {shard} with --{option} {value}")
+
 
 def checkpoint_path(store: Store, job: Job, shard: Shard) -> Path:
     return store.settings.data_dir / "checkpoints" / f"{STAGE}-{job.fingerprint}-{shard.index}of{shard.count}.pt"
@@ -366,6 +416,11 @@ def merged_shards(store: Store, job: Job, count: int, device) -> Progress | None
     return merged
 
 
+def stored_shard_states(store: Store, job: Job) -> list[str]:
+    with store.sessions() as session:
+        return session.scalars(select(Blob.key).where(Blob.key.like(f"{STAGE}/{job.fingerprint}/%"))).all()
+
+
 def drop_shard_states(store: Store, job: Job) -> None:
     with store.sessions.begin() as session:
         session.execute(delete(Blob).where(Blob.key.like(f"{STAGE}/{job.fingerprint}/%")))
@@ -393,8 +448,11 @@ def close_run(store: Store, run_id: int, report: dict) -> None:
 
 def make_report(job: Job, progress: Progress, opts: ExampleOptions, timing: dict) -> dict:
     skipped = {k.split(":", 1)[1]: v for k, v in sorted(progress.counts.items()) if k.startswith("skipped:")}
+    non_finite = {k.split(":", 1)[1]: v for k, v in sorted(progress.counts.items())
+                  if k.startswith("non-finite:") and v}
     return {"entries": job.entries, "images": progress.counts["images"],
-            "duplicates": progress.counts["duplicates"], "skipped": skipped, "layers": list(job.layers),
+            "duplicates": progress.counts["duplicates"], "skipped": skipped, "non_finite": non_finite,
+            "precision": job.precision, "layers": list(job.layers),
             "units": sum(s.top.values.shape[0] for s in progress.layers.values()), "k": job.k,
             "shard": str(opts.shard), "timing": timing}
 
@@ -428,7 +486,7 @@ def unit_sample(state: LayerState, unit: int, opts: ExampleOptions) -> list[tupl
 def write_layer(store: Store, model_name: str, layer_name: str, state: LayerState, image_ids: dict[int, int],
                 opts: ExampleOptions, run_id: int) -> None:
     """Write a layer's units, UNITS_PER_TRANSACTION whole units per transaction (overlays drawn in threads)."""
-    if state.moments.n == 0:
+    if not bool(state.moments.n.any()):
         return
     with store.sessions() as session:
         unit_ids = dict(session.execute(
@@ -455,15 +513,18 @@ def write_layer(store: Store, model_name: str, layer_name: str, state: LayerStat
 
 
 def unit_stats(state: LayerState, run_id: int) -> list[dict]:
-    """Each unit's UnitStats row (without unit_id): moments, sketch quantiles and a 40-bin histogram."""
+    """Each unit's UnitStats row (without unit_id): moments, sketch quantiles and a 40-bin histogram.
+    A unit whose every activation was non-finite has n = 0 and zeros, not infinities."""
     m = state.moments
-    lo, hi, std = m.min.cpu(), m.max.cpu(), m.std.cpu().tolist()
+    seen = m.n > 0
+    lo, hi = torch.where(seen, m.min, 0.0).cpu(), torch.where(seen, m.max, 0.0).cpu()
+    std, counts_n = m.std.cpu().tolist(), m.n.cpu().tolist()
     quantiles = state.sketch.quantiles(lo, hi).cpu().tolist()
     counts = state.sketch.histogram(lo, hi).cpu().tolist()
     out = []
     for unit, mean in enumerate(m.mean.cpu().tolist()):
         low, high = float(lo[unit]), float(hi[unit])
-        out.append({"n": m.n, "mean": mean, "std": std[unit], "min": low, "max": high, "run_id": run_id,
+        out.append({"n": counts_n[unit], "mean": mean, "std": std[unit], "min": low, "max": high, "run_id": run_id,
                     "quantiles": {str(q): v for q, v in zip(QUANTILES, quantiles[unit], strict=True)},
                     "histogram": {"edges": np.linspace(low, high, len(counts[unit]) + 1).tolist(),
                                   "counts": counts[unit]}})

@@ -29,6 +29,7 @@ from worker.artifacts import artifact, ensure_model, layer_units, npy_bytes, put
 from worker.layers import activations, family_of, layer_spec
 from worker.models import LoadedModel
 from worker.places import cities, countries
+from worker.precision import autocast
 from worker.render_text import RenderPlan
 from worker.resumable import Checkpoints, score_resumable
 from worker.stage import model_fingerprint, settings_hash
@@ -170,7 +171,8 @@ def layer_maps(loaded: LoadedModel, layer: str) -> MapReader:
     has_pre = family_of(loaded).pre_relu is not None
 
     def read(images: torch.Tensor) -> torch.Tensor:
-        grid = activations(loaded, images, [layer], pre_relu=has_pre)[layer]
+        with autocast(loaded.device, loaded.precision):  # the model's precision, as the words stage
+            grid = activations(loaded, images, [layer], pre_relu=has_pre)[layer].float()
         return torch.relu(grid) if has_pre else grid
 
     return read

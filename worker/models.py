@@ -41,6 +41,7 @@ class LoadedModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     device: torch.device
+    precision: str = "fp32"  # of the forward in stages that read it (words, maps): worker.precision
 
     @property
     def visual(self) -> torch.nn.Module:

@@ -36,6 +36,9 @@ ConfigDirs = Annotated[list[Path] | None, typer.Option(
 ModelName = Annotated[str | None, typer.Option(
     "--name", help="the model's name in the store and in URLs (default: from arch and weights)")]
 Device = Annotated[str, typer.Option("--device", help="cuda | cpu | auto (cuda when there is one)")]
+Precision = Annotated[str, typer.Option(
+    "--precision", help="fp32 | bf16 | fp16 | auto (bf16 on a GPU that has it, else fp32); part of the "
+                        "job: a checkpoint is resumed only at its own precision")]
 
 Force = typer.Option(False, "--force", help="recompute even when the store is up to date")
 
@@ -54,10 +57,12 @@ def clean_errors(*extra: type[BaseException]) -> Iterator[None]:
     from worker.corpus import CorpusError
     from worker.layers import UnknownLayer
     from worker.models import UnknownModel, WeightsMissing
+    from worker.precision import PrecisionMismatch
 
     try:
         yield
-    except (WeightsMissing, UnknownModel, UnknownLayer, CorpusError, KeyError_, FileNotFoundError, *extra) as e:
+    except (WeightsMissing, UnknownModel, UnknownLayer, CorpusError, KeyError_, FileNotFoundError, PrecisionMismatch,
+            *extra) as e:
         fail(str(e))
 
 
@@ -74,12 +79,27 @@ def resolve_device(device: str) -> str:
 
 
 def open_model(arch: str, weights: str | None = None, config_dirs: list[Path] | None = None,
-               device: str = "auto"):
-    """`worker.models.load_model` for a command: a bad name, missing weights or config dir exit 2."""
+               device: str = "auto", precision: str = "fp32"):
+    """`worker.models.load_model` for a command: a bad name, missing weights or config dir exit 2.
+    `precision` (fp32 | bf16 | fp16 | auto) is resolved for the device and kept on the model."""
     from worker.models import load_model
 
+    device = resolve_device(device)
+    resolved = precision_for(precision, device)
     with clean_errors():
-        return load_model(arch, weights, resolve_device(device), tuple(config_dirs or ()))
+        loaded = load_model(arch, weights, device, tuple(config_dirs or ()))
+    loaded.precision = resolved
+    return loaded
+
+
+def precision_for(asked: str, device) -> str:
+    """`--precision` resolved for the model's device (`worker.precision`); a bad value exits 2."""
+    from worker.precision import resolve_precision
+
+    try:
+        return resolve_precision(asked, device)
+    except ValueError as e:
+        fail(str(e))
 
 
 def model_name_for(arch: str, weights: str | None) -> str:
@@ -119,7 +139,8 @@ def command_group(help: str, commands: Sequence[tuple[str, Callable | typer.Type
 
 # -- one stage through the pipeline: the same skipping as `microscope build --only STAGE`
 def run_stage(stage: str, arch: str, weights: str | None, config_dir, name: str | None, device: str,
-              options: dict | Callable, force: bool, layers: Sequence[str | None] = ()) -> tuple[str, dict]:
+              options: dict | Callable, force: bool, layers: Sequence[str | None] = (),
+              precision: str = "fp32") -> tuple[str, dict]:
     """Load the model, run `stage` alone through the pipeline (skipped while up to date unless `force`);
     (model name, the report of its last finished run). A failure or a reason it does not apply: one line.
     `options` may be a function of the loaded model (a render plan needs its image size)."""
@@ -128,7 +149,7 @@ def run_stage(stage: str, arch: str, weights: str | None, config_dir, name: str 
     from worker.stage import BuildContext
     from worker.store import open_store
 
-    loaded = open_model(arch, weights, config_dir, device)
+    loaded = open_model(arch, weights, config_dir, device, precision)
     ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(arch, weights), None,
                        tuple(x for x in layers if x), {stage: options(loaded) if callable(options) else options},
                        tuple(config_dir or ()))

@@ -44,6 +44,7 @@ class Recipe:
     options: dict
     state: Any = None  # ObjectRef of the model's state dict, for weights a worker cannot load from a file
     loader_workers: int | None = None  # DataLoader decoders per GPU task (a node's CPUs over its GPUs)
+    precision: str = "fp32"  # the driver's, as resolved for the command (worker.precision)
 
 
 def recipe_of(ctx: BuildContext, ray, loader_workers: int | None) -> Recipe:
@@ -56,7 +57,7 @@ def recipe_of(ctx: BuildContext, ray, loader_workers: int | None) -> Recipe:
         state = ray.put({k: v.detach().cpu() for k, v in ctx.loaded.model.state_dict().items()})
     return Recipe(uuid.uuid4().hex, shared, ctx.loaded.arch, weights, tuple(map(str, ctx.config_dirs)),
                   ctx.model_name, None if ctx.corpus is None else str(Path(ctx.corpus).resolve()),
-                  tuple(ctx.layers), ctx.options, state, loader_workers)
+                  tuple(ctx.layers), ctx.options, state, loader_workers, ctx.loaded.precision)
 
 
 def context(recipe: Recipe) -> BuildContext:
@@ -81,6 +82,7 @@ def build_context(recipe: Recipe) -> BuildContext:
     if recipe.state is not None:
         loaded.model.load_state_dict(ray.get(recipe.state))
         loaded = replace(loaded, weights=recipe.weights)
+    loaded.precision = recipe.precision
     options = dict(recipe.options)
     if device == "cuda" and recipe.loader_workers is not None:
         options["examples"] = {"workers": recipe.loader_workers, **options.get("examples", {})}

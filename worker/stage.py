@@ -106,8 +106,11 @@ def settings_hash(settings: dict) -> str:
 
 
 def model_fingerprint(loaded) -> str:
-    """A hash of the image tower's weights, so checkpoints of another model or training run never mix."""
+    """A hash of the image tower's weights, so checkpoints of another model or training run never mix,
+    and of its precision unless fp32 (so results computed before precision was recorded keep theirs)."""
     h = hashlib.sha1(loaded.arch.encode())
+    if loaded.precision != "fp32":
+        h.update(f"precision={loaded.precision}".encode())
     for name, p in sorted(loaded.visual.state_dict().items()):
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().numpy().tobytes())

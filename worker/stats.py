@@ -37,47 +37,58 @@ def bin_values(device: str | torch.device = "cpu") -> torch.Tensor:
 
 
 class Moments:
+    """Per unit: count, mean, M2, min, max. Counts are per unit because a non-finite activation (an
+    fp16 overflow) is left out of its unit only, not out of the image's other units."""
+
     def __init__(self, units: int, device: str | torch.device = "cpu"):
-        self.n = 0
+        self.n = torch.zeros(units, dtype=torch.int64, device=device)
         self.mean = torch.zeros(units, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(units, dtype=torch.float64, device=device)
         self.min = torch.full((units,), float("inf"), device=device)
         self.max = torch.full((units,), float("-inf"), device=device)
 
-    def update(self, values: torch.Tensor) -> None:
-        """values (B, U)."""
+    def update(self, values: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """values (B, U); valid (B, U): which values count (default: all)."""
         if values.shape[0] == 0:
             return
         v = values.double()
-        mean = v.mean(0)
-        self._combine(v.shape[0], mean, ((v - mean) ** 2).sum(0), values.amin(0).float(), values.amax(0).float())
+        if valid is None:
+            valid = torch.ones_like(v, dtype=torch.bool)
+        count = valid.sum(0)
+        mean = torch.where(valid, v, 0.0).sum(0) / count.clamp_min(1)
+        m2 = torch.where(valid, (v - mean) ** 2, 0.0).sum(0)
+        lo = torch.where(valid, values.float(), float("inf")).amin(0)
+        hi = torch.where(valid, values.float(), float("-inf")).amax(0)
+        self._combine(count, mean, m2, lo, hi)
 
     def merge(self, other: "Moments") -> None:
-        if other.n:
-            self._combine(other.n, other.mean, other.m2, other.min, other.max)
+        self._combine(other.n, other.mean, other.m2, other.min, other.max)
 
     def _combine(self, n, mean, m2, lo, hi) -> None:
         total = self.n + n
+        share = n.double() / total.clamp_min(1)
         delta = mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2 + delta**2 * (self.n * n / total)
+        self.mean = self.mean + delta * share
+        self.m2 = self.m2 + m2 + delta**2 * self.n.double() * share
         self.n = total
         self.min, self.max = torch.minimum(self.min, lo), torch.maximum(self.max, hi)
 
     @property
     def std(self) -> torch.Tensor:
-        return (self.m2 / max(self.n, 1)).sqrt()
+        return (self.m2 / self.n.clamp_min(1)).sqrt()
 
 
 class Sketch:
     def __init__(self, units: int, device: str | torch.device = "cpu"):
         self.counts = torch.zeros((units, N_BINS), dtype=torch.int64, device=device)
 
-    def update(self, values: torch.Tensor) -> None:
+    def update(self, values: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """values (B, U); valid (B, U): which values count (default: all)."""
         units = self.counts.shape[0]
         offsets = torch.arange(units, device=values.device) * N_BINS
         flat = (bin_of(values) + offsets).reshape(-1).to(self.counts.device)
-        self.counts.view(-1).index_add_(0, flat, torch.ones_like(flat))
+        weight = torch.ones_like(flat) if valid is None else valid.reshape(-1).to(flat)
+        self.counts.view(-1).index_add_(0, flat, weight)
 
     def merge(self, other: "Sketch") -> None:
         self.counts += other.counts
@@ -108,8 +119,10 @@ class Samples:
         self.entries = torch.full(size, -1, dtype=torch.int64, device=device)
         self.values = torch.zeros(size, device=device)
 
-    def update(self, values: torch.Tensor, hashes: torch.Tensor, entries: torch.Tensor) -> None:
-        """values (B, U); hashes, entries (B,) — hashes unique (images are de-duplicated first)."""
+    def update(self, values: torch.Tensor, hashes: torch.Tensor, entries: torch.Tensor,
+               valid: torch.Tensor | None = None) -> None:
+        """values (B, U); hashes, entries (B,) — hashes unique (images are de-duplicated first);
+        valid (B, U): which values may be sampled (default: all)."""
         batch, units = values.shape
         if batch == 0:
             return
@@ -118,8 +131,12 @@ class Samples:
         flat = ((bin_of(values) // SAMPLE_COARSENESS).to(device) + torch.arange(units, device=device) * cols)
         flat = flat.reshape(-1)
         h = hashes.to(device).unsqueeze(1).expand(batch, units).reshape(-1)
-        self._place(flat, h, entries.to(device).unsqueeze(1).expand(batch, units).reshape(-1),
-                    values.float().to(device).reshape(-1))
+        e = entries.to(device).unsqueeze(1).expand(batch, units).reshape(-1)
+        v = values.float().to(device).reshape(-1)
+        if valid is not None:
+            keep = valid.to(device).reshape(-1)
+            flat, h, e, v = flat[keep], h[keep], e[keep], v[keep]
+        self._place(flat, h, e, v)
 
     def merge(self, other: "Samples") -> None:
         units, cols = self.hashes.shape

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from worker.layers import activations, family_of
 from worker.models import LoadedModel
+from worker.precision import autocast
 from worker.render_text import RenderPlan, reduce_variants, render_all
 
 N_WORDS = 10_000
@@ -38,11 +39,13 @@ def default_plan(loaded: LoadedModel) -> RenderPlan:
 
 
 def layer_reader(loaded: LoadedModel, layer: str) -> Reader:
-    """Spatial means of one layer: pre-ReLU where the catalogue knows it (ResNets), else the output twice."""
+    """Spatial means of one layer: pre-ReLU where the catalogue knows it (ResNets), else the output twice.
+    The forward runs at the model's precision (`loaded.precision`), the means in float32."""
     has_pre = family_of(loaded).pre_relu is not None
 
     def read(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        grid = activations(loaded, images, [layer], pre_relu=has_pre)[layer]
+        with autocast(loaded.device, loaded.precision):
+            grid = activations(loaded, images, [layer], pre_relu=has_pre)[layer].float()
         post = torch.relu(grid) if has_pre else grid
         return grid.mean(dim=(2, 3)), post.mean(dim=(2, 3))
 

@@ -7,10 +7,17 @@ partial states (shards), give exactly the same top-K.
 
 The K slots of a unit are unordered while streaming; an update writes only the slots whose image was
 pushed out (most batches change few), and `rows` sorts them when they are read.
+
+Maps are kept in float16 divided by their own peak |value| (a float32 scale per slot): an fp16 copy of
+the raw map would overflow to inf above 65504, and bfloat16 would keep only 3 significant digits.
+A candidate marked invalid (a non-finite activation) gets INVALID_KEY, below every empty slot's key,
+so it never takes a slot.
 """
 import torch
 
-EMPTY_KEY = torch.iinfo(torch.int64).min
+INVALID_KEY = torch.iinfo(torch.int64).min
+EMPTY_KEY = INVALID_KEY + 1  # any real value's key is far above (about -2**62 at the lowest)
+TINY = torch.finfo(torch.float32).tiny
 LOW_BITS = 31
 
 
@@ -31,26 +38,32 @@ class TopK:
         self.values = torch.full((units, k), float("-inf"), device=device)
         self.hashes = torch.zeros((units, k), dtype=torch.int64, device=device)
         self.entries = torch.full((units, k), -1, dtype=torch.int64, device=device)
-        self.maps = torch.zeros((units, k, map_size), dtype=torch.float16, device=device)
+        self.maps = torch.zeros((units, k, map_size), dtype=torch.float16, device=device)  # map / scale
+        self.scales = torch.zeros((units, k), device=device)
 
     def update(self, values: torch.Tensor, hashes: torch.Tensor, entries: torch.Tensor,
-               maps: torch.Tensor) -> None:
-        """values (B, U) scalars, hashes/entries (B,), maps (B, U, map_size)."""
+               maps: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """values (B, U) scalars, hashes/entries (B,), maps (B, U, map_size); valid (B, U): which
+        candidates may be kept (default: all)."""
         if values.shape[0] == 0:
             return
         units, batch = self.keys.shape[0], values.shape[0]
         signed = (self.sign * values.float()).T
         hashes, entries = hashes.to(self.keys.device), entries.to(self.keys.device)
-        self._absorb(rank_keys(signed, hashes.unsqueeze(0)), signed, hashes.expand(units, batch),
-                     entries.expand(units, batch), maps.transpose(0, 1))
+        keys = rank_keys(signed, hashes.unsqueeze(0))
+        if valid is not None:
+            keys = torch.where(valid.T.to(keys.device), keys, INVALID_KEY)
+        ones = torch.ones((), device=self.scales.device).expand(units, batch)
+        self._absorb(keys, signed, hashes.expand(units, batch), entries.expand(units, batch),
+                     maps.transpose(0, 1), ones)
 
     def merge(self, other: "TopK") -> None:
         """Fold in another partial state over a disjoint set of images."""
-        self._absorb(other.keys, other.values, other.hashes, other.entries, other.maps)
+        self._absorb(other.keys, other.values, other.hashes, other.entries, other.maps, other.scales)
 
-    def _absorb(self, keys, values, hashes, entries, maps) -> None:
-        """Candidates per unit, all (U, C[, map]): each one better than a unit's worst kept image takes
-        the slot of an image the candidates push out."""
+    def _absorb(self, keys, values, hashes, entries, maps, scales) -> None:
+        """Candidates per unit, all (U, C[, map]) (a candidate's map is maps × scales): each one better
+        than a unit's worst kept image takes the slot of an image the candidates push out."""
         rows = (keys > self.keys.amin(1, keepdim=True)).any(1).nonzero().squeeze(1)
         if rows.numel() == 0:
             return
@@ -63,7 +76,10 @@ class TopK:
         self.values[unit, slot] = values[unit, cand].float()
         self.hashes[unit, slot] = hashes[unit, cand]
         self.entries[unit, slot] = entries[unit, cand]
-        self.maps[unit, slot] = maps[unit, cand].to(self.maps.dtype)
+        full = maps[unit, cand].float() * scales[unit, cand].unsqueeze(-1)
+        peak = full.abs().amax(-1)
+        self.maps[unit, slot] = (full / peak.clamp_min(TINY).unsqueeze(-1)).to(self.maps.dtype)
+        self.scales[unit, slot] = peak
 
     def rows(self, unit: int) -> list[tuple[float, int, torch.Tensor]]:
         """(value, entry, map) of one unit's kept images, best first, in the caller's sign."""
@@ -71,7 +87,8 @@ class TopK:
         order = order[self.entries[unit][order] >= 0]
         return [(self.sign * v, e, m) for v, e, m in
                 zip(self.values[unit][order].tolist(), self.entries[unit][order].tolist(),
-                    self.maps[unit][order].float().cpu(), strict=True)]
+                    (self.maps[unit][order].float() * self.scales[unit][order].unsqueeze(-1)).cpu(),
+                    strict=True)]
 
     def ranked_entries(self) -> torch.Tensor:
         """(U, K) entries best first (-1 for empty slots)."""
@@ -79,12 +96,13 @@ class TopK:
 
     def state_dict(self) -> dict:
         return {"k": self.k, "sign": self.sign, "keys": self.keys.cpu(), "values": self.values.cpu(),
-                "hashes": self.hashes.cpu(), "entries": self.entries.cpu(), "maps": self.maps.cpu()}
+                "hashes": self.hashes.cpu(), "entries": self.entries.cpu(), "maps": self.maps.cpu(),
+                "scales": self.scales.cpu()}
 
     @classmethod
     def from_state(cls, state: dict, device: str | torch.device = "cpu") -> "TopK":
         top = cls.__new__(cls)
         top.k, top.sign = state["k"], state["sign"]
-        for name in ("keys", "values", "hashes", "entries", "maps"):
+        for name in ("keys", "values", "hashes", "entries", "maps", "scales"):
             setattr(top, name, state[name].to(device))
         return top

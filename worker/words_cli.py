@@ -2,7 +2,7 @@
 Importing this module does not import torch (the commands do, when they run)."""
 import typer
 
-from worker.options import Arch, ConfigDirs, Device, Force, ModelName, Weights
+from worker.options import Arch, ConfigDirs, Device, Force, ModelName, Precision, Weights
 
 Layer = typer.Option(None, "--layer", help="layer name (default: the penultimate layer)")
 Fonts = typer.Option("dejavu-sans,liberation-serif", help="comma-separated fonts (worker/render_text.py FONTS)")
@@ -39,7 +39,8 @@ def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None
               word_list: str = typer.Option("clean", help="clean (without better-profanity's profanity and slur "
                                                           "list) | common (the paper's list)"),
               fonts: str = Fonts, scales: str = Scales, batch_size: int = BatchSize,
-              chunk_size: int = typer.Option(512, min=1, help="words per checkpoint"), force: bool = Force):
+              chunk_size: int = typer.Option(512, min=1, help="words per checkpoint"), force: bool = Force,
+              precision: Precision = "auto"):
     """Rendered-word scores: top and most negative words per unit, the words x units matrix."""
     import time
 
@@ -52,7 +53,7 @@ def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None
     start = time.perf_counter()
     model_name, report = run_stage("words", arch, weights, config_dir, name, device, lambda loaded: {
         "list": word_list, "n": words, "plan": _plan(loaded, style), "batch_size": batch_size,
-        "chunk_size": chunk_size}, force, [layer])
+        "chunk_size": chunk_size}, force, [layer], precision)
     typer.echo(f"{model_name}: {report} in {time.perf_counter() - start:.1f} s")
 
 
@@ -61,7 +62,8 @@ def maps_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None,
              crops: int = typer.Option(256, min=0, help="random map crops (on top of a covering tiling)"),
              cities: int = typer.Option(300, min=1, help="how many of the largest cities to render"),
              seed: int = typer.Option(0, help="seed of the random crops"),
-             fonts: str = Fonts, scales: str = Scales, batch_size: int = BatchSize, force: bool = Force):
+             fonts: str = Fonts, scales: str = Scales, batch_size: int = BatchSize, force: bool = Force,
+             precision: Precision = "auto"):
     """World map activations with heat overlays; country and city name scores with choropleths."""
     import time
 
@@ -71,7 +73,7 @@ def maps_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None,
     start = time.perf_counter()
     model_name, report = run_stage("maps", arch, weights, config_dir, name, device, lambda loaded: {
         "crops": crops, "seed": seed, "cities": cities, "plan": _plan(loaded, style), "batch_size": batch_size},
-        force, [layer])
+        force, [layer], precision)
     typer.echo(f"{model_name}: {report} in {time.perf_counter() - start:.1f} s")
 
 

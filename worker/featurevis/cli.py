@@ -3,7 +3,7 @@ from pathlib import Path
 
 import typer
 
-from worker.options import Arch, ConfigDirs, Device, ModelName, Weights
+from worker.options import Arch, ConfigDirs, Device, ModelName, Precision, Weights
 
 
 def parse_units(text: str | None) -> list[int] | None:
@@ -42,17 +42,20 @@ def featurevis_cmd(
     retrain_probes: bool = typer.Option(False, help="train facet probes again even if stored"),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
                                        help="channels-last weights for convolutional towers (faster at full size)"),
+    precision: Precision = "auto",
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Feature visualizations of a layer's neurons: plain, a diversity strip, one per facet. Resumable."""
     from app.settings import Settings
     from worker.featurevis.render import RenderSettings
     from worker.featurevis.stage import FeatureVisSettings
-    from worker.options import clean_errors, model_name_for
+    from worker.options import clean_errors, model_name_for, precision_for, resolve_device
 
+    device = resolve_device(device)
     with clean_errors(ValueError):
         wanted = parse_units(units)
-        settings = FeatureVisSettings(RenderSettings(steps=steps, size=size, lr=lr), seed=seed, batch=batch,
+        render = RenderSettings(steps=steps, size=size, lr=lr, precision=precision_for(precision, device))
+        settings = FeatureVisSettings(render, seed=seed, batch=batch,
                                       diversity=diversity, objective=objective)
     model_name = name or model_name_for(arch, weights)
     report = run_command(Settings(), arch, weights, config_dir, device, model_name, layer, wanted, settings,

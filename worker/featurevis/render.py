@@ -13,6 +13,7 @@ from worker.featurevis.hooks import capture_graph, forward
 from worker.featurevis.objectives import Context, Objective, as_objective
 from worker.featurevis.speed import match_layout
 from worker.models import LoadedModel
+from worker.precision import DTYPES, autocast
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,19 @@ class RenderSettings:
     decorrelate: bool = True
     transforms: bool = True  # Lucid's standard transforms; False = none
     sd: float = 0.01
+    precision: str = "fp32"  # the model's forward: fp32 | bf16 | fp16 autocast (worker.precision)
+
+    def __post_init__(self):
+        if self.precision not in DTYPES:
+            raise ValueError(f"--precision must be one of {', '.join(DTYPES)}, got {self.precision!r}")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """What shapes the image (settings hashes are made of it). fp32 is left out, so the hashes of
+        images rendered before precision was a setting still match and they are not rendered again."""
+        out = asdict(self)
+        if out["precision"] == "fp32":
+            del out["precision"]
+        return out
 
 
 @dataclass
@@ -58,25 +69,30 @@ def frozen(module: torch.nn.Module) -> Iterator[None]:
 
 
 def objective_values(loaded: LoadedModel, objective: Objective, x: torch.Tensor,
-                     image: torch.Tensor | None = None) -> torch.Tensor:
-    """The objective (B,) for a batch of model inputs `x`, with its graph (for gradients)."""
+                     image: torch.Tensor | None = None, precision: str = "fp32") -> torch.Tensor:
+    """The objective (B,) for a batch of model inputs `x`, with its graph (for gradients). The model
+    runs at `precision`; under autocast the objective is computed in float32, except a second-order
+    one, which differentiates with respect to the captured tensors themselves."""
     ctx_image = x if image is None else image
     if not objective.layers:
         return objective(Context({}, ctx_image))
     # fused attention kernels have no double backward; a second-order objective runs the plain one
     kernels = sdpa_kernel(SDPBackend.MATH) if objective.second_order else nullcontext()
-    with kernels, capture_graph(loaded, sorted(objective.layers)) as acts:
+    with kernels, autocast(loaded.device, precision), capture_graph(loaded, sorted(objective.layers)) as acts:
         forward(loaded, match_layout(loaded, x))
+    if precision != "fp32" and not objective.second_order:
+        acts = {name: a.float() for name, a in acts.items()}
     return objective(Context(dict(acts), ctx_image))
 
 
-def evaluate(loaded: LoadedModel, objective: Objective | str, images: torch.Tensor) -> torch.Tensor:
+def evaluate(loaded: LoadedModel, objective: Objective | str, images: torch.Tensor,
+             precision: str = "fp32") -> torch.Tensor:
     """The objective (B,) of finished images ((B, 3, H, W) in [0, 1]) without transforms."""
     objective = as_objective(objective)
     images = images.to(loaded.device).detach().requires_grad_(True)  # facet objectives need a graph
     with torch.enable_grad():
         x = model_input(loaded)(images, T.Draws([]))
-        return objective_values(loaded, objective, x, images).detach().cpu()
+        return objective_values(loaded, objective, x, images, precision).detach().cpu()
 
 
 def render(loaded: LoadedModel, objective: Objective | str, seeds: Sequence[int],
@@ -98,7 +114,7 @@ def render(loaded: LoadedModel, objective: Objective | str, seeds: Sequence[int]
     with frozen(loaded.visual):
         for step in range(settings.steps):
             image = p.image()
-            values = objective_values(loaded, objective, to_input(image, draws), image)
+            values = objective_values(loaded, objective, to_input(image, draws), image, settings.precision)
             grads = torch.autograd.grad(-values.sum(), p.params)
             for t, g in zip(p.params, grads, strict=True):
                 t.grad = g
@@ -107,5 +123,5 @@ def render(loaded: LoadedModel, objective: Objective | str, seeds: Sequence[int]
             if on_step is not None:
                 on_step(step, history[-1])
         final = p.image().detach()
-        reached = evaluate(loaded, objective, final)
+        reached = evaluate(loaded, objective, final, settings.precision)
     return Rendered(final.cpu(), reached, history)

@@ -10,7 +10,7 @@ def options(ctx: BuildContext):
     from worker.examples import ExampleOptions
 
     given = {k: v for k, v in ctx.options.get("examples", {}).items() if k not in ("range_entries", "write_units")}
-    return ExampleOptions(**{"progress": ctx.progress, **given})
+    return ExampleOptions(**{"progress": ctx.progress, "precision": ctx.loaded.precision, **given})
 
 
 def range_entries(ctx: BuildContext) -> int | None:
@@ -32,7 +32,7 @@ class Examples(Stage):
     def settings(self, ctx: BuildContext) -> dict:
         opts = options(ctx)
         return {"layers": ctx.layer_names(), "k": opts.k, "reduce": opts.reduce, "samples": opts.samples,
-                "batch_size": opts.batch_size, "range_entries": range_entries(ctx)}
+                "batch_size": opts.batch_size, "range_entries": range_entries(ctx), "precision": opts.precision}
 
     def items(self, ctx: BuildContext) -> list[Item]:
         """One item per listing range; the payload carries the partials' folder name (the fingerprint)."""
