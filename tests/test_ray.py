@@ -172,6 +172,24 @@ def test_featurevis_unit_ranges_on_ray_render_what_one_process_renders(ray_clust
     assert got["outcomes"][0].units == 64
 
 
+def test_a_range_reads_its_own_images_once_and_no_other(tiny_rn, corpus, tmp_path, monkeypatch):
+    """What `--shard i/N` could not do: the task of range 8 reads (and hashes) entries 8-15 only."""
+    import worker.corpus
+
+    read = []
+    original = worker.corpus.read_bytes
+    monkeypatch.setattr(worker.corpus, "read_bytes", lambda entry, *a: read.append(entry.source) or original(entry, *a))
+    ctx = BuildContext(open_store(settings_at(tmp_path)), tiny_rn, "tiny", corpus, ("layer4",), OPTIONS, (CONFIG_DIR,),
+                       progress=False)
+    items = Examples().items(ctx)
+    assert [i.key for i in items] == ["range-000000000", "range-000000008", "range-000000016"]
+    assert read == []  # listing reads no image
+    part = Examples().compute(ctx, items[1])
+    assert read == [e.source for e in items[1].payload[1].entries] == [f"{i:02d}.{'png' if i % 2 else 'jpg'}"
+                                                                       for i in range(8, 16)]
+    assert part["counts"]["images"] == 8 and Path(part["path"]).is_file()
+
+
 def test_the_default_build_never_imports_ray(tmp_path):
     import subprocess
     import sys
