@@ -1,6 +1,8 @@
 """The `microscope` command tree: build, demo, serve, worker, db. Every command is a plain function listed
 in a `command_group` table below, in pipeline order; the worker's commands import torch only when they run."""
 import socket
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,7 +18,7 @@ def db_upgrade(revision: str = "head"):
     from app.migrate import upgrade
 
     settings = Settings()
-    upgrade(settings.db_url, revision)
+    upgrade(settings.db_url, revision, cache_root=settings.cache_root)
     typer.echo(f"store at {settings.db_url} is at {revision}")
 
 
@@ -59,6 +61,40 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option
                 timeout_keep_alive=keep_alive)
 
 
+def export_cmd(model: str = typer.Argument(..., help="model name, as in its URL"),
+               layer: Annotated[list[str] | None, typer.Option(help="a layer to export (repeatable; default all)")]
+               = None,
+               fmt: Annotated[str, typer.Option("--format", help="parquet | jsonl")] = "parquet",
+               out: Annotated[Path | None, typer.Option(help="output folder (default export/MODEL)")] = None,
+               progress: bool = True):
+    """Write every unit's statistics, examples, words, places, labels and families as tables (docs/export.md)."""
+    from app.export import ExportError, export
+
+    with store_session() as session:
+        try:
+            counts = export(session, model, out or Path("export") / model, fmt, layer, progress)
+        except ExportError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(", ".join(f"{table} {n}" for table, n in counts.items()) + f" rows in {out or Path('export') / model}")
+
+
+@contextmanager
+def store_session():
+    """A read-only session of the store (one snapshot, as the pages read), closed after."""
+    from app.db import make_engine, make_sessionmaker
+    from app.deps import read_snapshot
+
+    settings = Settings()
+    engine = make_engine(settings.db_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            read_snapshot(session)
+            yield session
+    finally:
+        engine.dispose()
+
+
 def demo(ctx: typer.Context, host: str = "127.0.0.1", port: int = 8000,
          serve_after: bool = typer.Option(True, "--serve/--no-serve"), workers: int = 1):
     """Build the demo store on the embedded default model (reusing what exists), then serve it."""
@@ -83,7 +119,8 @@ demo_cli = command_group("The embedded demo model: build the demo store and serv
                          callback=demo, invoke_without_command=True, no_args_is_help=False)
 db_cli = command_group("Create and migrate the store.", [("upgrade", db_upgrade), ("downgrade", db_downgrade)])
 cli = command_group("CLIP Microscope: precompute neuron pages with the worker, browse them with the server.", [
-    ("build", build_cmd), ("demo", demo_cli), ("serve", serve), ("worker", worker_cli), ("db", db_cli)])
+    ("build", build_cmd), ("demo", demo_cli), ("serve", serve), ("export", export_cmd), ("worker", worker_cli),
+    ("db", db_cli)])
 
 
 def _add_worker() -> None:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     exc,
     inspect,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
@@ -41,6 +42,10 @@ class Model(Base):
     arch: Mapped[str] = mapped_column(String(128))  # open_clip architecture name
     weights: Mapped[str | None] = mapped_column(String(512))  # open_clip tag or checkpoint path
     image_size: Mapped[int] = mapped_column(Integer, default=224)
+    # how the worker built it (worker.load_settings.LoadSettings.record() + config dirs): QuickGELU, mean, std,
+    # interpolation, resize mode, image size; the server's probes rebuild the model from exactly this.
+    # JSONB on Postgres: plain json has no equality, and pages SELECT DISTINCT models.
+    load: Mapped[dict] = mapped_column(JSON().with_variant(JSONB(), "postgresql"), default=dict)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     layers: Mapped[list["Layer"]] = relationship(
@@ -115,17 +120,29 @@ class Image(Base):
 
 class DatasetExample(Base):
     __tablename__ = "dataset_examples"
-    __table_args__ = (UniqueConstraint("unit_id", "sign", "rank"),)
+    __table_args__ = (UniqueConstraint("unit_id", "sign", "rank"),)  # its index serves lookups by unit too
     id: Mapped[int] = mapped_column(primary_key=True)
-    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), index=True)
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"))
     sign: Mapped[str] = mapped_column(String(8))  # top | bottom
     rank: Mapped[int] = mapped_column(Integer)
     activation: Mapped[float] = mapped_column(Float)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
-    heatmap: Mapped[list] = mapped_column(default=list)  # small HxW activation map, row-major
-    heatmap_image: Mapped[str | None] = mapped_column(String(256))  # cache path of the overlay
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     image: Mapped[Image] = relationship()
+
+
+class UnitHeatmaps(Base):
+    """All of a unit's dataset-example maps in one row, quantized to uint8 (layout: app/heatmaps.py)."""
+
+    __tablename__ = "unit_heatmaps"
+    unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
+    n_top: Mapped[int] = mapped_column(Integer)  # rows 0..n_top-1: top by rank; then bottom by rank
+    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    maps: Mapped[bytes] = mapped_column(LargeBinary)  # uint8 (N, height, width), C order
+    lo: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian (N,): the value of 0
+    hi: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian (N,): the value of 255
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
 
 
 class Word(Base):
@@ -177,8 +194,11 @@ class FacetProbe(Base):
 class MapActivation(Base):
     __tablename__ = "map_activations"
     unit_id: Mapped[int] = mapped_column(ForeignKey("units.id", ondelete="CASCADE"), primary_key=True)
-    grid: Mapped[list] = mapped_column(default=list)  # activation over the map, rows x cols
-    overlay: Mapped[str | None] = mapped_column(String(256))  # cache path of the heat overlay image
+    rows: Mapped[int] = mapped_column(Integer)  # the grid over the map: rows x cols cells
+    cols: Mapped[int] = mapped_column(Integer)
+    heat: Mapped[bytes] = mapped_column(LargeBinary)  # uint8 rows x cols, row-major (app/heatmaps.py)
+    lo: Mapped[float] = mapped_column(Float)  # the activation of 0
+    hi: Mapped[float] = mapped_column(Float)  # the activation of 255
     choropleth: Mapped[str | None] = mapped_column(String(256))  # cache path of the country/city plot
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
 
@@ -305,6 +325,33 @@ class StudyLabel(Base):
     labeller: Mapped[str] = mapped_column(String(128), primary_key=True)
     category: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class Direction(Base):
+    """A saved concept direction (curated): a text or expression whose read-out defines a direction in a
+    layer (app/directions.py); the worker renders its feature visualization (worker/directions.py)."""
+
+    __tablename__ = "directions"
+    __table_args__ = (UniqueConstraint("model_id", "layer", "query"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    layer: Mapped[str] = mapped_column(String(128))
+    query: Mapped[str] = mapped_column(String(500))  # canonical expression: "king - man + woman"
+    name: Mapped[str] = mapped_column(String(200))
+    author: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class LabelScore(Base):
+    """How faithful a label is to its unit (worker/selflabels.py: AUC on held-out images), for human and
+    automatic labels alike; written by the worker, keyed by the label version it scored."""
+
+    __tablename__ = "label_scores"
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id", ondelete="CASCADE"), primary_key=True)
+    method: Mapped[str] = mapped_column(String(64))
+    score: Mapped[float | None] = mapped_column(Float)  # None: no held-out image of the concept to score on
+    detail: Mapped[dict] = mapped_column(default=dict)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
 
 
 class ActivationSample(Base):

@@ -29,10 +29,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 class LiveServer:
     """`with LiveServer(settings, workers=2) as server:` serves the store at `server.url` until the block
-    ends; `server.log()` is what the server printed (warnings, tracebacks)."""
+    ends; `server.log()` is what the server printed (warnings, tracebacks). `source`: another checkout of the
+    project to serve instead of this one (bench/load.py --compare runs an older revision beside this one)."""
 
-    def __init__(self, settings: Settings, workers: int = 1, port: int | None = None, startup_timeout: float = 60):
-        self.settings, self.workers = settings, workers
+    def __init__(self, settings: Settings, workers: int = 1, port: int | None = None, startup_timeout: float = 60,
+                 source: Path | None = None):
+        self.settings, self.workers, self.source = settings, workers, source
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.startup_timeout = startup_timeout
@@ -47,7 +49,9 @@ class LiveServer:
 
     def __enter__(self) -> "LiveServer":
         env = {**os.environ, **settings_env(self.settings)}
-        root = Path(__file__).resolve().parent.parent
+        root = self.source or Path(__file__).resolve().parent.parent
+        if self.source:
+            env["PYTHONPATH"] = str(self.source)
         self.proc = subprocess.Popen(self.command(), env=env, cwd=root, stdout=self._log, stderr=subprocess.STDOUT)
         try:
             self.wait_ready()

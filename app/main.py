@@ -45,11 +45,26 @@ def add_serving_middleware(app: FastAPI) -> None:
 
 
 def routers():
-    from app.views import attacks, browse, emotions, families, labels, login, probe, search, studies, words
+    from app.views import (
+        attacks,
+        browse,
+        concepts,
+        emotions,
+        families,
+        heatmaps,
+        labels,
+        login,
+        probe,
+        search,
+        studies,
+        units,
+        words,
+    )
 
-    # attacks and emotions before browse: its /models/{model}/{layer} would catch their URLs
-    return [attacks.router, emotions.router, browse.router, login.router, labels.router, families.router,
-            studies.router, words.router, probe.router, search.router]
+    # attacks, emotions and concepts before browse: its /models/{model}/{layer}/… would catch their URLs
+    return [attacks.router, emotions.router, concepts.router, browse.router, login.router, labels.router,
+            families.router, studies.router, words.router, probe.router, search.router, heatmaps.router,
+            units.router]
 
 
 def add_cache_route(app: FastAPI) -> None:

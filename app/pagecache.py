@@ -26,7 +26,7 @@ class PageMark:
         self.cacheable = False
 
 
-def mark_cacheable(request: Request) -> None:
+async def mark_cacheable(request: Request) -> None:  # async: no thread-pool hop per request
     mark = request.scope.get("state", {}).get("page_cache")
     if mark is not None:
         mark.cacheable = True

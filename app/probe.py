@@ -5,8 +5,10 @@ thread (a single-thread executor, so torch only ever runs there), and every late
 queues its text or image there too. Pages that don't probe never wait on it; a probe waits at most
 `wait_s` and otherwise answers "loading, retry" (ProbeBusy).
 
-What a model needs to be re-created here comes from the store: Model.arch and Model.weights, plus the
-config directories the worker recorded in its read-out artifact's meta (custom open_clip configs).
+What a model needs to be re-created here comes from the store: Model.arch, Model.weights and Model.load,
+the settings the worker built it with (QuickGELU, mean, std, interpolation, resize mode, image size, config
+directories), so a probe reads the very model and image transform the worker's pages were computed with.
+Models stored before Model.load existed fall back to the config directories in the read-out's meta.
 """
 import threading
 import weakref
@@ -54,6 +56,7 @@ class ModelSpec:
     weights: str
     config_dirs: tuple[str, ...]
     layer: str  # the layer whose neurons the probes report (the model's default layer)
+    overrides: object = None  # worker.load_settings.LoadOverrides fixing every recorded setting (hashable)
 
 
 def readout_artifact(session: Session, model: Model) -> Artifact | None:
@@ -89,8 +92,12 @@ def spec_for(session: Session, model: Model, art: Artifact | None = None) -> Mod
     layer = art.layer if art is not None else getattr(default_layer(session, model), "name", "")
     if not layer:
         raise ProbeUnavailable(f"Model {model.name} has no layers registered.", 409)
-    dirs = tuple(str(resolve_path(d)) for d in ((art.meta or {}).get("config_dirs", []) if art else []))
-    return ModelSpec(model.name, model.arch, weights, dirs, layer)
+    from worker.load_settings import LoadOverrides
+
+    record = model.load or {}
+    dirs = record.get("config_dirs") or ((art.meta or {}).get("config_dirs", []) if art else [])
+    return ModelSpec(model.name, model.arch, weights, tuple(str(resolve_path(d)) for d in dirs), layer,
+                     LoadOverrides.from_record(record))
 
 
 def _load(spec: ModelSpec, threads: int):
@@ -105,7 +112,7 @@ def _load(spec: ModelSpec, threads: int):
         # threads made each prompt ~18x slower (1.35 s vs 73 ms on 2 shared cores): one thread by default.
         torch.set_num_threads(threads)
     try:
-        return load_model(spec.arch, spec.weights, "cpu", spec.config_dirs)
+        return load_model(spec.arch, spec.weights, "cpu", spec.config_dirs, spec.overrides)
     except Exception as e:  # noqa: BLE001 — any load failure is this model's, shown as a message, never a 500
         raise ProbeUnavailable(f"Model {spec.name} could not be loaded here: {e}") from e
 
@@ -119,16 +126,19 @@ def _embed(loaded, texts: list[str]) -> np.ndarray:
         raise ProbeUnavailable(f"{loaded.arch} cannot embed text here: {e}", 409) from e
 
 
-def _image_activations(loaded, image, layer: str) -> np.ndarray:
+def _image_activations(loaded, image, layer: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(values (units,), maps (units, h, w), what the value is): the numbers the examples stage ranks by,
+    from the same definition (`worker.layers.unit_values`)."""
     import torch
 
-    from worker.layers import activations
+    from worker.layers import signal_description, unit_values
 
     try:
         with torch.inference_mode():
             x = loaded.preprocess(image).unsqueeze(0).to(loaded.device)
-            return activations(loaded, x, [layer])[layer][0].float().cpu().numpy()
-    except ValueError as e:  # a stored layer name the loaded model's catalogue doesn't know
+            values, maps = unit_values(loaded, x, layer)
+            return values[0].float().cpu().numpy(), maps[0].float().cpu().numpy(), signal_description(loaded)
+    except ValueError as e:  # a stored layer name the loaded model's catalogue doesn't know, or no catalogue
         raise ProbeUnavailable(f"{loaded.arch} cannot be probed at layer {layer}: {e}", 409) from e
 
 
@@ -209,8 +219,8 @@ class ProbeEngine:
                 self._texts.popitem(last=False)
         return vec
 
-    def image_activations(self, spec: ModelSpec, image) -> np.ndarray:
-        """The image's activation maps (units, h, w) at the spec's layer."""
+    def image_activations(self, spec: ModelSpec, image) -> tuple[np.ndarray, np.ndarray, str]:
+        """The image's unit values (units,), maps (units, h, w) and the value's description at the spec's layer."""
         return self._run(spec, _image_activations, image, spec.layer)
 
     def typographic_lab(self, spec: ModelSpec, image, text: str, labels: list[str], k: int) -> dict:

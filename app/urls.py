@@ -49,6 +49,11 @@ def search(q: str = "", **params) -> str:
     return "/search" + _q(q=q, **params)
 
 
+def units_api(**params) -> str:
+    """The units listing (app/views/units.py) with its filters, sort and page."""
+    return "/api/units" + _q(**params)
+
+
 def as_json(url: str) -> str:
     path, sep, query = url.partition("?")
     if path == "/":
@@ -70,6 +75,16 @@ def families() -> str:
 
 def family(name: str, page: int | None = None) -> str:
     return f"/families/{quote(name)}" + _q(page=page if page and page > 1 else None)
+
+
+def example_heatmap(key: UnitKey, sign: str, rank: int) -> str:
+    """The server-rendered overlay PNG of one dataset example's map."""
+    return f"{neuron(key)}/examples/{sign}/{rank}/heatmap.png"
+
+
+def map_overlay(key: UnitKey) -> str:
+    """The neuron's activation over the world map, drawn by the server from its stored grid."""
+    return f"{neuron(key)}/map.jpg"
 
 
 def neuron_labels(key: UnitKey) -> str:
@@ -150,3 +165,20 @@ def probe(q: str = "", **params) -> str:
 
 def probe_image(**params) -> str:
     return "/probe/image" + _q(**params)
+
+
+def modality(model_name: str, layer_name: str) -> str:
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/modality"
+
+
+def direction(model_name: str, layer_name: str, q: str = "", **params) -> str:
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/direction" + _q(q=q, **params)
+
+
+def layer_sorted(model_name: str, layer_name: str, sort: str, page: int | None = None) -> str:
+    return f"/models/{quote(model_name)}/{quote(layer_name)}" + _q(sort=sort, page=page if page and page > 1 else None)
+
+
+def directions(model_name: str, layer_name: str) -> str:
+    """Where a direction is saved (POST)."""
+    return f"/models/{quote(model_name)}/{quote(layer_name)}/directions"

@@ -1,6 +1,7 @@
 """Rendering: every page is a template plus a dict, and the same dict is its JSON twin."""
 from typing import Any
 
+import jinja2
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -10,14 +11,32 @@ from app import urls
 from app.paths import ROOT
 from app.security import csrf_field, current_editor
 
-templates = Jinja2Templates(directory=str(ROOT / "templates"))
+DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+class DictFirstEnvironment(jinja2.Environment):
+    """`d.name` on a dict (every page's data is dicts) looks the key up at once. Jinja's own order, attribute
+    first, raises and catches an AttributeError for each such lookup: a fifth of a neuron page's render. Names
+    that are dict attributes (`d.items`) still go Jinja's way, so no template reads differently."""
+
+    def getattr(self, obj, attribute):
+        if type(obj) is dict and attribute not in DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
+templates = Jinja2Templates(env=DictFirstEnvironment(loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
+                                                     autoescape=jinja2.select_autoescape()))
 templates.env.globals["urls"] = urls
 templates.env.globals.update(current_editor=current_editor, csrf_field=csrf_field)  # edit forms
 
 
 def wants_json(request: Request) -> bool:
-    if request.scope.get("state", {}).get("want_json"):
-        return True
+    if request.scope.get("state", {}).get("want_json") or request.url.path.startswith("/api/"):
+        return True  # a .json URL, or the JSON API (its errors are JSON too)
     accept = request.headers.get("accept", "")
     return "application/json" in accept and "text/html" not in accept
 

@@ -97,7 +97,7 @@ def time_bare(loaded, batches) -> float:
     start = time.perf_counter()
     with torch.inference_mode():
         for x in batches:
-            activations(loaded, x, ["layer4"], pre_relu=True)
+            activations(loaded, x, ["layer4"])
     return time.perf_counter() - start
 
 

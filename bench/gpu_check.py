@@ -102,11 +102,11 @@ def bare_forward(loaded, layer: str, batch: int, iters: int, precision: str) -> 
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast(loaded.device, precision):
         for _ in range(2):
-            activations(loaded, x, [layer], pre_relu=True)
+            activations(loaded, x, [layer])
         sync(device)
         t = time.perf_counter()
         for _ in range(iters):
-            activations(loaded, x, [layer], pre_relu=True)
+            activations(loaded, x, [layer])
         sync(device)
     return batch * iters / (time.perf_counter() - t)
 

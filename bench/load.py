@@ -10,12 +10,14 @@ neuron JSON twin read is checked to show one whole write (worker.synthetic.neuro
     .venv/bin/python bench/load.py                          # 10,000 requests per phase, SQLite
     .venv/bin/python bench/load.py --backend postgres --writer
     .venv/bin/python bench/load.py --requests 1000 --low-requests 300   # quick
+    .venv/bin/python bench/load.py --page-cache-mb 0 --phases neuron,static,low --compare main   # before/after
 """
 import asyncio
 import multiprocessing
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +50,12 @@ class Result:
     samples: list[str] = field(default_factory=list)  # the first few errors in full
     generations: set[int] = field(default_factory=set)
     seconds: float = 0.0
+    cpu: float = 0.0  # CPU seconds the server processes (and Postgres) spent on this phase
+
+    @property
+    def cpu_ms(self) -> float:
+        """CPU per request: unlike req/s, it hardly moves when other programs share the cores."""
+        return 1000 * self.cpu / len(self.latencies) if self.latencies else float("nan")
 
     def error(self, what: str, detail: str = "") -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
@@ -69,7 +77,7 @@ class Result:
 
     def line(self) -> str:
         return (f"{self.name:<14} {len(self.latencies):>7} req {self.rps:>8.0f} req/s  p50 {self.pct(50):>7.1f} ms"
-                f"  p99 {self.pct(99):>7.1f} ms  errors {self.n_errors}")
+                f"  p99 {self.pct(99):>7.1f} ms  cpu {self.cpu_ms:>5.2f} ms/req  errors {self.n_errors}")
 
 
 async def fetch(client: httpx.AsyncClient, url: str, result: Result) -> None:
@@ -106,6 +114,49 @@ async def drive(base: str, paths: list[str], clients: int, name: str) -> Result:
     start = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(clients)))
     result.seconds = time.perf_counter() - start
+    return result
+
+
+def proc_stats() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command, CPU seconds) of every process, from /proc (Linux)."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                raw = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm, rest = raw[raw.index("(") + 1:raw.rindex(")")], raw[raw.rindex(")") + 2:].split()
+            out[int(entry.name)] = (int(rest[1]), comm, (int(rest[11]) + int(rest[12])) / tick)
+    return out
+
+
+def serves_database(pid: int, database: str) -> bool:
+    """A Postgres backend names its database in its title ("postgres: user db 127.0.0.1(port) idle")."""
+    try:
+        return f" {database} " in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def server_cpu(root: int, database: str | None) -> float:
+    """CPU seconds so far of the server process `root` with its descendants, plus the Postgres backends of
+    `database` (not those of other programs sharing the Postgres server)."""
+    stats, tree, total = proc_stats(), {root}, 0.0
+    for _ in range(4):  # serve -> uvicorn workers (and their helpers)
+        tree |= {pid for pid, (ppid, _, _) in stats.items() if ppid in tree}
+    for pid, (_, comm, cpu) in stats.items():
+        if pid in tree or (database and comm == "postgres" and serves_database(pid, database)):
+            total += cpu
+    return total
+
+
+def timed(server: LiveServer, paths: list[str], clients: int, name: str) -> Result:
+    url = server.settings.db_url
+    database = url.rsplit("/", 1)[1] if url.startswith("postgresql") else None
+    start = server_cpu(server.proc.pid, database)
+    result = asyncio.run(drive(server.url, paths, clients, name))
+    result.cpu = server_cpu(server.proc.pid, database) - start
     return result
 
 
@@ -191,14 +242,17 @@ class Writer:
 
 def run_load(settings: Settings, layers: dict[str, int], requests: int, clients: int, low_requests: int,
              workers: int, writer: bool = False, writer_pause: float = 0.0,
-             phases: tuple[str, ...] = ("mixed", "neuron", "static", "low"), seed: int = 0) -> dict:
-    """Populate the store, start the server, run the phases (with a writer process when `writer`);
-    returns results by phase, the writer's report and problems found in the server's log."""
-    upgrade(settings.db_url)
-    populate(open_store(settings), MODEL, layers)
+             phases: tuple[str, ...] = ("mixed", "neuron", "static", "low"), seed: int = 0,
+             source: Path | None = None, populated: bool = False) -> dict:
+    """Populate the store (unless `populated`), start the server (of checkout `source`, default this one), run
+    the phases (with a writer process when `writer`); returns results by phase, the writer's report and
+    problems found in the server's log."""
+    if not populated:
+        upgrade(settings.db_url)
+        populate(open_store(settings), MODEL, layers)
     rng = random.Random(seed)
     out: dict = {"results": {}}
-    with LiveServer(settings, workers=workers) as server:
+    with LiveServer(settings, workers=workers, source=source) as server:
         static = urls.static("style.css")
         search = has_search(server.url)
         out["search"] = search
@@ -213,15 +267,62 @@ def run_load(settings: Settings, layers: dict[str, int], requests: int, clients:
             if phase == "low":
                 low = {"neuron": neuron_paths(layers, low_requests, rng), "static": [static] * low_requests}
                 for name, paths in low.items():
-                    out["results"][f"{name} @4"] = asyncio.run(drive(server.url, paths, 4, f"{name} @4"))
+                    out["results"][f"{name} @4"] = timed(server, paths, 4, f"{name} @4")
                 continue
             paths, c = plan[phase]
-            out["results"][f"{phase} @{c}"] = asyncio.run(drive(server.url, paths, c, f"{phase} @{c}"))
+            out["results"][f"{phase} @{c}"] = timed(server, paths, c, f"{phase} @{c}")
         if writing:
             out["writer"] = writing.stop()
         out["log"] = log_problems(server.log())
         out["log_tail"] = server.log().splitlines()[-40:]
     return out
+
+
+@contextmanager
+def checkout(revision: str):
+    """A temporary git worktree of `revision` (for serving "before" beside this tree's "after")."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="microscope-before-") as tmp:
+        path = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(path), revision], check=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(path)], check=False)
+
+
+def ratio(out: dict) -> float | None:
+    res = out["results"]
+    neuron = next((r for k, r in res.items() if k.startswith("neuron @") and k != "neuron @4"), None)
+    static = next((r for k, r in res.items() if k.startswith("static @") and k != "static @4"), None)
+    return neuron.rps / static.rps if neuron and static and static.rps else None
+
+
+def cpu_ratio(out: dict) -> float | None:
+    """Static CPU per request over neuron CPU per request at the high client count: the req/s ratio the server
+    would reach on cores of its own (this machine's are shared, so wall-clock rates drift with the load)."""
+    res = out["results"]
+    neuron = next((r for k, r in res.items() if k.startswith("neuron @") and k != "neuron @4"), None)
+    static = next((r for k, r in res.items() if k.startswith("static @") and k != "static @4"), None)
+    return static.cpu_ms / neuron.cpu_ms if neuron and static and neuron.cpu_ms else None
+
+
+def print_side_by_side(before: dict, after: dict, revision: str) -> None:
+    """One line per phase: req/s, p50 and p99 of the older revision and of this tree."""
+    print(f"\nbefore = {revision}, after = this tree (same store, same run)")
+    print(f"{'phase':<14} {'before req/s':>12} {'p50':>7} {'p99':>7} {'cpu ms':>7}   {'after req/s':>12} {'p50':>7}"
+          f" {'p99':>7} {'cpu ms':>7}")
+    for name, b in before["results"].items():
+        a = after["results"].get(name)
+        if a is None:
+            continue
+        print(f"{name:<14} {b.rps:>12.0f} {b.pct(50):>7.1f} {b.pct(99):>7.1f} {b.cpu_ms:>7.2f}   "
+              f"{a.rps:>12.0f} {a.pct(50):>7.1f} {a.pct(99):>7.1f} {a.cpu_ms:>7.2f}")
+    rb, ra = ratio(before), ratio(after)
+    cb, ca = cpu_ratio(before), cpu_ratio(after)
+    if rb is not None and ra is not None:
+        print(f"{'neuron/static':<14} {rb:>11.2f}× {'':>15} {cb:>7.2f}×  {ra:>11.2f}× {'':>15} {ca:>7.2f}×"
+              "   (req/s, and static CPU/req ÷ neuron CPU/req; target ≥ 0.5×, ≥ 0.3× with --writer)")
 
 
 def failures_of(out: dict) -> int:
@@ -245,9 +346,9 @@ def print_report(out: dict, backend: str, workers: int, page_cache_mb: int) -> i
     static = res.get(next((k for k in res if k.startswith("static @") and k != "static @4"), ""))
     if neuron and static and static.rps:
         print(f"neuron pages / static file req/s at {neuron.name.split('@')[1]} clients: {neuron.rps / static.rps:.2f}×"
-              f" (target ≥ 0.5×)")
+              f" (target ≥ 0.5×, ≥ 0.3× with --writer)")
     if "neuron @4" in res:
-        print(f"neuron page p99 at 4 clients: {res['neuron @4'].pct(99):.1f} ms (target ≤ 50 ms)")
+        print(f"neuron page p99 at 4 clients: {res['neuron @4'].pct(99):.1f} ms (target ≤ 20 ms)")
     gens = set().union(*(r.generations for r in res.values()))
     if "writer" in out:
         w = out["writer"]
@@ -269,13 +370,27 @@ def main(requests: int = typer.Option(10_000, help="requests per phase at --clie
          writer: bool = typer.Option(False, help="a process rewrites neurons during the whole run"),
          writer_pause: float = typer.Option(0.0, help="seconds between the writer's commits"),
          phases: str = typer.Option("mixed,neuron,static,low", help="which phases to run, comma-separated"),
-         page_cache_mb: int = typer.Option(64, help="the server's page cache (0: every page rendered afresh)")):
+         page_cache_mb: int = typer.Option(64, help="the server's page cache (0: every page rendered afresh)"),
+         compare: str = typer.Option("", help="a git revision to serve first ('before') on the same store; "
+                                              "prints both side by side")):
     """Run the load phases against the real server and print req/s, p50/p99, ratios and errors."""
     layers = {"layer4": units, "layer3": units // 2}
+    args = (requests, clients, low_requests, workers, writer, writer_pause, tuple(phases.split(",")))
     with temp_store(backend, page_cache_mb=page_cache_mb) as settings:
-        out = run_load(settings, layers, requests, clients, low_requests, workers, writer, writer_pause,
-                       tuple(phases.split(",")))
-    sys.exit(1 if print_report(out, backend, workers, page_cache_mb) else 0)
+        upgrade(settings.db_url)
+        populate(open_store(settings), MODEL, layers)
+        before = None
+        if compare:
+            with checkout(compare) as tree:
+                before = run_load(settings, layers, *args, source=tree, populated=True)
+            print(f"--- before ({compare}) ---")
+            print_report(before, backend, workers, page_cache_mb)
+            print("--- after (this tree) ---")
+        after = run_load(settings, layers, *args, populated=True)
+    failures = print_report(after, backend, workers, page_cache_mb)
+    if before is not None:
+        print_side_by_side(before, after, compare)
+    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":

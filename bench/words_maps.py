@@ -36,10 +36,10 @@ def bare_forward(loaded, n: int, batch: int) -> float:
     loaded.visual.to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, loaded.image_size, loaded.image_size).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        activations(loaded, x[:8], ["layer4"], pre_relu=True)
+        activations(loaded, x[:8], ["layer4"])
         start = time.perf_counter()
         for _ in range(max(1, n // batch)):
-            activations(loaded, x, ["layer4"], pre_relu=True)
+            activations(loaded, x, ["layer4"])
     loaded.visual.to(memory_format=torch.contiguous_format)
     return max(1, n // batch) * batch / (time.perf_counter() - start)
 

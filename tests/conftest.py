@@ -3,6 +3,7 @@ import os
 import uuid
 
 import pytest
+import tiny_timm  # noqa: F401,I001  registers the tiny timm towers the tiny-timm-map/tiny-eva configs name
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 

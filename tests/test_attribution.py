@@ -11,7 +11,7 @@ from app.db import Artifact, Run
 from worker.attribution import embed_texts, readout_matrix, text_attribution
 from worker.cli import worker_cli
 from worker.layers import layer_spec
-from worker.models import load_model, save_checkpoint
+from worker.models import load_model, revive_random_resnet, save_checkpoint
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 TEXTS = ["a dog", "a cat", "red", "a blue car", "happy", "sad", "pizza", "the sea", "a bridge", "Paris",
@@ -158,3 +158,175 @@ def test_build_stage_stores_the_readout_once(settings, store, probe_model):
     assert "tests/model_configs" in art.meta["config_dirs"]  # found in open_clip's registered config dirs
     (again,) = run_pipeline(ctx, only=["attribution"], echo=lambda _: None)
     assert (again.status, again.reason) == ("skipped", "up to date")
+
+
+# -- the autograd read-out, and what the linear one holds fixed -------------------------------------
+
+FAMILIES = ["tiny-rn", "tiny-vit", "tiny-vit-avg", "tiny-coca", "tiny-timm-map", "tiny-convnext", "tiny-eva"]
+
+
+def family_model(arch: str):
+    torch.manual_seed(0)
+    loaded = load_model(arch, config_dirs=(CONFIG_DIR,))
+    return revive_random_resnet(loaded.model) and loaded
+
+
+def held_embedding(loaded, mean: torch.Tensor, unit: int, by: float, images: torch.Tensor) -> np.ndarray:
+    """The mean raw image embedding with the penultimate layer's write tap replaced by `mean`, unit raised."""
+    from worker.layers import neuron_layers
+
+    tap = neuron_layers(loaded)[-1].write
+
+    def held(value):
+        x = mean[None].expand(len(images), *mean.shape).clone().to(value.dtype)
+        if x.dim() == 4:  # conv maps (B, units, H, W)
+            x[:, unit] += by
+        else:  # tokens (B, T, units)
+            x[..., unit] += by
+        return x
+
+    module = loaded.visual.get_submodule(tap.path)
+    handle = (module.register_forward_pre_hook(lambda _m, inp: (held(inp[0]), *inp[1:])) if tap.where == "input"
+              else module.register_forward_hook(lambda _m, _i, _o: held(_o)))
+    try:
+        with torch.no_grad():
+            return loaded.model.encode_image(images, normalize=False).mean(0).numpy()
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_autograd_readout_is_the_towers_derivative_for_every_family(arch):
+    """Central differences of the embedding, the layer held at the images' mean activation and one unit
+    raised everywhere, equal the autograd read-out's row (the read-out exists for every family)."""
+    from worker.attribution import autograd_readout, mean_activation
+
+    loaded = family_model(arch)
+    images = torch.randn(4, 3, loaded.image_size, loaded.image_size)
+    w = autograd_readout(loaded, images)
+    assert w.shape == (layer_spec(loaded).n_units, embed_texts(loaded, ["a"]).shape[1])
+    mean, eps = mean_activation(loaded, images), 1e-2
+    for unit in (0, w.shape[0] // 2, w.shape[0] - 1):
+        fd = (held_embedding(loaded, mean, unit, eps, images) - held_embedding(loaded, mean, unit, -eps, images))
+        assert np.allclose(fd / (2 * eps), w[unit], rtol=2e-2, atol=2e-3 * np.abs(w[unit]).max()), unit
+
+
+class FrozenStats(torch.nn.Module):
+    """A LayerNorm whose σ is held fixed (detached): centring and gain stay, 1/σ becomes a constant and the
+    −x̂x̂ᵀ/d term of its Jacobian vanishes. `dim`: the normalised dimension (1 for LayerNorm2d)."""
+
+    def __init__(self, norm, dim: int = -1):
+        super().__init__()
+        self.norm, self.dim = norm, dim
+
+    def forward(self, x):
+        centred = x - x.mean(self.dim, keepdim=True)
+        sigma = (centred.pow(2).mean(self.dim, keepdim=True) + self.norm.eps).sqrt().detach()
+        shape = [1] * x.dim()
+        shape[self.dim] = -1
+        return centred / sigma * self.norm.weight.view(shape) + self.norm.bias.view(shape)
+
+
+def frozen_attention_pool(pool):
+    """ModifiedResNet's attention pool with its attention weights held fixed (detached), else the same."""
+    import torch.nn.functional as F
+
+    def forward(x):
+        n, c = x.shape[0], x.shape[1]
+        x = x.reshape(n, c, -1).permute(2, 0, 1)
+        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0) + pool.positional_embedding[:, None, :].to(x.dtype)
+        heads, d = pool.num_heads, c // pool.num_heads
+        q = F.linear(x[:1], pool.q_proj.weight, pool.q_proj.bias).reshape(1, n, heads, d)
+        k = F.linear(x, pool.k_proj.weight, pool.k_proj.bias).reshape(-1, n, heads, d)
+        v = F.linear(x, pool.v_proj.weight, pool.v_proj.bias).reshape(-1, n, heads, d)
+        weights = torch.einsum("qnhd,tnhd->nht", q, k).div(d ** 0.5).softmax(-1).detach()
+        return F.linear(torch.einsum("nht,tnhd->nhd", weights, v).reshape(n, c), pool.c_proj.weight, pool.c_proj.bias)
+
+    return forward
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_linear_resnet_readout_is_exact_with_the_attention_weights_held_fixed(tiny_rn):
+    """The linear ResNet read-out is the autograd one with attention weights detached, to float precision;
+    with them free (the mean-token query rises too) it differs, as its docstring says."""
+    import copy
+
+    from worker.attribution import autograd_readout, linear_readout
+
+    images = torch.randn(3, 3, 64, 64)
+    frozen = copy.copy(tiny_rn)
+    frozen.model = copy.deepcopy(tiny_rn.model)
+    pool = frozen.model.visual.attnpool
+    x = torch.randn(2, 512, 2, 2)
+    with torch.no_grad():
+        assert torch.allclose(frozen_attention_pool(pool)(x), pool(x), atol=1e-5)  # the same pool, weights aside
+    pool.forward = frozen_attention_pool(pool)
+    linear, fixed, free = linear_readout(tiny_rn), autograd_readout(frozen, images), autograd_readout(tiny_rn, images)
+    assert np.allclose(fixed, linear, rtol=1e-4, atol=1e-5 * np.abs(linear).max())
+    assert np.abs(free - linear).max() > 10 * np.abs(fixed - linear).max()
+
+
+@pytest.mark.parametrize("arch, norm", [("tiny-vit", "ln_post"), ("tiny-vit-avg", "ln_post"),
+                                        ("tiny-convnext", "trunk.head.norm")])
+def test_linear_readout_is_autograd_with_the_norm_statistics_held_fixed_up_to_one_scale(arch, norm):
+    """ViT (tok, avg) and ConvNeXt: with the final LayerNorm's σ detached, the autograd read-out is the
+    linear one times one positive number (the mean 1/σ): every unit's cosine is 1. With σ free the cosines
+    are below 1 by the dropped −x̂x̂ᵀ/d term (measured here; `worker attribution` prints them)."""
+    from worker.attribution import agreement, autograd_readout, linear_readout
+
+    loaded = family_model(arch)
+    images = torch.randn(4, 3, loaded.image_size, loaded.image_size)
+    linear, free = linear_readout(loaded), autograd_readout(loaded, images)
+    parent, _, leaf = norm.rpartition(".")
+    owner = loaded.visual.get_submodule(parent) if parent else loaded.visual
+    original = getattr(owner, leaf)
+    setattr(owner, leaf, FrozenStats(original, dim=1 if "head" in norm else -1))
+    try:
+        fixed = autograd_readout(loaded, images)
+    finally:
+        setattr(owner, leaf, original)
+    assert np.allclose(cosines(linear, fixed), 1, atol=1e-5)
+    scale = agreement(linear, fixed)["scale"]
+    assert scale > 0 and np.allclose(scale * linear, fixed, rtol=1e-3, atol=1e-5 * np.abs(fixed).max())
+    free_cos = cosines(linear, free)
+    assert free_cos.min() < 1 - 1e-4 and np.median(free_cos) > 0.9
+
+
+def test_readout_matrix_falls_back_to_autograd_where_no_linear_one_exists():
+    from worker.attribution import NoLinearReadout, autograd_readout, linear_readout
+
+    loaded = family_model("tiny-coca")
+    with pytest.raises(NoLinearReadout, match="attention"):
+        linear_readout(loaded)
+    assert np.array_equal(readout_matrix(loaded), autograd_readout(loaded))
+
+
+def test_worker_command_prints_and_stores_the_agreement(settings, store, tmp_path):
+    """`worker attribution --corpus`: the autograd read-out at the corpus' mean activation, its agreement with
+    the linear one printed (per-unit cosine quantiles) and kept in the artifact's meta."""
+    from tests.test_examples import make_corpus
+
+    loaded = family_model("tiny-vit")
+    path = save_checkpoint(loaded.model, tmp_path / "tiny-vit.pt")
+    corpus = make_corpus(tmp_path / "corpus", n=6, bad=False)
+    result = CliRunner().invoke(worker_cli, ["attribution", "tiny-vit", "--weights", str(path), "--config-dir",
+                                             str(CONFIG_DIR), "--name", "vit", "--corpus", str(corpus)],
+                                env=cli_env(settings))
+    assert result.exit_code == 0, result.output
+    assert "linear vs autograd, per-unit cosine: min 0." in result.output and "median 0.9" in result.output
+    with store.sessions() as s:
+        art = s.scalar(select(Artifact).where(Artifact.name == "readout"))
+        run = s.scalar(select(Run).where(Run.stage == "attribution"))
+    ag = art.meta["agreement"]
+    assert art.meta["readout"] == "linear" and "6 images" in art.meta["evaluated_at"]
+    assert 0.5 < ag["cosine_min"] <= ag["cosine_quantiles"]["0.5"] <= 1 and run.report["agreement"] == ag
+    auto = CliRunner().invoke(worker_cli, ["attribution", "tiny-vit", "--weights", str(path), "--config-dir",
+                                           str(CONFIG_DIR), "--name", "vit", "--readout", "autograd"],
+                              env=cli_env(settings))
+    assert auto.exit_code == 0, auto.output
+    with store.sessions() as s:
+        art = s.scalar(select(Artifact).where(Artifact.name == "readout"))
+    assert art.meta["readout"] == "autograd" and art.meta["evaluated_at"] == "the dataset-mean grey image"

@@ -18,13 +18,14 @@ from PIL import Image, ImageDraw
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitStats
+from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitHeatmaps, UnitStats
 from app.db import Image as ImageRow
+from app.heatmaps import unpack
 from app.settings import Settings
 from worker.cli import worker_cli
 from worker.corpus import Shard, Skip, content_hash, decode, iter_entries, read_bytes
 from worker.examples import ExampleOptions, load_checkpoint, run_examples
-from worker.layers import activations
+from worker.layers import readings
 from worker.models import load_model, save_checkpoint
 from worker.stats import QUANTILES, Moments, Sketch, spread
 from worker.store import open_store
@@ -76,10 +77,11 @@ def brute_force(loaded, corpus: Path, layer: str, reduce: str):
     shas = list(images)
     x = torch.stack([loaded.preprocess(images[s]) for s in shas])
     with torch.inference_mode():
-        maps = activations(loaded, x, [layer], pre_relu=True)[layer].flatten(2).float()
-    high = maps.mean(2) if reduce == "mean" else maps.amax(2)
-    low = maps.mean(2) if reduce == "mean" else maps.amin(2)
-    return shas, high, low, maps
+        r = readings(loaded, x, [layer])[layer]
+    maps, low_maps = r.heat.flatten(2).float(), r.heat_negative.flatten(2).float()
+    high = r.value if reduce == "mean" else maps.amax(2)
+    low = r.negative if reduce == "mean" else low_maps.amin(2)
+    return shas, high, low, (maps, low_maps)
 
 
 def ranked(shas, values, unit: int, k: int, descending: bool) -> list[int]:
@@ -87,18 +89,21 @@ def ranked(shas, values, unit: int, k: int, descending: bool) -> list[int]:
     return sorted(range(len(shas)), key=lambda i: (sign * float(values[i, unit]), hash64(shas[i])))[:k]
 
 
-def stored_examples(store, model: str, layer: str) -> dict[tuple[int, str], list[tuple[str, float, list]]]:
+def stored_examples(store, model: str, layer: str) -> dict[tuple[int, str], list[tuple[str, float, np.ndarray]]]:
+    """(image hash, activation, map dequantized from unit_heatmaps) per (unit, sign), best first."""
     with store.sessions() as s:
         rows = s.execute(
-            select(Unit.index, DatasetExample.sign, DatasetExample.rank, ImageRow.sha256, DatasetExample.activation,
-                   DatasetExample.heatmap)
+            select(Unit.index, DatasetExample.sign, DatasetExample.rank, ImageRow.sha256, DatasetExample.activation)
             .join(Unit, DatasetExample.unit_id == Unit.id).join(Layer, Unit.layer_id == Layer.id)
             .join(Model, Layer.model_id == Model.id).join(ImageRow, DatasetExample.image_id == ImageRow.id)
             .where(Model.name == model, Layer.name == layer).order_by(Unit.index, DatasetExample.sign,
                                                                        DatasetExample.rank)).all()
+        heat = {index: unpack(h) for index, h in s.execute(
+            select(Unit.index, UnitHeatmaps).join(Unit, UnitHeatmaps.unit_id == Unit.id)
+            .join(Layer, Unit.layer_id == Layer.id).where(Layer.name == layer)).all()}
     out: dict = {}
-    for unit, sign, _, sha, act, heat in rows:
-        out.setdefault((unit, sign), []).append((sha, act, heat))
+    for unit, sign, rank, sha, act in rows:
+        out.setdefault((unit, sign), []).append((sha, act, heat[unit].values(heat[unit].row(sign, rank))))
     return out
 
 
@@ -110,14 +115,14 @@ def stored_stats(store, model: str, layer: str) -> dict[int, UnitStats]:
 
 
 def check_against_brute_force(store, loaded, corpus, model, layer, reduce, k):
-    shas, high, low, maps = brute_force(loaded, corpus, layer, reduce)
+    shas, high, low, (maps, low_maps) = brute_force(loaded, corpus, layer, reduce)
     examples = stored_examples(store, model, layer)
     units = high.shape[1]
     index = {sha: i for i, sha in enumerate(shas)}
     assert len(examples) == 2 * units
     exact = 0
     for unit in range(units):
-        for sign, values, desc in (("top", high, True), ("bottom", low, False)):
+        for sign, values, desc, heats in (("top", high, True, maps), ("bottom", low, False, low_maps)):
             want = ranked(shas, values, unit, k, desc)
             got = examples[(unit, sign)]
             mine = [index[sha] for sha, _, _ in got]
@@ -127,7 +132,9 @@ def check_against_brute_force(store, loaded, corpus, model, layer, reduce, k):
                                rtol=1e-5, atol=1e-6), (unit, sign)
             for (_, act, heat), i in zip(got, mine, strict=True):
                 assert math.isclose(act, float(values[i, unit]), rel_tol=1e-4, abs_tol=1e-5)
-                assert np.allclose(np.array(heat).ravel(), maps[i, unit].numpy(), rtol=5e-3, atol=2e-3)
+                want_map = heats[i, unit].numpy()
+                step = float(want_map.max() - want_map.min()) / 255  # uint8 over the map's own range
+                assert np.allclose(heat.ravel(), want_map, rtol=2e-3, atol=step / 2 + 2e-3)
     assert exact >= 0.98 * 2 * units  # and almost every list is exactly the brute-force one
     stats = stored_stats(store, model, layer)
     n = len(shas)
@@ -160,8 +167,10 @@ def snapshot(store, runs: bool = True) -> dict:
         out = {
             "images": sorted((i.sha256, i.source, i.caption, i.width, i.height, i.path, i.thumb)
                              for i in s.scalars(select(ImageRow))),
-            "examples": sorted(((*key[e.unit_id], e.sign, e.rank, sha[e.image_id], e.activation, e.heatmap,
-                                 e.heatmap_image) for e in s.scalars(select(DatasetExample))), key=lambda t: t[:4]),
+            "examples": sorted(((*key[e.unit_id], e.sign, e.rank, sha[e.image_id], e.activation)
+                                for e in s.scalars(select(DatasetExample))), key=lambda t: t[:4]),
+            "heatmaps": sorted((*key[h.unit_id], h.n_top, h.height, h.width, h.maps, h.lo, h.hi)
+                               for h in s.scalars(select(UnitHeatmaps))),
             "stats": sorted(((*key[u.unit_id], u.n, u.mean, u.std, u.min, u.max, u.quantiles, u.histogram)
                              for u in s.scalars(select(UnitStats))), key=lambda t: t[:2]),
             "samples": sorted((*key[a.unit_id], sha[a.image_id], a.activation)
@@ -241,12 +250,15 @@ def test_resnet_top_and_bottom_k_and_stats_equal_brute_force(store, client, tiny
     assert page.status_code == 200
     html = page.text
     assert "Most activating" in html and "Most negative" in html and "<svg" in html
-    assert 'class="heat"' in html and "/cache/units/tiny/layer4/3/examples-top-000.png" in html
+    assert "Value shown: the mean over positions of the channel before the final ReLU" in html
+    assert '<canvas class="heat"' in html and 'data-heat="' in html and "/static/heatmaps.js" in html
+    assert "/models/tiny/layer4/3/examples/top/0/heatmap.png" in html  # the <noscript> fallback
     data = client.get("/models/tiny/layer4/3.json").json()["sections"]
     assert len(data["examples"]["top"]) == 4 and len(data["examples"]["bottom"]) == 4
-    assert data["stats"]["n"] == 30
+    assert data["stats"]["n"] == 30 and data["examples"]["grid"] == [2, 2]
     overlay = client.get(data["examples"]["top"][0]["heatmap_image"])
     assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"
+    assert not list((store.settings.cache_root / "units").rglob("examples-*.png"))  # no overlay files
     assert client.get(data["examples"]["top"][0]["image"]).status_code == 200
 
 
@@ -262,7 +274,56 @@ def test_vit_max_reduction_equals_brute_force_and_a_rerun_replaces_rows(tmp_path
     same(snapshot(store, runs=False), before)
     with store.sessions() as s:
         runs = s.scalars(select(Run).order_by(Run.id)).all()
-    assert [(r.status, r.settings["signal"]) for r in runs] == [("done", "output")] * 2
+    assert [(r.status, r.settings["signal"]) for r in runs] == [("done", "cls")] * 2
+    assert "class token" in runs[0].settings["signal_text"]
+
+
+def gelu_tokens(loaded, x, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(GELU output, c_fc output) tokens (B, T, units) of one ViT block, read by hooks of their own."""
+    mlp, seen = loaded.visual.transformer.resblocks[block].mlp, {}
+    hooks = [mlp.gelu.register_forward_hook(lambda m, i, o: seen.setdefault("post", o.clone())),
+             mlp.c_fc.register_forward_hook(lambda m, i, o: seen.setdefault("pre", o.clone()))]
+    try:
+        with torch.inference_mode():
+            loaded.visual(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen["post"], seen["pre"]
+
+
+@pytest.mark.parametrize("arch, pool", [("tiny-vit", "tok"), ("tiny-vit-avg", "avg")])
+def test_vit_examples_rank_by_what_the_pooling_passes_on_and_bottoms_by_pre_gelu(tmp_path, arch, pool):
+    """tok: the class token's GELU output ranks the top, its pre-GELU value the bottom; avg: the means over
+    the patch tokens. The heatmaps stay the patch tokens' maps."""
+    torch.manual_seed(0)
+    loaded = load_model(arch, config_dirs=(CONFIG_DIR,))
+    store = open_store(settings_at(tmp_path / "store"))
+    corpus = make_corpus(tmp_path / "corpus", n=16, bad=False)
+    run_examples(store, loaded, "vit", corpus, None, ExampleOptions(k=3, batch_size=8, workers=0, progress=False,
+                                                                     samples=4))
+    shas, images = [], {}
+    for entry in iter_entries(corpus):
+        data = read_bytes(entry)
+        images.setdefault(content_hash(data)[0], decode(data, draft=loaded.image_size))
+    shas = list(images)
+    post, pre = gelu_tokens(loaded, torch.stack([loaded.preprocess(images[s]) for s in shas]), 1)
+    pick = (lambda t: t[:, 0]) if pool == "tok" else (lambda t: t[:, 1:].mean(1))
+    high, low = pick(post), pick(pre)
+    assert float(low.min()) < -0.5 < -0.17 < float(high.min())  # pre-GELU reaches where GELU cannot
+    examples, index = stored_examples(store, "vit", "resblocks.1.mlp"), {s: i for i, s in enumerate(shas)}
+    for unit in range(0, 256, 17):
+        for sign, values, desc in (("top", high, True), ("bottom", low, False)):
+            got = examples[(unit, sign)]
+            assert [index[sha] for sha, _, _ in got] == ranked(shas, values, unit, 3, desc), (unit, sign)
+            assert np.allclose([a for _, a, _ in got], [float(values[index[s], unit]) for s, _, _ in got], atol=1e-5)
+        sha, _, heat = examples[(unit, "top")][0]
+        want_map = post[index[sha], 1:, unit].numpy()
+        step = float(want_map.max() - want_map.min()) / 255  # stored as uint8 over the map's own range
+        assert np.allclose(heat.ravel(), want_map, rtol=5e-3, atol=step / 2 + 2e-3)
+    with store.sessions() as s:
+        settings = s.scalar(select(Run).where(Run.stage == "examples")).settings
+    assert settings["signal"] == {"tok": "cls", "avg": "patches"}[pool]
 
 
 def test_shard_merge_equals_a_single_run(store, tiny_rn, tmp_path):

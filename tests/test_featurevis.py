@@ -192,3 +192,23 @@ def test_fast_model_computes_the_same_and_leaves_the_original_alone(tiny_rn):
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in tiny_rn.visual.modules()) == 3 + 4 * 3 + 4
     assert fast.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert tiny_rn.visual.conv1.weight.is_contiguous() == layout_before
+
+
+@pytest.mark.parametrize("arch", ["tiny-rn", "tiny-vit", "tiny-coca", "tiny-timm-map", "tiny-eva"])
+def test_channel_objective_is_the_value_examples_and_probe_rank_by(arch):
+    """One signal per unit: feature vis climbs the number the dataset examples and the image probe show
+    (ResNet: the mean before the final ReLU; ViTs: the class token / attention-pool weighting)."""
+    from tests.conftest import CONFIG_DIR
+    from worker.layers import layer_spec, unit_values
+    from worker.models import load_model
+
+    torch.manual_seed(0)
+    loaded = load_model(arch, config_dirs=(CONFIG_DIR,))
+    layer = layer_spec(loaded).name
+    x = torch.randn(3, 3, loaded.image_size, loaded.image_size)
+    with torch.no_grad():
+        got = objective_values(loaded, O.channel(f"{layer}:5"), x)
+        values, maps = unit_values(loaded, x, layer)
+    assert torch.allclose(got, values[:, 5], atol=1e-5)
+    if arch in ("tiny-vit", "tiny-eva"):  # the class token's value, not the spatial mean of the patch map
+        assert not torch.allclose(values[:, 5], maps[:, 5].mean(dim=(1, 2)), atol=1e-3)

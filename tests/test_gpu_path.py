@@ -59,17 +59,19 @@ def test_a_run_resumed_with_two_loader_workers_gives_the_uninterrupted_store(tmp
 def poison_first_image(monkeypatch, layer: str) -> None:
     """The corpus's first image gets +inf at one position of unit 0 (an fp16 overflow) and 1e6
     everywhere in unit 1 (finite, but beyond float16's 65504)."""
-    real, done = examples.activations, []
+    real, done = examples.readings, []
 
-    def poisoned(loaded, x, names, pre_relu=True):
-        acts = real(loaded, x, names, pre_relu=pre_relu)
+    def poisoned(loaded, x, names):
+        got = real(loaded, x, names)
         if x.shape[0] > 1 and not done:  # not the one-image probe of the grid
-            acts[layer][0, 0, 0, 0] = float("inf")
-            acts[layer][0, 1] = 1e6
+            r = got[layer]  # a ResNet: value and negative are the same signal, pooled by the mean
+            for heat, pooled in ((r.heat, r.value), (r.heat_negative, r.negative)):
+                heat[0, 0, 0, 0], pooled[0, 0] = float("inf"), float("inf")
+                heat[0, 1], pooled[0, 1] = 1e6, 1e6
             done.append(True)
-        return acts
+        return got
 
-    monkeypatch.setattr(examples, "activations", poisoned)
+    monkeypatch.setattr(examples, "readings", poisoned)
 
 
 def test_an_inf_activation_is_dropped_and_counted_and_a_huge_heatmap_stays_finite(store, tiny_rn, tmp_path,

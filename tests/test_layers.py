@@ -32,7 +32,7 @@ def test_capture_matches_a_full_forward_and_stops_early(tiny_rn):
              tiny_rn.visual.attnpool.register_forward_hook(lambda m, i, o: seen.setdefault("pool", True))]
     try:
         with torch.inference_mode():
-            early = activations(tiny_rn, x, ["layer2"])
+            early = activations(tiny_rn, x, ["layer2"], tap="write")  # the stage output
             assert "pool" not in seen  # the tower stopped after layer2
             tiny_rn.visual(x)
     finally:
@@ -42,11 +42,11 @@ def test_capture_matches_a_full_forward_and_stops_early(tiny_rn):
     assert torch.allclose(early["layer2"], seen["layer2"])
 
 
-def test_pre_relu_values_are_what_the_final_relu_clips(tiny_rn):
+def test_resnet_values_are_read_before_the_final_relu_that_clips_them(tiny_rn):
     x = torch.randn(4, 3, 64, 64)
     with torch.inference_mode():
-        post = activations(tiny_rn, x, ["layer3", "layer4"])
-        pre = activations(tiny_rn, x, ["layer3", "layer4"], pre_relu=True)
+        post = activations(tiny_rn, x, ["layer3", "layer4"], tap="write")
+        pre = activations(tiny_rn, x, ["layer3", "layer4"])
     for name in ("layer3", "layer4"):
         assert (pre[name] < 0).any() and (post[name] >= 0).all()
         assert torch.allclose(pre[name].clamp_min(0), post[name])

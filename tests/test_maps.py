@@ -8,6 +8,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from app.db import Artifact, MapActivation, PlaceScore, Unit
+from app.heatmaps import grid_values
 from worker.maps import (
     GRID,
     cell_centres,
@@ -124,20 +125,27 @@ def test_maps_stage_writes_grids_pictures_and_place_scores(store, tiny_rn, clien
         places = s.scalars(select(PlaceScore).join(Unit, Unit.id == PlaceScore.unit_id).where(Unit.index == 0)).all()
         meta = s.scalar(select(Artifact).where(Artifact.name == "places")).meta
     assert sorted(i for i, _ in rows) == units
-    for _, m in rows:
-        assert len(m.grid) == GRID[0] and len(m.grid[0]) == GRID[1]
-        for path in (m.overlay, m.choropleth):
-            r = client.get(f"/cache/{path}")
-            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    world = world_map()
+    for index, m in rows:
+        assert (m.rows, m.cols) == GRID and len(m.heat) == GRID[0] * GRID[1]
+        pictures = ((f"/models/tiny/layer1/{index}/map.jpg", "image/jpeg"), (f"/cache/{m.choropleth}", "image/png"))
+        for url, kind in pictures:
+            r = client.get(url)
+            assert r.status_code == 200 and r.headers["content-type"] == kind
             img = Image.open(io.BytesIO(r.content))
             assert img.size == (720, 360) and len(img.convert("RGB").getcolors(1 << 16)) > 8
+        drawn = np.asarray(Image.open(io.BytesIO(client.get(f"/models/tiny/layer1/{index}/map.jpg").content)))
+        want = np.asarray(overlay_image(world, grid_values(m)))  # the stored grid over the stored base map
+        assert np.abs(drawn.astype(np.float32) - want).mean() < 3  # JPEG's loss only
+    assert not list((store.settings.cache_root / "units").rglob("map-overlay-*"))  # no overlay files
     matrix = np.load(store.cache.resolve(meta["paths"]["post"]))
     assert matrix.shape == (197, 64)
     countries_0 = sorted((p for p in places if p.kind == "country"), key=lambda p: -p.score)
     assert len(countries_0) == 20 and len([p for p in places if p.kind == "city"]) == 20
     assert countries_0[0].score == pytest.approx(matrix[:177, 0].max(), rel=1e-5)
     card = client.get("/models/tiny/layer1/0.json").json()["sections"]["places"]
-    assert card["overlay"].startswith("/cache/units/tiny/layer1/0/") and len(card["countries"]) == 10
+    assert card["overlay"] == "/models/tiny/layer1/0/map.jpg" and len(card["countries"]) == 10
+    assert client.get("/models/tiny/layer1/9/map.jpg").status_code == 404  # no grid for that unit
 
     again = run_maps(store, tiny_rn, "tiny", "layer1", n_crops=8, n_cities=20, plan=plan, batch_size=128,
                      units=[0, 1, 2, 3])

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from worker.cli import worker_cli
-from worker.models import UnknownModel, WeightsMissing, load_model, resolve_arch, save_checkpoint
+from worker.models import UnknownModel, WeightsMissing, load_model, save_checkpoint, tag_settings
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 
@@ -59,9 +59,9 @@ def test_missing_checkpoint_file_and_unknown_tag_fail_fast(tmp_path):
 def test_unknown_model_and_quickgelu_for_openai_weights():
     with pytest.raises(UnknownModel, match="--config-dir"):
         load_model("RN51")
-    assert resolve_arch("RN50", "openai") == "RN50-quickgelu"
-    assert resolve_arch("RN50", None) == "RN50"
-    assert resolve_arch("ViT-B-32", "openai") == "ViT-B-32-quickgelu"
+    assert tag_settings("RN50", "openai").quick_gelu and tag_settings("ViT-B-32", "openai").quick_gelu
+    assert tag_settings("RN50", "yfcc15m").quick_gelu  # not only openai: the tag's pretrained config says so
+    assert not tag_settings("RN50", None).quick_gelu and tag_settings("RN50-quickgelu", None).quick_gelu
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -31,7 +31,7 @@ def tiny_corpus(root: Path) -> Path:
     rng = np.random.default_rng(0)
     for label in ("cat", "dog"):
         (root / label).mkdir(parents=True)
-        for i in range(3):
+        for i in range(8):  # enough for the self-labels' held-out split
             Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
     return root
 
@@ -255,7 +255,8 @@ def test_the_serial_executor_runs_items_then_merge_then_write(settings, tiny_rn)
 # -- the import rules -------------------------------------------------------------------------------------
 
 STAGE_MODULES = {"worker.examples", "worker.featurevis.stage", "worker.words", "worker.maps", "worker.regions",
-                 "worker.emotions", "worker.typographic", "worker.stroop", "worker.suggest"}
+                 "worker.emotions", "worker.typographic", "worker.stroop", "worker.suggest", "worker.modality",
+                 "worker.selflabels"}
 DATA_MODULES = {"worker.lexicons", "worker.places", "worker.feelings", "worker.word_lists"}
 
 
@@ -311,7 +312,7 @@ def test_help_lists_the_commands_in_pipeline_order():
                 if line.startswith("│ ") and line[2].isalpha()]  # a wrapped description line starts with spaces
 
     assert listed() == ["build", "demo", "serve", "worker", "db"]
-    assert listed("worker") == ["layers", "register", *STAGE_NAMES]
+    assert listed("worker") == ["layers", "register", *STAGE_NAMES, "directions"]
     assert listed("demo") == ["build", "train", "evaluate", "corpus"]
 
 def test_a_worker_command_skips_its_stage_like_the_build(settings, checkpoint):

@@ -12,6 +12,8 @@ from sqlalchemy import select
 from app.db import Image, Model
 from worker.layers import activations
 
+CONFIG_DIR = __import__("pathlib").Path(__file__).parent / "model_configs"
+
 JSON = {"accept": "application/json"}
 
 
@@ -51,13 +53,14 @@ def test_upload_gives_the_models_top_neurons_with_heatmaps(probe_model, client):
     result = r.json()["result"]
     with torch.inference_mode():  # the same forward pass, here in the test process
         acts = activations(probe_model, probe_model.preprocess(img).unsqueeze(0), ["layer4"])["layer4"][0].numpy()
-    means = acts.reshape(acts.shape[0], -1).mean(axis=1)
+    means = acts.reshape(acts.shape[0], -1).mean(axis=1)  # a ResNet's value: mean before the final ReLU
     assert [u["unit"] for u in result["units"]] == list(np.argsort(-means)[:6])
     assert result["grid"] == list(acts.shape[1:]) and result["layer"] == "layer4"
     for u in result["units"]:
         assert np.allclose(u["heatmap"], acts[u["unit"]], atol=1e-3)
         assert u["overlay"].startswith("data:image/png;base64,") and u["url"] == f"/models/tiny/layer4/{u['unit']}"
     assert result["source"] == {"upload": "photo.png"}
+    assert "before the final ReLU" in result["signal"]
 
 
 def test_upload_page_renders_heatmaps_with_alt_text(probe_model, client):
@@ -128,3 +131,42 @@ def test_model_without_weights_or_unknown_is_refused(probe_model, toy_model, sto
     assert upload(client, png_bytes(picture()), model="nope").status_code == 404
     with store.sessions() as s:
         assert s.scalar(select(Model.weights).where(Model.name == "toy")) is None
+
+
+@pytest.fixture(params=["tiny-rn", "tiny-vit"])
+def examples_and_probe_model(request, store, tmp_path):
+    """Model 'tiny' (ResNet, or a ViT with tok pooling) registered with a real checkpoint, read-out stored."""
+    from worker.attribution import store_readout
+    from worker.examples import register
+    from worker.models import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    random = load_model(request.param, config_dirs=(CONFIG_DIR,))
+    path = save_checkpoint(random.model, tmp_path / f"{request.param}.pt")
+    loaded = load_model(request.param, str(path), config_dirs=(CONFIG_DIR,))
+    register(store, loaded, "tiny")
+    store_readout(store, "tiny", loaded, [CONFIG_DIR])
+    return loaded
+
+
+def test_an_image_gets_the_same_number_in_examples_and_in_the_image_probe(examples_and_probe_model, store, client,
+                                                                         tmp_path):
+    """One definition of a unit's value: the examples stage ranks the only image of a corpus by exactly the
+    number the image probe shows for it (ResNet: mean before the final ReLU; ViT tok: the class token)."""
+    from app.db import DatasetExample, Layer, Unit
+    from worker.examples import ExampleOptions, run_examples
+
+    loaded = examples_and_probe_model
+    (tmp_path / "corpus").mkdir()
+    png = png_bytes(picture())
+    (tmp_path / "corpus" / "picture.png").write_bytes(png)
+    run_examples(store, loaded, "tiny", tmp_path / "corpus", None,
+                 ExampleOptions(k=1, batch_size=1, workers=0, progress=False, samples=0))
+    result = upload(client, png, k="64").json()["result"]
+    with store.sessions() as s:
+        stored = dict(s.execute(select(Unit.index, DatasetExample.activation).join(Unit).join(Layer)
+                                .where(Layer.name == result["layer"], DatasetExample.sign == "top")).all())
+    assert len(result["units"]) == 64
+    for card in result["units"]:
+        assert card["score"] == pytest.approx(stored[card["unit"]], abs=2e-5)
+    assert result["signal"] and result["signal"] in client.get(result["units"][0]["url"]).text

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from app.db import ActivationSample, DatasetExample, Layer, Unit, UnitStats, WordScore
+from app.db import ActivationSample, DatasetExample, Layer, Unit, UnitHeatmaps, UnitStats, WordScore
 from app.db import FeatureVis as FeatureVisRow
 from app.db import Image as ImageRow
 from app.settings import Settings
@@ -72,15 +72,26 @@ def content(store) -> dict:
         sha = dict(s.execute(select(ImageRow.id, ImageRow.sha256)).all())
         return {
             "images": sorted((i.sha256, i.source, i.path, i.thumb) for i in s.scalars(select(ImageRow))),
-            "examples": sorted((*key[e.unit_id], e.sign, e.rank, sha[e.image_id], e.activation, e.heatmap,
-                                e.heatmap_image) for e in s.scalars(select(DatasetExample))),
+            "examples": sorted((*key[e.unit_id], e.sign, e.rank, sha[e.image_id], e.activation)
+                               for e in s.scalars(select(DatasetExample))),
+            "heatmaps": sorted((*key[h.unit_id], h.n_top, h.height, h.width, h.maps, h.lo, h.hi)
+                               for h in s.scalars(select(UnitHeatmaps))),
             "stats": sorted((*key[u.unit_id], u.n, u.mean, u.std, u.min, u.max, u.quantiles, u.histogram)
                             for u in s.scalars(select(UnitStats))),
             "samples": sorted((*key[a.unit_id], sha[a.image_id], a.activation)
                               for a in s.scalars(select(ActivationSample))),
             "words": sorted((*key[w.unit_id], w.word_id, w.sign, w.rank, w.score)
                             for w in s.scalars(select(WordScore))),
+            "matrix": matrix_of(store),
         }
+
+
+def matrix_of(store) -> tuple:
+    """The layer's registered activation matrix (one part per range): its values, hashes and entries."""
+    from worker.activations import stored_matrix
+
+    matrix = stored_matrix(store, "tiny", "layer4")
+    return matrix.dense().tobytes(), matrix.hashes.tolist(), matrix.entries.tolist()
 
 
 @contextmanager
@@ -112,7 +123,8 @@ def test_a_ray_build_gives_the_single_process_store_bit_for_bit(ray_cluster, ser
     data = serial["content"]
     assert len(data["stats"]) == 512 and data["stats"][0][2] == 23  # the copy in another range counts in the moments
     assert serial["report"].units == 512
-    assert {e[4] for e in data["examples"]} and data["words"]
+    assert data["heatmaps"] and len(data["heatmaps"]) == 512 and data["words"]
+    assert len(data["matrix"][1]) == 23  # one row per image of each range: the copy has a row in its range too
     assert not (tmp_path / "data" / "partials").exists() or not any((tmp_path / "data" / "partials").iterdir())
 
 

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 from sqlalchemy import inspect, select
 
 from app.db import (
@@ -13,12 +14,14 @@ from app.db import (
     Model,
     Run,
     Unit,
+    UnitHeatmaps,
     UnitStats,
     Word,
     WordScore,
     make_engine,
     make_sessionmaker,
 )
+from app.heatmaps import quantize, unpack
 from app.keys import UnitKey
 from app.lookup import unit_by_key
 from app.migrate import downgrade, upgrade
@@ -47,8 +50,8 @@ def test_every_section_round_trips(toy_model):
         img = Image(sha256="a" * 64, source="x.png", caption="a cat", width=8, height=8, path="images/aa/x.webp")
         s.add(img)
         s.flush()
-        s.add(DatasetExample(unit_id=unit.id, sign="top", rank=0, activation=2.5, image_id=img.id,
-                             heatmap=[[0.0, 1.0], [0.5, 0.25]], run_id=run.id))
+        s.add(DatasetExample(unit_id=unit.id, sign="top", rank=0, activation=2.5, image_id=img.id, run_id=run.id))
+        s.add(UnitHeatmaps(unit_id=unit.id, run_id=run.id, **quantize(np.array([[[0.0, 1.0], [0.5, 0.25]]]), 1)))
         s.add(UnitStats(unit_id=unit.id, n=10, mean=0.1, std=0.5, min=-1, max=2.5,
                         quantiles={"0.5": 0.1}, histogram={"edges": [0, 1, 2], "counts": [3, 7]}))
         w = Word(text="cat", rank=1)
@@ -62,7 +65,9 @@ def test_every_section_round_trips(toy_model):
     with store.sessions() as s:
         unit = unit_by_key(s, UnitKey("toy", "layer4", 3))
         ex = s.scalar(select(DatasetExample).where(DatasetExample.unit_id == unit.id))
-        assert ex.heatmap == [[0.0, 1.0], [0.5, 0.25]] and ex.image.caption == "a cat"
+        heat = unpack(s.get(UnitHeatmaps, unit.id))
+        assert np.allclose(heat.values(heat.row("top", 0)), [[0.0, 1.0], [0.5, 0.25]], atol=0.5 / 255)
+        assert ex.image.caption == "a cat"
         stats = s.get(UnitStats, unit.id)
         assert stats.histogram["counts"] == [3, 7]
         run = s.scalar(select(Run))

@@ -164,3 +164,27 @@ def test_text_scoring_and_the_demo_evaluation_import_without_the_store():
     code = ("import sys, worker.text_scores, worker.layers, worker.demo.evaluate, worker.demo.train; "
             "assert not {'sqlalchemy', 'pydantic', 'fastapi', 'worker.store'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_layer_wide_word_scores_give_the_same_search_documents_as_one_unit_at_a_time(store):
+    """write_word_scores refreshes a batch's search documents in four queries (app.unit_text.refresh_unit_texts):
+    labels, families and top words come out as unit_document builds them one unit at a time."""
+    from app.labelling import save_label
+    from app.unit_text import unit_document
+    from worker.synthetic import populate
+    from worker.words import write_word_scores
+
+    populate(store, "synth", {"layer4": 6}, filled=3)  # units 3-5 have no search document yet
+    rng = np.random.default_rng(0)
+    pre = rng.standard_normal((len(WORDS), 6)).astype(np.float32)
+    with store.sessions() as s:
+        uid = s.scalars(select(Unit.id).order_by(Unit.id)).all()
+        save_label(s, uid[1], "cats and kings", "ann", None)
+        save_label(s, uid[4], "dogs", "ann", None, source="auto")
+    write_word_scores(store, "synth", "layer4", WORDS, pre, np.maximum(pre, 0), None, top=5, bottom=3,
+                      units_per_commit=4)
+    with store.sessions() as s:
+        stored = dict(s.execute(select(UnitText.unit_id, UnitText.document)).all())
+        assert stored == {u: unit_document(s, u) for u in uid}
+    assert stored[uid[1]].startswith("cats and kings\n") and stored[uid[4]].startswith("dogs\n")
+    assert all(len(doc.split("\n")[-1].split()) == 5 for doc in stored.values())

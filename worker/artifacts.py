@@ -24,7 +24,8 @@ def ensure_model(store: Store, loaded: LoadedModel, model_name: str) -> None:
 
     with store.sessions.begin() as session:
         if session.scalar(select(Model).where(Model.name == model_name)) is None:
-            register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded))
+            register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded),
+                           load=loaded.record())
 
 
 def layer_units(session, model_name: str, layer: str) -> tuple[Model, Layer, list[Unit]]:

@@ -1,22 +1,38 @@
 """Attribution from text to the vision neurons of the penultimate layer (paper, "Understanding Language").
 
-CLIP scores an image against a text by the cosine of their embeddings. Near the top of the image tower
-the embedding is (almost) a linear read-out of the penultimate neurons, image_emb ≈ Wᵀ a + const, so the
-logit of text t moves with a_u by about W[u] · t: that dot product is the attribution of t to neuron u.
+CLIP scores an image against a text by the cosine of their embeddings. A read-out W (units × embed_dim)
+says how the raw image embedding moves when a neuron rises: W[u] ≈ ∂ image_embedding / ∂δ_u, where δ_u
+raises unit u equally at every position (token) of the tensor the rest of the tower reads (the layer's
+`write` tap, `worker.towers`). The attribution of a unit-length text t to u is then W[u] · t.
 
-Read-outs, one per image-tower class (units × embed_dim):
+Two read-outs:
 
-- ModifiedResNet: W = (attnpool.c_proj.weight @ attnpool.v_proj.weight)ᵀ over the layer4 channels.
-  When a channel rises equally at every position, attention pooling passes the rise through its value
-  and output projections unchanged (the attention weights sum to one), so this is exact for a uniform
-  rise and a first-order approximation otherwise. Biases and positional terms are constants.
-- VisionTransformer: a hidden unit h of the last block's MLP writes ls_2 · mlp.c_proj.weight[:, h] into
-  the residual stream of every token; ln_post then centres it, scales it by its gain and by 1/σ of the
-  pooled token, and `proj` maps it to the embedding. W = (proj ᵀ · diag(ln_post.weight) · centring ·
-  ls_2 · c_proj.weight)ᵀ. Approximations: 1/σ (one positive number per image, the same for every unit)
-  and ln_post's bias are dropped, so W ranks units for a text exactly as the linearised model does, but
-  its scale is relative. The read-out goes through the pooled token (the class token for 'tok' pooling,
-  the mean of the patch tokens for 'avg'); the stored neuron activations are the patch tokens.
+- **autograd** (every family): the Jacobian itself, by backpropagation through the whole tower, with the
+  layer's activation replaced by its mean over a corpus sample (per unit and position) plus δ. For a
+  ResNet the rest of the tower reads only that activation, so this is the tower's derivative at the
+  corpus-mean activation. For a transformer the residual stream the MLP adds to still comes from each
+  sample image, and W is the mean of the per-image Jacobians. Exact to first order at that point;
+  nothing else is approximated.
+- **linear** (where a closed form exists), the same derivative with parts of the tower held fixed:
+  - ModifiedResNet: W = (attnpool.c_proj.weight @ attnpool.v_proj.weight)ᵀ over the layer4 channels.
+    A uniform rise moves every token (the mean-token query too) by the same vector; through values and
+    output projection it passes unchanged because the attention weights sum to one, so this is exact
+    **with the attention weights held fixed**. It drops how the weights move (the query is the mean
+    token, which rises too; the keys' common shift cancels in the softmax). On the tiny random ResNet of
+    the tests that term is 0.1 % of the derivative (its attention is near uniform); on trained weights
+    `microscope worker attribution` prints the agreement for the model at hand.
+  - VisionTransformer (open_clip, `tok` or `avg` pooling, no attention pool): a hidden unit h of the last
+    block's MLP writes ls_2 · mlp.c_proj.weight[:, h] into the residual stream; ln_post centres it,
+    scales it by its gain and by 1/σ of the pooled token, and `proj` maps it to the embedding.
+    W = (proj ᵀ · diag(ln_post.weight) · centring · ls_2 · c_proj.weight)ᵀ. This is the derivative
+    **with ln_post's statistics held fixed**, times σ: it drops 1/σ (one positive number per image,
+    the same for every unit, so rankings for a text are unchanged) and the term of ln_post's Jacobian
+    along the normalised token itself (−x̂ x̂ᵀ/d). With `avg` pooling each patch token has its own σ;
+    they are all dropped alike.
+  - timm ConvNeXt: the head averages the last stage over positions, LayerNorms the pooled vector and
+    projects it: W = (head.proj.weight · diag(head.norm.weight) · centring)ᵀ, with the same two ln terms
+    dropped as for the ViT.
+  Earlier layers, attention pools (CoCa, SigLIP's map head) and other timm towers have no linear read-out.
 """
 import hashlib
 import io
@@ -30,7 +46,7 @@ from torch import nn
 
 from app.db import Artifact, Layer, Model
 from app.web import ROOT
-from worker.layers import layer_spec
+from worker.layers import family_of, layer_spec, neuron_layers
 from worker.models import LoadedModel
 from worker.store import Store, finish_run, start_run
 
@@ -44,7 +60,7 @@ def _resnet_readout(visual: nn.Module) -> torch.Tensor:
 
 def _vit_readout(visual: nn.Module) -> torch.Tensor:
     if getattr(visual, "attn_pool", None) is not None or visual.proj is None:
-        raise ValueError("this ViT pools with attention or has no projection; no linear read-out is defined")
+        raise NoLinearReadout("this ViT pools with attention or has no projection; no linear read-out is defined")
     block = visual.transformer.resblocks[-1]
     write = block.mlp.c_proj.weight  # (width, hidden): what each hidden unit adds to the residual stream
     gamma = getattr(block.ls_2, "gamma", None)
@@ -57,24 +73,136 @@ def _vit_readout(visual: nn.Module) -> torch.Tensor:
     return centred.T @ visual.proj
 
 
-READOUTS: dict[str, tuple[Callable[[nn.Module], torch.Tensor], str]] = {
-    "ModifiedResNet": (_resnet_readout, "(attnpool.c_proj.weight @ attnpool.v_proj.weight).T over layer4"),
-    "VisionTransformer": (_vit_readout, "last block mlp.c_proj, centred, ln_post gain, proj (1/sigma dropped)"),
+def _convnext_readout(visual: nn.Module) -> torch.Tensor:
+    head, proj = visual.trunk.head, getattr(visual.head, "proj", None)
+    if proj is None or not isinstance(getattr(head, "fc", None), nn.Identity):
+        raise NoLinearReadout("this ConvNeXt head has no single linear projection; no linear read-out is defined")
+    width = proj.in_features
+    centring = torch.eye(width, device=proj.weight.device) - 1.0 / width  # row u: e_u - 1/C
+    gain = getattr(head.norm, "weight", None)
+    return (centring * gain[None, :] if gain is not None else centring) @ proj.weight.T
+
+
+class NoLinearReadout(ValueError):
+    """The tower has no closed-form read-out (the autograd one still exists)."""
+
+
+LINEAR: dict[str, tuple[Callable[[nn.Module], torch.Tensor], str]] = {
+    "ModifiedResNet": (_resnet_readout, "(attnpool.c_proj.weight @ attnpool.v_proj.weight).T over layer4 "
+                                        "(attention weights held fixed)"),
+    "VisionTransformer": (_vit_readout, "last block mlp.c_proj, centred, ln_post gain, proj "
+                                        "(ln_post statistics held fixed, 1/sigma dropped)"),
+    "timm ConvNeXt": (_convnext_readout, "head.proj, head.norm gain, centred, over the last stage "
+                                         "(norm statistics held fixed, 1/sigma dropped)"),
 }
 
 
 def readout_method(loaded: LoadedModel) -> tuple[Callable[[nn.Module], torch.Tensor], str]:
-    name = type(loaded.visual).__name__
-    if name not in READOUTS:
-        raise ValueError(f"no linear read-out for image tower {name}; known: {', '.join(READOUTS)}")
-    return READOUTS[name]
+    """The family's linear read-out (NoLinearReadout, one line, where there is none)."""
+    name = family_of(loaded).name
+    if name not in LINEAR:
+        raise NoLinearReadout(f"no linear read-out for {name} towers (the autograd read-out works for any tower); "
+                              f"linear ones: {', '.join(LINEAR)}")
+    fn, method = LINEAR[name]
+    try:
+        fn(loaded.visual)
+    except (AttributeError, TypeError) as e:
+        raise NoLinearReadout(f"{name}: no linear read-out for this configuration ({e})") from None
+    return fn, method
 
 
-def readout_matrix(loaded: LoadedModel) -> np.ndarray:
-    """W (penultimate units × embed_dim, float32): how much each neuron moves the image embedding."""
+def linear_readout(loaded: LoadedModel) -> np.ndarray:
+    """The closed-form W (units × embed_dim, float32); NoLinearReadout where the family has none."""
     fn, _ = readout_method(loaded)
     with torch.no_grad():
         return fn(loaded.visual).detach().float().cpu().numpy()
+
+
+def readout_matrix(loaded: LoadedModel, images: torch.Tensor | None = None) -> np.ndarray:
+    """W (penultimate units × embed_dim, float32): the linear read-out where it exists, else the autograd
+    one at `images`' mean activation (default: the dataset-mean grey image)."""
+    try:
+        return linear_readout(loaded)
+    except NoLinearReadout:
+        return autograd_readout(loaded, images)
+
+
+# -- the autograd read-out ---------------------------------------------------------------------------
+
+def blank_images(loaded: LoadedModel, n: int = 1) -> torch.Tensor:
+    """The dataset-mean grey image (all zeros once normalised): the point used when no corpus is given."""
+    return torch.zeros(n, 3, loaded.image_size, loaded.image_size, device=loaded.device)
+
+
+def mean_activation(loaded: LoadedModel, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """The penultimate layer's write tap averaged over `images` (per unit and position, batch dim dropped)."""
+    from worker.layers import capture, forward_visual
+
+    name, total = layer_spec(loaded).name, None
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            with capture(loaded, [name], ("write",), stop_early=True) as got:
+                forward_visual(loaded, images[i:i + batch].to(loaded.device))
+            x = got.raw[(name, "write")].float()
+            x = x if x.dim() == 4 or got.batch_first else x.transpose(0, 1)
+            total = x.sum(0) if total is None else total + x.sum(0)
+    return total / len(images)
+
+
+def autograd_readout(loaded: LoadedModel, images: torch.Tensor | None = None, carriers: int = 8) -> np.ndarray:
+    """W[u] = ∂ image_embedding / ∂δ_u (units × embed_dim, float32) by backpropagation through the tower.
+
+    The penultimate layer's write tap is replaced by its mean over `images` (default: the dataset-mean
+    grey image) plus δ at every position; the rest of the tower runs on the first `carriers` images (for a
+    ResNet they do not matter; for a transformer they carry the residual stream) and W is their mean."""
+    images = blank_images(loaded) if images is None else images
+    mean = mean_activation(loaded, images)
+    tap = neuron_layers(loaded)[-1].write
+    carry = images[:carriers].to(loaded.device)
+    delta = torch.zeros(mean.shape[0] if mean.dim() == 3 else mean.shape[-1], device=loaded.device,
+                        requires_grad=True)
+    first = family_of(loaded).batch_first(loaded.visual)
+
+    def replaced(value: torch.Tensor) -> torch.Tensor:
+        rise = delta[None, :, None, None] if value.dim() == 4 else delta[None, None, :]
+        held = mean[None].expand(len(carry), *mean.shape)
+        held = held if value.dim() == 4 or first else held.transpose(0, 1)
+        return (held + rise).to(value.dtype)
+
+    module = loaded.visual.get_submodule(tap.path)
+    handle = (module.register_forward_pre_hook(lambda _m, inp: (replaced(inp[0]), *inp[1:])) if tap.where == "input"
+              else module.register_forward_hook(lambda _m, _i, out: replaced(out)))
+    try:
+        with torch.enable_grad():
+            emb = loaded.model.encode_image(carry, normalize=False).float().mean(0)
+            rows = jacobian_rows(emb, delta)
+    finally:
+        handle.remove()
+    return torch.stack(rows, dim=1).detach().cpu().numpy().astype(np.float32)
+
+
+def jacobian_rows(out: torch.Tensor, wrt: torch.Tensor) -> list[torch.Tensor]:
+    """∂out[k]/∂wrt for every k: one batched (vmapped) backward where the ops allow it, else one each."""
+    try:
+        (grads,) = torch.autograd.grad(out, wrt, torch.eye(len(out), device=out.device), retain_graph=True,
+                                       is_grads_batched=True)
+        return list(grads)
+    except RuntimeError:  # an op without a batching rule
+        return [torch.autograd.grad(out[k], wrt, retain_graph=True)[0] for k in range(len(out))]
+
+
+def agreement(linear: np.ndarray, auto: np.ndarray) -> dict:
+    """How far the linear read-out is from the autograd one: per-unit cosine of their rows (quantiles),
+    the relative error of the linear rows rescaled by one best factor, and the cosine of the whole matrices."""
+    norms = np.linalg.norm(linear, axis=1) * np.linalg.norm(auto, axis=1)
+    cos = (linear * auto).sum(1) / np.maximum(norms, 1e-30)
+    scale = float((linear * auto).sum() / max(float((linear * linear).sum()), 1e-30))
+    rel = np.linalg.norm(scale * linear - auto, axis=1) / np.maximum(np.linalg.norm(auto, axis=1), 1e-30)
+    q = (0.05, 0.25, 0.5, 0.75, 0.95)
+    return {"cosine_quantiles": {str(k): float(v) for k, v in zip(q, np.quantile(cos, q), strict=True)},
+            "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "matrix_cosine": float((linear * auto).sum() / max(np.linalg.norm(linear) * np.linalg.norm(auto), 1e-30)),
+            "scale": scale, "relative_error_median": float(np.median(rel))}
 
 
 def embed_texts(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -87,7 +215,9 @@ def embed_texts(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 64)
             tokens = loaded.tokenizer(list(texts[i:i + batch_size])).to(loaded.device)
             out.append(loaded.model.encode_text(tokens, normalize=True).float().cpu().numpy())
     if not out:
-        return np.zeros((0, readout_matrix(loaded).shape[1]), dtype=np.float32)
+        with torch.inference_mode():
+            dim = loaded.model.encode_text(loaded.tokenizer([""]).to(loaded.device)).shape[1]
+        return np.zeros((0, dim), dtype=np.float32)
     return np.concatenate(out)
 
 
@@ -103,19 +233,43 @@ def portable_path(path: str | Path) -> str:
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
-def store_readout(store: Store, model_name: str, loaded: LoadedModel,
-                  config_dirs: Sequence[str | Path] = ()) -> Artifact:
+def readout_with_agreement(loaded: LoadedModel, images: torch.Tensor | None = None,
+                           kind: str = "auto") -> tuple[np.ndarray, dict]:
+    """(W, meta): the read-out to keep ("auto": the linear one where it exists, else autograd) and what was
+    computed: method, and the linear-vs-autograd agreement where both exist."""
+    if kind not in READOUT_KINDS:
+        raise ValueError(f"--readout must be one of {', '.join(READOUT_KINDS)}, got {kind!r}")
+    auto = autograd_readout(loaded, images)
+    try:
+        linear, (_, method) = linear_readout(loaded), readout_method(loaded)
+    except NoLinearReadout as e:
+        if kind == "linear":
+            raise
+        return auto, {"readout": "autograd", "method": AUTOGRAD_METHOD, "linear": str(e), "agreement": None}
+    keep = auto if kind == "autograd" else linear
+    return keep, {"readout": "autograd" if kind == "autograd" else "linear",
+                  "method": AUTOGRAD_METHOD if kind == "autograd" else method,
+                  "linear_method": method, "agreement": agreement(linear, auto)}
+
+
+READOUT_KINDS = ("auto", "linear", "autograd")
+AUTOGRAD_METHOD = "autograd: d(image embedding)/d(uniform rise), layer held at the corpus-mean activation"
+
+
+def store_readout(store: Store, model_name: str, loaded: LoadedModel, config_dirs: Sequence[str | Path] = (),
+                  images: torch.Tensor | None = None, kind: str = "auto", evaluated_at: str = "") -> Artifact:
     """Keep the model's read-out matrix as a cache .npy with an `artifacts` row (name "readout").
 
-    The row's meta holds what the server needs to re-create the text tower: arch, weights, config dirs."""
+    The row's meta holds what the server needs to re-create the text tower (arch, weights, config dirs),
+    which read-out was kept, where the autograd one was evaluated, and the linear-vs-autograd agreement."""
     if not loaded.weights:
         raise ValueError(f"model {model_name} has no weights (random init): a server could not re-create "
                          "the text tower that goes with its neurons. Pass --weights.")
     spec = layer_spec(loaded)
-    w = readout_matrix(loaded)
-    _, method = readout_method(loaded)
+    w, computed = readout_with_agreement(loaded, images, kind)
     meta = {"arch": loaded.arch, "weights": str(loaded.weights), "config_dirs": [portable_path(d) for d in config_dirs],
-            "units": int(w.shape[0]), "embed_dim": int(w.shape[1]), "method": method}
+            "units": int(w.shape[0]), "embed_dim": int(w.shape[1]),
+            "evaluated_at": evaluated_at or "the dataset-mean grey image"} | computed
     with store.sessions.begin() as session:
         model = session.scalar(select(Model).where(Model.name == model_name))
         layer = model and session.scalar(select(Layer).where(Layer.model_id == model.id, Layer.name == spec.name))
@@ -130,10 +284,35 @@ def store_readout(store: Store, model_name: str, loaded: LoadedModel,
             art = Artifact(model_id=model.id, layer=spec.name, name=ARTIFACT_NAME, path=path)
             session.add(art)
         art.path, art.meta, art.run_id = path, meta, run.id
-        finish_run(session, run, {"units": int(w.shape[0]), "path": path})
+        finish_run(session, run, {"units": int(w.shape[0]), "path": path, "agreement": computed["agreement"]})
         session.flush()
         session.expunge(art)
     return art
+
+
+def agreement_lines(meta: dict) -> list[str]:
+    """What `worker attribution` prints about the read-outs."""
+    lines = [f"kept: {meta['readout']} read-out ({meta['method']}); autograd evaluated at {meta['evaluated_at']}"]
+    ag = meta.get("agreement")
+    if ag is None:
+        return lines + [f"no linear read-out to compare: {meta.get('linear')}"]
+    q = ag["cosine_quantiles"]
+    return lines + [
+        f"linear vs autograd, per-unit cosine: min {ag['cosine_min']:.4f}, q05 {q['0.05']:.4f}, q25 {q['0.25']:.4f}, "
+        f"median {q['0.5']:.4f}, q75 {q['0.75']:.4f}, q95 {q['0.95']:.4f}; whole matrix {ag['matrix_cosine']:.4f}",
+        f"linear × {ag['scale']:.4g} vs autograd: median relative error per unit {ag['relative_error_median']:.2%}"]
+
+
+def sample_images(loaded: LoadedModel, corpus: str | Path | None, n: int) -> tuple[torch.Tensor | None, str]:
+    """Up to n preprocessed corpus images (and their description), or (None, the grey image) without a corpus."""
+    if corpus is None:
+        return None, "the dataset-mean grey image"
+    from worker.featurevis.facets import read_images
+
+    pixels, _ = read_images(corpus, loaded.preprocess, limit=n)
+    if not len(pixels):
+        raise ValueError(f"no readable images in {corpus}")
+    return pixels, f"the mean activation of {len(pixels)} images of {corpus}"
 
 
 def write_npy(store: Store, folder: str, array: np.ndarray) -> str:

@@ -2,14 +2,29 @@
 torch only when it runs. Commands are plain functions; `WORKER_COMMANDS` (pipeline order) registers them."""
 import typer
 
+from worker.concepts_cli import directions_cmd, modality_cmd, selflabels_cmd
 from worker.featurevis.cli import featurevis_cmd
-from worker.options import Arch, ConfigDirs, Device, Force, ModelName, Precision, Weights, command_group, run_stage
+from worker.options import Device, Force, ModelName, ModelSource, Precision, command_group, model_options, run_stage
 from worker.words_cli import maps_cmd, regions_cmd, words_cmd
 
 
 # -- the text side: emotion composition, typographic attacks, Stroop (worker/emotions.py, typographic.py, stroop.py)
-def emotions_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
-                 device: Device = "auto",
+def _store_with(loaded, name: str | None):
+    """The store, with the model registered (or updated) under its name; returns (store, name)."""
+    from app.settings import Settings
+    from worker.layers import catalogue
+    from worker.options import model_name_for
+    from worker.store import open_store, register_model
+
+    store, model_name = open_store(Settings()), name or model_name_for(loaded.arch, loaded.weights)
+    with store.sessions.begin() as session:
+        register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded),
+                       load=loaded.record())
+    return store, model_name
+
+
+@model_options
+def emotions_cmd(source: ModelSource, name: ModelName = None, device: Device = "auto",
                  feelings: str = typer.Option("", help="feeling-wheel file (default: worker/wordlists/feelings.txt)"),
                  method: str = typer.Option("lasso", help="sparse code: lasso | logistic (the paper's footnote 41)"),
                  neurons: int = typer.Option(6, min=1, help="at most this many neurons per word"),
@@ -21,16 +36,16 @@ def emotions_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = N
 
     options = {"feelings_path": Path(feelings or FEELINGS), "method": method, "neurons": neurons,
                "factors": factors}
-    model_name, report = run_stage("emotions", arch, weights, config_dir, name, device, options, force)
+    model_name, report = run_stage("emotions", source, name, device, options, force)
     typer.echo(f"{model_name}: {report['words']} words, mean {report['quality_name']} "
                f"{report['mean_quality']:.3f}; data at {report['path']}")
 
 
-def typographic_cmd(arch: Arch,
+@model_options
+def typographic_cmd(source: ModelSource,
                     images: str = typer.Option(..., help="folder of class folders, or a .csv/.jsonl manifest "
                                                          "with path and label columns"),
-                    weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
-                    device: Device = "auto",
+                    name: ModelName = None, device: Device = "auto",
                     attack: list[str] = typer.Option([], help="TEXT or TEXT=CLASS (repeatable). Default: every "
                                                               "label of the image set attacks as itself"),
                     extra_label: list[str] = typer.Option([], help="another class for the zero-shot label set"),
@@ -46,7 +61,7 @@ def typographic_cmd(arch: Arch,
         attacks = [Attack.parse(a) for a in attack]
     options = {"images": images, "attacks": attacks, "extra_labels": extra_label, "template": template,
                "label_key": label_key}
-    model_name, report = run_stage("typographic", arch, weights, config_dir, name, device, options, force)
+    model_name, report = run_stage("typographic", source, name, device, options, force)
     skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
     typer.echo(f"{model_name}: {report['n_images']} images (skipped: {skipped}), "
                f"clean accuracy {report['clean_accuracy']:.3f}")
@@ -56,30 +71,39 @@ def typographic_cmd(arch: Arch,
                    f"pixel cover {a['pixel_cover']:.2%}")
 
 
-def stroop_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
-               device: Device = "auto", force: bool = Force):
+@model_options
+def stroop_cmd(source: ModelSource, name: ModelName = None, device: Device = "auto", force: bool = Force):
     """Stroop test: colour words drawn in colours, zero-shot ink colour, congruent vs incongruent accuracy."""
-    model_name, report = run_stage("stroop", arch, weights, config_dir, name, device, {}, force)
+    model_name, report = run_stage("stroop", source, name, device, {}, force)
     s = report["scores"]
     typer.echo(f"{model_name}: congruent accuracy {s['congruent_accuracy']:.3f} ({s['congruent']}), incongruent "
                f"{s['incongruent_accuracy']:.3f} ({s['incongruent']}), read the word {s['read_word_rate']:.3f}")
 
 
 # -- model frame and dataset examples (shared model options: worker/options.py) ---------------------
-def layers_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, device: Device = "cpu"):
-    """List the model's neuron layers with their unit counts (the default layer is marked *)."""
-    from worker.layers import catalogue
+@model_options
+def layers_cmd(source: ModelSource, device: Device = "cpu"):
+    """List the model's neuron layers with their unit counts (the default layer is marked *), what a neuron
+    is in its tower family and which value of it the examples, probes and feature vis show."""
+    from worker.layers import catalogue, family_of, signal_description
     from worker.options import open_model
+    from worker.towers import tower_name
 
-    loaded = open_model(arch, weights, config_dir, device)
-    specs = catalogue(loaded)
+    loaded = open_model(source, device)
+    specs, family = catalogue(loaded), family_of(loaded)
     width = max(len(s.name) for s in specs)
-    typer.echo(f"{loaded.arch} ({loaded.image_size} px)")
+    s = loaded.settings
+    typer.echo(f"{loaded.arch} ({loaded.image_size} px; QuickGELU {'on' if s.quick_gelu else 'off'}, mean "
+               f"{', '.join(f'{v:g}' for v in s.mean)}, std {', '.join(f'{v:g}' for v in s.std)}, "
+               f"{s.interpolation}, {s.resize_mode})")
+    typer.echo(f"  family {family.name} ({tower_name(loaded.visual)}); neuron: {family.neuron}")
+    typer.echo(f"  value shown: {signal_description(loaded)}")
     for s in specs:
         typer.echo(f"{'*' if s.is_default else ' '} {s.name:<{width}}  {s.n_units:>6} units  {s.kind:<4}  {s.module}")
 
 
-def register_cmd(arch: Arch, name: ModelName = None, weights: Weights = None, config_dir: ConfigDirs = None,
+@model_options
+def register_cmd(source: ModelSource, name: ModelName = None,
                  description: str = typer.Option("", help="shown on the model's page")):
     """Register a model, its layers and unit rows in the store (no compute)."""
     from app.settings import Settings
@@ -87,21 +111,22 @@ def register_cmd(arch: Arch, name: ModelName = None, weights: Weights = None, co
     from worker.options import model_name_for, open_model
     from worker.store import open_store, register_model
 
-    loaded = open_model(arch, weights, config_dir, "cpu")
-    model_name = name or model_name_for(arch, weights)
+    loaded = open_model(source, "cpu")
+    model_name = name or model_name_for(source.arch, source.weights)
     store = open_store(Settings())
     with store.sessions.begin() as session:
-        model = register_model(session, model_name, loaded.arch, weights, loaded.image_size, catalogue(loaded),
-                               description)
-        typer.echo(f"registered {model.name} ({loaded.arch}, weights {weights or 'random'}): "
+        model = register_model(session, model_name, loaded.arch, source.weights, loaded.image_size,
+                               catalogue(loaded), description, load=loaded.record())
+        typer.echo(f"registered {model.name} ({loaded.arch}, weights {source.weights or 'random'}): "
                    f"{len(model.layers)} layers, {sum(la.n_units for la in model.layers)} units")
 
 
+@model_options
 def examples_cmd(
-    arch: Arch,
+    source: ModelSource,
     corpus: str = typer.Option(..., help="image folder (recursive; .tar shards inside are read too), a .tar "
                                          "shard, or a .csv/.jsonl manifest with path[,caption]"),
-    weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None, device: Device = "auto",
+    name: ModelName = None, device: Device = "auto",
     layer: list[str] = typer.Option([], help="layer name (repeatable; default: the penultimate layer)"),
     k: int = typer.Option(64, min=1, help="examples kept per unit and sign"),
     reduce: str = typer.Option("mean", help="spatial reduction: mean | max (the bottom then uses min)"),
@@ -132,11 +157,13 @@ def examples_cmd(
         opts = ExampleOptions(k=k, reduce=reduce, batch_size=batch_size, workers=workers, shard=Shard.parse(shard),
                               checkpoint_seconds=checkpoint_every, samples=samples, progress=progress,
                               precision=precision_for(precision, device))
-    loaded = open_model(arch, weights, config_dir, device, opts.precision)
-    model_name = name or model_name_for(arch, weights)
+    loaded = open_model(source, device, opts.precision)
+    model_name = name or model_name_for(source.arch, source.weights)
     with clean_errors(ValueError):
         opts.jpeg_decode = resolve_mode(jpeg_decode, loaded.device, loaded.preprocess)
-    with clean_errors():
+    from worker.activations import MatrixError
+
+    with clean_errors(MatrixError):
         report = run_examples(open_store(Settings()), loaded, model_name, corpus, layer or None, opts)
     skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
     typer.echo(f"{model_name}: {report['images']} images ({report['duplicates']} duplicates, skipped: {skipped}) "
@@ -147,6 +174,9 @@ def examples_cmd(
                    "and statistics; --precision bf16 or fp32 avoids fp16 overflow")
     if report.get("waiting_for_shards"):
         typer.echo(f"shard {report['shard']} saved; the last shard to finish writes the store")
+
+
+
 
 
 def suggest_cmd(model: str = typer.Argument(..., help="model name in the store"),
@@ -171,16 +201,29 @@ def suggest_cmd(model: str = typer.Argument(..., help="model name in the store")
                f"{report['labels_changed']} new labels; families: {families}")
 
 
-def attribution_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
-                    device: Device = "cpu", force: bool = Force):
-    """Text → neuron read-out (worker/attribution.py): a .npy in the cache that the text probe and search use."""
-    from worker.options import fail
+@model_options
+def attribution_cmd(source: ModelSource, name: ModelName = None, device: Device = "cpu",
+                    corpus: str = typer.Option(None, help="images whose mean activation the autograd read-out is "
+                                                          "evaluated at [default: the dataset-mean grey image]"),
+                    sample: int = typer.Option(64, min=1, help="at most this many corpus images"),
+                    readout: str = typer.Option("auto", help="read-out kept: auto (linear where it exists) | linear "
+                                                             "| autograd")):
+    """Text → neuron read-out (worker/attribution.py): a .npy in the cache that the text probe and search use.
+    Prints how the linear read-out agrees with the autograd one (per-unit cosines) and stores that too."""
+    from worker.attribution import agreement_lines, sample_images, store_readout
+    from worker.options import clean_errors, fail, open_model
 
-    if not weights:
+    if not source.weights:
         fail("attribution needs --weights: the server re-creates the text tower from them (random init can't be)")
-    model_name, report = run_stage("attribution", arch, weights, config_dir, name, device, {}, force)
-    typer.echo(f"{model_name}: read-out {report['units']} units × {report['embed_dim']} dims "
-               f"of {report['layer']} at {report['path']}")
+    loaded = open_model(source, device)
+    store, model_name = _store_with(loaded, name)
+    with clean_errors(ValueError, FileNotFoundError):
+        images, where = sample_images(loaded, corpus, sample)
+        art = store_readout(store, model_name, loaded, source.config_dirs, images, readout, where)
+    typer.echo(f"{model_name}: read-out {art.meta['units']} units × {art.meta['embed_dim']} dims "
+               f"of {art.layer} at {art.path}")
+    for line in agreement_lines(art.meta):
+        typer.echo(f"  {line}")
 
 
 # -- the whole pipeline ---------------------------------------------------------------------------------
@@ -198,10 +241,11 @@ def stage_names(values: list[str]) -> list[str]:
     return names
 
 
-def build_cmd(arch: Arch, weights: Weights = None,
+@model_options
+def build_cmd(source: ModelSource,
               corpus: str = typer.Option(None, help="image folder, .tar shard or .csv/.jsonl manifest (the "
                                                     "stages that read images are skipped without it)"),
-              config_dir: ConfigDirs = None, name: ModelName = None, device: Device = "auto",
+              name: ModelName = None, device: Device = "auto",
               layers: list[str] = typer.Option([], "--layers", "--layer", help="layer name (repeatable; "
                                                "default: the penultimate layer)"),
               only: list[str] = typer.Option([], help="run only these stages (repeatable or comma-separated)"),
@@ -232,10 +276,11 @@ def build_cmd(arch: Arch, weights: Weights = None,
         fail(f"--corpus {corpus}: no such file or folder")
     executor = ray_executor(ray)
     # with --ray the GPUs are the workers': the driver (merge, small stages) keeps to the CPU unless told
-    loaded = open_model(arch, weights, config_dir, "cpu" if ray and device == "auto" else device, precision)
-    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(arch, weights),
+    loaded = open_model(source, "cpu" if ray and device == "auto" else device, precision)
+    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights),
                        Path(corpus).expanduser() if corpus else None, tuple(layers),
-                       {"words": {"list": word_list, "n": words}}, tuple(config_dir or ()), progress)
+                       {"words": {"list": word_list, "n": words}, "examples": {"precision": loaded.precision}},
+                       tuple(source.config_dirs), progress)
     with clean_errors():
         ctx.layer_names()
         outcomes = run_pipeline(ctx, only=only, skip=skip, force=force, executor=executor)
@@ -264,6 +309,7 @@ WORKER_COMMANDS = [
     ("layers", layers_cmd), ("register", register_cmd), ("examples", examples_cmd), ("featurevis", featurevis_cmd),
     ("words", words_cmd), ("maps", maps_cmd), ("regions", regions_cmd), ("attribution", attribution_cmd),
     ("emotions", emotions_cmd), ("typographic", typographic_cmd), ("stroop", stroop_cmd), ("suggest", suggest_cmd),
+    ("modality", modality_cmd), ("selflabels", selflabels_cmd), ("directions", directions_cmd),
 ]
 worker_cli = command_group("Precompute neuron data into the store, one stage at a time (torch + open_clip).",
                            WORKER_COMMANDS)

@@ -21,31 +21,27 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from sqlalchemy import select
 from torch.utils.data import DataLoader, get_worker_info
 
-from app.db import Layer, Model, Unit
-from app.keys import UnitKey
 from worker import partials
-from worker.corpus import CorpusBatches, Entry, batched, iter_entries
+from worker.activations import MatrixSink
+from worker.corpus import CorpusBatches, Entry, Shard, batched, iter_entries
 from worker.examples import (
-    UNITS_PER_TRANSACTION,
     ExampleOptions,
     LayerState,
     Progress,
-    example_rows,
     loader_workers,
+    one_scalar,
     probe_grids,
     to_device,
     unit_sample,
-    unit_stats,
-    write_units,
+    write_layer,
 )
-from worker.layers import activations, layer_spec
+from worker.layers import Reading, layer_spec, readings
 from worker.precision import autocast
 from worker.topk import EMPTY_KEY
 
@@ -60,6 +56,8 @@ class Range:
 
     start: int
     entries: tuple[Entry, ...]
+    index: int = 0  # its place among the corpus's ranges: the activation matrix part it writes
+    count: int = 1
 
     @property
     def key(self) -> str:
@@ -71,7 +69,8 @@ def plan_ranges(corpus: str | Path, size: int | None = None) -> list[Range]:
     default depends on the corpus alone: RANGE_ENTRIES, or more so that there are at most MAX_RANGES."""
     entries = list(iter_entries(corpus))
     size = size or max(RANGE_ENTRIES, math.ceil(len(entries) / MAX_RANGES))
-    return [Range(n * size, tuple(chunk)) for n, chunk in enumerate(batched(entries, size))]
+    chunks = list(batched(entries, size))
+    return [Range(n * size, tuple(chunk), n, len(chunks)) for n, chunk in enumerate(chunks)]
 
 
 class RangeBatches(CorpusBatches):
@@ -93,11 +92,14 @@ class RangeBatches(CorpusBatches):
 
 # -- compute: one range -> one partial file -----------------------------------------------------------
 
-def compute_range(loaded, layers: list[str], piece: Range, opts: ExampleOptions) -> Progress:
-    """Stream one range through the model into a fresh state."""
+def compute_range(loaded, layers: list[str], piece: Range, opts: ExampleOptions, sink: MatrixSink | None = None
+                  ) -> Progress:
+    """Stream one range through the model into a fresh state (and its activation matrix rows into `sink`),
+    as `worker.examples.run_examples` streams the whole corpus."""
     device = loaded.device
     specs = [layer_spec(loaded, n) for n in layers]
-    progress = Progress({s.name: LayerState(s.n_units, opts.k, grid, device)
+    one = one_scalar(loaded) and opts.reduce == "mean"
+    progress = Progress({s.name: LayerState(s.n_units, opts.k, grid, device, one)
                          for s, grid in zip(specs, probe_grids(loaded, specs), strict=True)})
     loaded.model.to(memory_format=torch.channels_last)
     dataset = RangeBatches(piece, loaded.preprocess, opts.batch_size, opts.max_pixels, loaded.image_size)
@@ -107,27 +109,33 @@ def compute_range(loaded, layers: list[str], piece: Range, opts: ExampleOptions)
     forward = forward_of(loaded, layers, opts.precision)
     with torch.inference_mode():
         for batch in loader:
-            progress.absorb(batch, forward, opts.reduce, device)
+            progress.absorb(batch, forward, opts.reduce, device, sink)
     return progress
 
 
 def forward_of(loaded, names: list[str], precision: str):
     """The batch forward `Progress.absorb` calls, as `worker.examples.stream`'s: the whole (pinned) batch to
-    the device, its fresh images picked there, the layers' pre-ReLU activations at `precision`."""
+    the device, its fresh images picked there, the layers' readings (the family's value and negative taps,
+    `worker.layers.readings`) at `precision`."""
     device = loaded.device
 
-    def forward(pixels: torch.Tensor, fresh: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(pixels: torch.Tensor, fresh: torch.Tensor) -> dict[str, Reading]:
         with autocast(device, precision):
-            return activations(loaded, to_device(pixels, fresh, device), names, pre_relu=True)
+            return readings(loaded, to_device(pixels, fresh, device), names)
 
     return forward
 
 
-def compute_partial(loaded, layers: list[str], piece: Range, opts: ExampleOptions, path: Path) -> dict:
-    """The range's partial file (computed unless it exists); returns its summary for the merge."""
+def compute_partial(loaded, layers: list[str], piece: Range, opts: ExampleOptions, path: Path,
+                    sink: MatrixSink | None = None) -> dict:
+    """The range's partial file (computed unless it exists); returns its summary for the merge. The range's
+    activation matrix part (`sink`, not yet opened) is complete before the partial is saved, so a range
+    with a partial file has its part too."""
     if not path.is_file():
         started = time.perf_counter()
-        progress = compute_range(loaded, layers, piece, opts)
+        progress = compute_range(loaded, layers, piece, opts, sink and sink.open(0))
+        if sink is not None:
+            sink.finish()
         state = progress.state_dict() | {"start": piece.start, "seconds": time.perf_counter() - started}
         partials.save(path, state)
     state = partials.load(path)
@@ -205,7 +213,8 @@ def write_pieces(plan: Plan, size: int = WRITE_UNITS) -> list[tuple[str, int, in
 
 def write_piece(store, model_name: str, plan: Plan, piece: tuple[str, int, int], opts: ExampleOptions,
                 run_id: int) -> dict:
-    """Merge a unit range of a layer, store the images it shows, write its units; returns its counts."""
+    """Merge a unit range of a layer, store the images it shows, write its units (`worker.examples.write_layer`
+    on the slice: heatmaps quantized per unit, bulk inserts); returns its counts."""
     from worker.images import store_entries
 
     layer, start, stop = piece
@@ -214,7 +223,7 @@ def write_piece(store, model_name: str, plan: Plan, piece: tuple[str, int, int],
         return {"units": 0, "vanished": 0}
     wanted = shown_entries(state, opts)
     image_ids = store_entries(store, [(p, plan.entry(p)) for p in sorted(wanted)], threads=max(2, opts.workers or 0))
-    write_units_of(store, model_name, layer, start, state, image_ids, opts, run_id)
+    write_layer(store, model_name, layer, state, image_ids, replace(opts, progress=False), run_id, start)
     return {"units": stop - start, "vanished": len(wanted) - len(image_ids)}
 
 
@@ -222,36 +231,28 @@ def shown_entries(state: LayerState, opts: ExampleOptions) -> set[int]:
     wanted: set[int] = set()
     for part in (state.top, state.bottom):
         wanted.update(e for e in part.entries.flatten().tolist() if e >= 0)
+    ranked = state.ranked()
     for unit in range(state.top.values.shape[0]):
-        wanted.update(e for _, e in unit_sample(state, unit, opts))
+        wanted.update(e for _, e in unit_sample(state, unit, opts, ranked))
     return wanted
 
 
-def write_units_of(store, model_name: str, layer: str, start: int, state: LayerState, image_ids: dict[int, int],
-                   opts: ExampleOptions, run_id: int) -> None:
-    """The slice's units (local index u is unit start + u), whole units per transaction."""
-    ids = unit_ids(store, model_name, layer)
-    stats = unit_stats(state, run_id)
+# -- the activation matrix: one part per range ------------------------------------------------------
 
-    def rows(u: int) -> tuple[dict, list[dict], list[dict]]:
-        uid, key = ids[start + u], UnitKey(model_name, layer, start + u)
-        examples = [row | {"unit_id": uid, "run_id": run_id}
-                    for sign, part in (("top", state.top), ("bottom", state.bottom))
-                    for row in example_rows(store, key, sign, part.rows(u), state.grid, image_ids)]
-        samples = [{"unit_id": uid, "image_id": image_ids[e], "activation": v}
-                   for v, e in unit_sample(state, u, opts) if e in image_ids]
-        return stats[u] | {"unit_id": uid}, examples, samples
-
-    for a in range(0, len(stats), UNITS_PER_TRANSACTION):
-        group = range(a, min(len(stats), a + UNITS_PER_TRANSACTION))
-        write_units(store, [ids[start + u] for u in group], [rows(u) for u in group])
+def range_sink(data_dir: Path, model_name: str, units: dict[str, int], fingerprint: str, piece: Range,
+               meta: dict) -> MatrixSink:
+    """The range's part of each layer's activation matrix (`worker.activations`), in the folder named by the
+    stage's fingerprint: part i of N for range i of N, so the matrix is complete when every range is."""
+    return MatrixSink(Path(data_dir), model_name, units, fingerprint, Shard(piece.index, piece.count),
+                      {**meta, "fingerprint": fingerprint, "range_start": piece.start})
 
 
-def unit_ids(store, model_name: str, layer: str) -> dict[int, int]:
-    with store.sessions() as session:
-        return dict(session.execute(
-            select(Unit.index, Unit.id).join(Layer, Unit.layer_id == Layer.id).join(Model, Layer.model_id == Model.id)
-            .where(Model.name == model_name, Layer.name == layer)).all())
+def matrix_folders(data_dir: Path, plan: Plan, model_name: str) -> dict[str, str]:
+    """{layer: matrix folder relative to the data folder} of the plan's ranges (what `register_matrices` takes)."""
+    from worker.activations import matrix_folder
+
+    return {layer: str(matrix_folder(Path(data_dir), model_name, layer, plan.fingerprint).relative_to(data_dir))
+            for layer in plan.units}
 
 
 def report_of(plan: Plan, pieces: list[dict], entries: int, opts: ExampleOptions) -> dict:

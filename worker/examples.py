@@ -1,12 +1,18 @@
 """Dataset examples: per unit of the chosen layers, the K corpus images that excite it most and the K
-that drive it most negative, each with its spatial map (heatmap JSON + overlay PNG), plus activation
-statistics (mean, std, min, max, quantiles, histogram) and a sample spread over the activation range.
+that drive it most negative, each with its spatial map (a unit's maps quantized in one `unit_heatmaps` row,
+app/heatmaps.py), plus activation statistics (mean, std, min, max, quantiles, histogram) and a sample spread
+over the activation range.
 
-Signal: a ResNet layer is read before its final ReLU (the input of `layer[-1].act3`), so one scalar per
-(image, unit) covers both directions: the top-K are the largest, the bottom-K the most negative, and
-the statistics, histogram and sample span the whole range (pages show values in σ from zero). A ViT
-MLP layer is read at its GELU output. Spatial reduction `mean` ranks both ends by the mean over
-positions; `max` ranks the top by the max and the bottom by the min.
+Signal (one definition per tower family, `worker.towers`; the run's settings name it and the neuron page
+shows it): with `--reduce mean` the top-K, statistics and sample rank by the unit's value pooled the way
+the embedding pools it, and the bottom-K by its pooled pre-activation. A ResNet layer is read before its
+final ReLU (the input of `layer[-1].act3`) and averaged over positions, so one scalar per (image, unit)
+covers both directions (pages show values in σ from zero). A ViT MLP unit is its GELU output at the class
+token (`tok` pooling), averaged over the patch tokens (`avg`) or weighted as the attention pool weights
+the tokens (CoCa, SigLIP's map head); its most negative examples rank by the same pooling of the
+pre-GELU value, since GELU is bounded below at −0.17. The heatmaps stay the patch/position maps (value
+for the top, pre-activation for the bottom). `max` ranks the top by the map's peak and the bottom by
+the pre-activation map's trough.
 
 Images are decoded as open_clip's preprocessing expects, except that a JPEG much larger than the model's
 input is decoded at a reduced DCT scale that still covers it (`corpus.decode(draft=…)`): the resize that
@@ -35,28 +41,36 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitStats, now
-from app.keys import UnitKey
+from app.db import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitHeatmaps, UnitStats, now
+from app.heatmaps import quantize
+from worker.activations import matrix_sink, register_matrices
 from worker.allocator import keep_freed_memory
 from worker.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, Shard, survey
 from worker.device_decode import DeviceDecoder
 from worker.images import store_images
-from worker.layers import LayerSpec, activations, catalogue, family_of, layer_spec
+from worker.layers import (
+    LayerSpec,
+    Reading,
+    catalogue,
+    family_of,
+    layer_spec,
+    neuron_layers,
+    readings,
+    signal_description,
+)
 from worker.models import LoadedModel
 from worker.precision import DTYPES, PrecisionMismatch, autocast
 from worker.stats import QUANTILES, Moments, Samples, Sketch, restore, spread, state_of
-from worker.store import Store, finish_run, register_model, start_run
-from worker.topk import TopK
+from worker.store import Store, bulk_insert, finish_run, register_model, start_run
+from worker.topk import Ranked, TopK
 
 STAGE = "examples"
 REDUCTIONS = {"mean": ("mean", "mean"), "max": ("amax", "amin")}  # (top, bottom) over positions
-HEAT_COLOURS = {"top": (255, 110, 0), "bottom": (0, 110, 255)}
 UNITS_PER_TRANSACTION = 32  # whole units only: a reader never sees half a neuron
 
 
@@ -102,6 +116,7 @@ class Job:
     samples: int
     precision: str
     jpeg_decode: str  # the decoders round differently: a few 1/255 steps, enough to reorder near-ties
+    signal: str = ""  # which value ranks the examples (worker.layers.signal_description)
 
     @property
     def fingerprint(self) -> str:
@@ -110,40 +125,53 @@ class Job:
     def settings(self, shard: Shard, signal: str) -> dict:
         return {"corpus": self.corpus, "entries": self.entries, "layers": list(self.layers), "k": self.k,
                 "reduce": self.reduce, "batch_size": self.batch_size, "samples": self.samples,
-                "shard": str(shard), "signal": signal, "precision": self.precision,
+                "shard": str(shard), "signal": signal, "signal_text": self.signal, "precision": self.precision,
                 "jpeg_decode": self.jpeg_decode, "fingerprint": self.fingerprint}
 
 
 class LayerState:
     """Everything kept about one layer while streaming: top/bottom-K, moments, sketch, samples."""
 
-    def __init__(self, units: int, k: int, grid: tuple[int, int], device: str | torch.device = "cpu"):
+    def __init__(self, units: int, k: int, grid: tuple[int, int], device: str | torch.device = "cpu",
+                 one_scalar: bool = True):
         size = grid[0] * grid[1]
         self.grid = grid
+        self.one_scalar = one_scalar  # the bottom examples rank by the value the statistics describe
         self.top, self.bottom = TopK(units, k, size, 1, device), TopK(units, k, size, -1, device)
         self.moments, self.sketch, self.samples = Moments(units, device), Sketch(units, device), Samples(units, device)
 
-    def update(self, acts: torch.Tensor, hashes: torch.Tensor, entries: torch.Tensor, reduce: str) -> int:
-        """acts (B, U, H, W) for de-duplicated images. Returns how many (image, unit) activations were
-        dropped as non-finite: an fp16 overflow (inf) or NaN is left out of that unit's top and bottom,
-        statistics and sample, instead of ranking first as a huge number and poisoning its std."""
-        maps = acts.flatten(2).float()
-        top_op, bottom_op = REDUCTIONS[reduce]
-        high, low = getattr(maps, top_op)(2), getattr(maps, bottom_op)(2)
-        valid = torch.isfinite(maps).all(2) & torch.isfinite(high) & torch.isfinite(low)
+    def update(self, reading: Reading, hashes: torch.Tensor, entries: torch.Tensor, reduce: str) -> int:
+        """One layer's reading for de-duplicated images: `mean` ranks by the pooled value (top) and pooled
+        pre-activation (bottom); `max` by the peak of the value's map and the trough of the negative's.
+        Returns how many (image, unit) readings were dropped as non-finite: an fp16 overflow (inf) or NaN
+        is left out of that unit's top and bottom, statistics and sample, instead of ranking first as a
+        huge number and poisoning its std."""
+        maps, low_maps = reading.heat.flatten(2).float(), reading.heat_negative.flatten(2).float()
+        if reduce == "mean":
+            high, low = reading.value.float(), reading.negative.float()
+        else:
+            high, low = maps.amax(2), low_maps.amin(2)
+        valid = (torch.isfinite(maps).all(2) & torch.isfinite(low_maps).all(2) & torch.isfinite(high)
+                 & torch.isfinite(low))
         self.top.update(high, hashes, entries, maps, valid)
-        self.bottom.update(low, hashes, entries, maps, valid)
+        self.bottom.update(low, hashes, entries, low_maps, valid)
         self.moments.update(high, valid)
         self.sketch.update(high, valid)
         self.samples.update(high, hashes, entries, valid)
+        self.pooled = high  # the (B, U) values it ranks by: the activation matrix's rows (worker/activations.py)
         return int(valid.numel() - valid.sum())
+
+    def ranked(self) -> tuple[Ranked, Ranked]:
+        """Top and bottom, every unit sorted best first in one go (what the writer reads)."""
+        return self.top.ranked(), self.bottom.ranked()
 
     def merge(self, other: "LayerState") -> None:
         for part in ("top", "bottom", "moments", "sketch", "samples"):
             getattr(self, part).merge(getattr(other, part))
 
     def state_dict(self) -> dict:
-        return {"grid": list(self.grid), "top": self.top.state_dict(), "bottom": self.bottom.state_dict(),
+        return {"grid": list(self.grid), "one_scalar": self.one_scalar, "top": self.top.state_dict(),
+                "bottom": self.bottom.state_dict(),
                 "moments": state_of(self.moments), "sketch": state_of(self.sketch),
                 "samples": state_of(self.samples)}
 
@@ -151,6 +179,7 @@ class LayerState:
     def from_state(cls, state: dict, device: str | torch.device = "cpu") -> "LayerState":
         layer = cls.__new__(cls)
         layer.grid = tuple(state["grid"])
+        layer.one_scalar = state.get("one_scalar", True)
         layer.top, layer.bottom = TopK.from_state(state["top"], device), TopK.from_state(state["bottom"], device)
         layer.moments = restore(Moments, state["moments"], device)
         layer.sketch = restore(Sketch, state["sketch"], device)
@@ -167,8 +196,9 @@ class Progress:
     cursor: int = 0
     counts: Counter = field(default_factory=Counter)  # images, duplicates, skipped:<reason>
 
-    def absorb(self, batch: Batch, forward, reduce: str, device: torch.device) -> None:
-        """Fold one decoded batch in: drop duplicates, run the model, update every layer."""
+    def absorb(self, batch: Batch, forward, reduce: str, device: torch.device, sink=None) -> None:
+        """Fold one decoded batch in: drop duplicates, run the model, update every layer (and hand the
+        pooled values to `sink`, the activation matrix writer, when there is one)."""
         fresh = self.seen.first_seen(batch.hashes)
         self.counts["images"] += int(fresh.sum())
         self.counts["duplicates"] += int((~fresh).sum())
@@ -180,6 +210,8 @@ class Progress:
             with one_thread(device):
                 for name, state in self.layers.items():
                     self.counts[f"non-finite:{name}"] += state.update(acts[name], hashes, entries, reduce)
+                    if sink is not None:
+                        sink.add(name, state.pooled, hashes, entries)
         self.cursor = batch.number + 1
 
     def merge(self, other: "Progress") -> None:
@@ -225,18 +257,22 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
     n_entries, digest = survey(corpus)
     job = Job(model_name, loaded.arch, loaded.weights, str(Path(corpus).expanduser().resolve()), digest,
               n_entries, tuple(s.name for s in specs), opts.k, opts.reduce, opts.batch_size, opts.samples,
-              opts.precision, opts.jpeg_decode)
-    signal = "pre-relu" if family_of(loaded).pre_relu else "output"
+              opts.precision, opts.jpeg_decode, signal_description(loaded))
+    signal = signal_kind(loaded)
     check_precision(store, job, opts.shard)
     run_id = open_run(store, job, opts.shard, signal)
     checkpoint = checkpoint_path(store, job, opts.shard)
     progress = load_shard_state(store, job, opts.shard, loaded.device) or load_checkpoint(checkpoint, loaded.device)
     if progress is None:
-        progress = Progress({s.name: LayerState(s.n_units, opts.k, grid, loaded.device)
+        one = one_scalar(loaded) and opts.reduce == "mean"
+        progress = Progress({s.name: LayerState(s.n_units, opts.k, grid, loaded.device, one)
                              for s, grid in zip(specs, probe_grids(loaded, specs), strict=True)})
+    sink = matrix_sink(store.settings.data_dir, job, opts.shard, specs, signal).open(progress.counts["images"])
     started = time.monotonic()
     done_before = progress.counts["images"]
-    stream(loaded, job.corpus, job.entries, progress, opts, lambda p: save_checkpoint(checkpoint, p))
+    stream(loaded, job.corpus, job.entries, progress, opts,
+           lambda p: (sink.commit(), save_checkpoint(checkpoint, p)), sink)  # rows first: the checkpoint trusts them
+    folders = sink.finish()
     seconds = time.monotonic() - started
     timing = {"seconds": round(seconds, 3),
               "images_per_s": round((progress.counts["images"] - done_before) / max(seconds, 1e-9), 2)}
@@ -252,6 +288,7 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
     report = make_report(job, progress, opts, timing)
     writing = time.monotonic()
     report["vanished"] = write_results(store, job, specs, progress, opts, run_id, signal)
+    register_matrices(store, job.model, folders, run_id)
     timing["write_seconds"] = round(time.monotonic() - writing, 3)
     close_run(store, run_id, report)
     checkpoint.unlink(missing_ok=True)
@@ -263,19 +300,33 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
 def register(store: Store, loaded: LoadedModel, model_name: str) -> None:
     """Create (or update) the model, all its catalogued layers and their unit rows."""
     with store.sessions.begin() as session:
-        register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded))
+        register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded),
+                       load=loaded.record())
+
+
+def signal_kind(loaded: LoadedModel) -> str:
+    """The run settings' short name of the signal: "pre-relu" (ResNets: one scalar for both ends), else the
+    family's pooling (cls, patches, attention, mean)."""
+    fam = family_of(loaded)
+    return "pre-relu" if fam.name == "ModifiedResNet" else fam.pooling(loaded.visual)
+
+
+def one_scalar(loaded: LoadedModel) -> bool:
+    """Whether the most-negative examples rank by the same tap as the top ones (ResNets, signed towers)."""
+    layer = neuron_layers(loaded)[-1]
+    return layer.value == layer.negative
 
 
 def probe_grids(loaded: LoadedModel, specs: list[LayerSpec]) -> list[tuple[int, int]]:
     """Each layer's spatial grid (H, W), from one blank image."""
     blank = torch.zeros(1, 3, loaded.image_size, loaded.image_size, device=loaded.device)
     with torch.inference_mode():
-        acts = activations(loaded, blank, [s.name for s in specs], pre_relu=True)
-    return [tuple(acts[s.name].shape[2:]) for s in specs]
+        got = readings(loaded, blank, [s.name for s in specs])
+    return [tuple(got[s.name].heat.shape[2:]) for s in specs]
 
 
 def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opts: ExampleOptions,
-           save) -> None:
+           save, sink=None) -> None:
     """Run the corpus through the model from `progress.cursor` on, checkpointing as it goes."""
     device = loaded.device
     keep_freed_memory()
@@ -290,9 +341,9 @@ def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opt
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
 
-    def forward(pixels: torch.Tensor, fresh: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(pixels: torch.Tensor, fresh: torch.Tensor) -> dict[str, Reading]:
         with autocast(device, opts.precision):
-            return activations(loaded, to_device(pixels, fresh, device), names, pre_relu=True)
+            return readings(loaded, to_device(pixels, fresh, device), names)
 
     last_save = time.monotonic()
     with tqdm(total=total, initial=min(total, progress.cursor * per_batch), unit="img", desc="examples",
@@ -300,7 +351,7 @@ def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opt
         for batch in loader:
             if batch.number != progress.cursor:
                 raise RuntimeError(f"corpus batches out of order: got {batch.number}, expected {progress.cursor}")
-            progress.absorb(decoder.finish(batch) if decoder else batch, forward, opts.reduce, device)
+            progress.absorb(decoder.finish(batch) if decoder else batch, forward, opts.reduce, device, sink)
             bar.update(batch.n_entries)
             bar.set_postfix(images=progress.counts["images"], refresh=False)
             if time.monotonic() - last_save >= opts.checkpoint_seconds:
@@ -467,49 +518,82 @@ def write_results(store: Store, job: Job, specs: list[LayerSpec], progress: Prog
     for state in progress.layers.values():
         for part in (state.top, state.bottom):
             wanted.update(e for e in part.entries.flatten().tolist() if e >= 0)
+        ranked = state.ranked()
         for unit in range(state.top.values.shape[0]):
-            wanted.update(e for _, e in unit_sample(state, unit, opts))
+            wanted.update(e for _, e in unit_sample(state, unit, opts, ranked))
     image_ids = store_images(store, job.corpus, wanted, threads=max(2, opts.workers or 0))
     for spec in specs:
         write_layer(store, job.model, spec.name, progress.layers[spec.name], image_ids, opts, run_id)
     return len(wanted) - len(image_ids)
 
 
-def unit_sample(state: LayerState, unit: int, opts: ExampleOptions) -> list[tuple[float, int]]:
-    """The activation sample of one unit: (value, entry) spread over its range."""
-    candidates = state.samples.candidates(unit) + [(v, e) for v, e, _ in state.top.rows(unit)]
-    if opts.reduce == "mean":  # the bottom examples' scalar is then the same one
-        candidates += [(v, e) for v, e, _ in state.bottom.rows(unit)]
+def unit_sample(state: LayerState, unit: int, opts: ExampleOptions,
+                ranked: tuple[Ranked, Ranked] | None = None) -> list[tuple[float, int]]:
+    """The activation sample of one unit: (value, entry) spread over its range (`ranked`: the layer's
+    top and bottom sorted once, `LayerState.ranked`)."""
+    top, bottom = ranked or (state.top, state.bottom)
+    candidates = state.samples.candidates(unit) + [(v, e) for v, e, _ in top.rows(unit)]
+    if state.one_scalar:  # the bottom examples' scalar is then the same one
+        candidates += [(v, e) for v, e, _ in bottom.rows(unit)]
     return spread(candidates, opts.samples) if opts.samples else []
 
 
 def write_layer(store: Store, model_name: str, layer_name: str, state: LayerState, image_ids: dict[int, int],
-                opts: ExampleOptions, run_id: int) -> None:
-    """Write a layer's units, UNITS_PER_TRANSACTION whole units per transaction (overlays drawn in threads)."""
+                opts: ExampleOptions, run_id: int, start: int = 0) -> None:
+    """Write a layer's units, UNITS_PER_TRANSACTION whole units per transaction. On Postgres two connections
+    write ranges side by side: the server's per-row foreign-key checks then overlap the building of the next
+    range's rows (SQLite has one writer at a time: there it would only wait on the lock). `state` may hold a
+    slice of the layer's units from `start` on (its unit u is the layer's start + u: worker.example_parts)."""
     if not bool(state.moments.n.any()):
         return
+    layer_ids = layer_unit_ids(store, model_name, layer_name)
+    stats = unit_stats(state, run_id)
+    units, ranked = len(stats), state.ranked()
+    unit_ids = [layer_ids[start + u] for u in range(units)]
+
+    def write(group: range) -> int:
+        write_units(store, [unit_ids[u] for u in group],
+                    [unit_rows(state, ranked, u, unit_ids[u], stats[u], image_ids, opts, run_id) for u in group])
+        return len(group)
+
+    groups = [range(s, min(units, s + UNITS_PER_TRANSACTION)) for s in range(0, units, UNITS_PER_TRANSACTION)]
+    writers = 2 if store.settings.db_url.startswith("postgresql") else 1
+    with ThreadPoolExecutor(writers) as pool, \
+            tqdm(total=units, desc=f"write {layer_name}", unit="unit", disable=not opts.progress) as bar:
+        for done in pool.map(write, groups):
+            bar.update(done)
+
+
+def layer_unit_ids(store: Store, model_name: str, layer_name: str) -> dict[int, int]:
     with store.sessions() as session:
-        unit_ids = dict(session.execute(
+        return dict(session.execute(
             select(Unit.index, Unit.id).join(Layer, Unit.layer_id == Layer.id).join(Model, Layer.model_id == Model.id)
             .where(Model.name == model_name, Layer.name == layer_name)).all())
-    stats = unit_stats(state, run_id)
-    units = len(stats)
 
-    def rows(unit: int) -> tuple[dict, list[dict], list[dict]]:
-        uid, key = unit_ids[unit], UnitKey(model_name, layer_name, unit)
-        examples = [row | {"unit_id": uid, "run_id": run_id}
-                    for sign, part in (("top", state.top), ("bottom", state.bottom))
-                    for row in example_rows(store, key, sign, part.rows(unit), state.grid, image_ids)]
-        samples = [{"unit_id": uid, "image_id": image_ids[e], "activation": v}
-                   for v, e in unit_sample(state, unit, opts) if e in image_ids]
-        return stats[unit] | {"unit_id": uid}, examples, samples
 
-    with ThreadPoolExecutor(max(2, opts.workers or 0)) as pool, \
-            tqdm(total=units, desc=f"write {layer_name}", unit="unit", disable=not opts.progress) as bar:
-        for start in range(0, units, UNITS_PER_TRANSACTION):
-            group = range(start, min(units, start + UNITS_PER_TRANSACTION))
-            write_units(store, [unit_ids[u] for u in group], list(pool.map(rows, group)))
-            bar.update(len(group))
+@dataclass
+class UnitRows:
+    """One unit's rows for every table the examples stage fills."""
+
+    stats: dict
+    examples: list[dict]
+    heatmaps: dict | None
+    samples: list[dict]
+
+
+def unit_rows(state: LayerState, ranked: tuple[Ranked, Ranked], unit: int, unit_id: int, stats: dict,
+              image_ids: dict[int, int], opts: ExampleOptions, run_id: int) -> UnitRows:
+    examples, maps = [], []
+    for sign, part in zip(("top", "bottom"), ranked, strict=True):
+        rows, heat = example_rows(sign, part.rows(unit), image_ids)
+        examples += [row | {"unit_id": unit_id, "run_id": run_id} for row in rows]
+        maps += heat
+    n_top = sum(e["sign"] == "top" for e in examples)
+    heatmaps = quantize(np.stack(maps).reshape(-1, *state.grid), n_top) | {"unit_id": unit_id, "run_id": run_id} \
+        if maps else None
+    samples = [{"unit_id": unit_id, "image_id": image_ids[e], "activation": v}
+               for v, e in unit_sample(state, unit, opts, ranked) if e in image_ids]
+    return UnitRows(stats | {"unit_id": unit_id}, examples, heatmaps, samples)
 
 
 def unit_stats(state: LayerState, run_id: int) -> list[dict]:
@@ -531,49 +615,29 @@ def unit_stats(state: LayerState, run_id: int) -> list[dict]:
     return out
 
 
-def example_rows(store: Store, key: UnitKey, sign: str, rows, grid: tuple[int, int],
-                 image_ids: dict[int, int]) -> list[dict]:
-    out = []
+def example_rows(sign: str, rows, image_ids: dict[int, int]) -> tuple[list[dict], list[np.ndarray]]:
+    """The DatasetExample rows of one sign, ranked from 0 over the images still readable, and their maps."""
+    out, maps = [], []
     for value, entry, flat in rows:
-        if entry not in image_ids:
-            continue
-        rank = len(out)
-        heat = flat.reshape(grid)
-        overlay = store.cache.put_unit_image(key, f"examples-{sign}-{rank:03d}", heat_overlay(heat, sign))
-        out.append({"sign": sign, "rank": rank, "activation": value, "image_id": image_ids[entry],
-                    "heatmap": [[float(f"{v:.4g}") for v in row] for row in heat.tolist()],
-                    "heatmap_image": overlay})
-    return out
+        if entry in image_ids:
+            out.append({"sign": sign, "rank": len(out), "activation": value, "image_id": image_ids[entry]})
+            maps.append(flat)
+    return out, maps
 
 
-def heat_overlay(heat: torch.Tensor, sign: str) -> PILImage.Image:
-    """A tiny RGBA image (one pixel per position; browsers scale it smoothly): opacity = the positive
-    (top) or negative (bottom) part of the map relative to its peak."""
-    part = (heat if sign == "top" else -heat).clamp_min(0)
-    peak = float(part.max())
-    alpha = (part / peak * 230).round() if peak > 0 else torch.zeros_like(part)
-    rgba = np.zeros((*heat.shape, 4), dtype=np.uint8)
-    rgba[..., :3] = HEAT_COLOURS[sign]
-    rgba[..., 3] = alpha.numpy().astype(np.uint8)
-    return PILImage.fromarray(rgba, "RGBA")
-
-
-def write_units(store: Store, unit_ids: list[int], rows: list[tuple[dict, list[dict], list[dict]]]) -> None:
-    """Replace whole units' examples, stats and samples in one transaction (retried once if a concurrent
-    writer of the same units got in between)."""
+def write_units(store: Store, unit_ids: list[int], rows: list[UnitRows]) -> None:
+    """Replace whole units' examples, heatmaps, stats and samples in one transaction (retried once if a
+    concurrent writer of the same units got in between)."""
+    tables = {UnitStats: [r.stats for r in rows], DatasetExample: [e for r in rows for e in r.examples],
+              UnitHeatmaps: [r.heatmaps for r in rows if r.heatmaps],
+              ActivationSample: [s for r in rows for s in r.samples]}
     for attempt in range(2):
         try:
             with store.sessions.begin() as session:
-                for table in (DatasetExample, ActivationSample, UnitStats):
+                for table in tables:
                     session.execute(delete(table).where(table.unit_id.in_(unit_ids)))
-                # Core inserts (executemany): the ORM's bulk path costs ~1 s per 10,000 rows here
-                session.execute(insert(UnitStats.__table__), [stats for stats, _, _ in rows])
-                examples = [e for _, unit_examples, _ in rows for e in unit_examples]
-                samples = [s for _, _, unit_samples in rows for s in unit_samples]
-                if examples:
-                    session.execute(insert(DatasetExample.__table__), examples)
-                if samples:
-                    session.execute(insert(ActivationSample.__table__), samples)
+                for table, values in tables.items():
+                    bulk_insert(session, table, values)
             return
         except IntegrityError:
             if attempt:

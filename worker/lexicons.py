@@ -40,6 +40,11 @@ sacred worship monk nun priest
 """.split())
 
 
+# caption words that say a picture is a picture, not what it shows: left out of labels and caption concepts
+STOCK_WORDS = frozenset({"photo", "photos", "image", "images", "picture", "pictures", "stock", "view", "close",
+                         "background", "shot", "closeup", "free", "vector", "illustration", "isolated"})
+
+
 @lru_cache(maxsize=1)
 def family_lexicons() -> dict[str, frozenset[str]]:
     """Family name (as seeded in the store) -> the words that point to it."""

@@ -4,8 +4,8 @@
    Natural Earth polygons. The model sees random square crops of it (plus a tiling of crops so every
    cell, corners included, is seen) at its native resolution; each crop's spatial activation map is
    sampled back onto a grid of map cells (bilinear, at the cell centres the crop covers), and every
-   cell averages what its crops saw. The grid is stored per neuron (MapActivation.grid, rows x cols)
-   with a heat overlay PNG.
+   cell averages what its crops saw. The grid is stored per neuron, quantized (MapActivation.heat, rows x
+   cols uint8); the app draws its overlay on request over one grey base map (app.heatmaps.MAP_BASE).
 2. Country names (all Natural Earth countries) and the largest cities' names are rendered like words
    (`worker.text_scores.score_texts`: spatial mean, max over positions, mean over sizes); PlaceScore keeps
    each neuron's top countries and cities, and a choropleth PNG colours every country by its name's
@@ -14,7 +14,6 @@
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -24,22 +23,23 @@ from sqlalchemy import delete, select
 from tqdm import tqdm
 
 from app.db import MapActivation, PlaceScore
+from app.heatmaps import MAP_BASE, MAP_SIZE, lut, map_overlay, normalise, quantize_grid
 from app.keys import UnitKey
 from worker.artifacts import artifact, ensure_model, layer_units, npy_bytes, put_artifact, write_matrix
-from worker.layers import activations, family_of, layer_spec
+from worker.layers import activations, layer_spec
 from worker.models import LoadedModel
 from worker.places import cities, countries
 from worker.precision import autocast
 from worker.render_text import RenderPlan
 from worker.resumable import Checkpoints, score_resumable
 from worker.stage import model_fingerprint, settings_hash
-from worker.store import Store
+from worker.store import Store, bulk_insert
 from worker.text_scores import channels_last, default_plan, layer_reader, to_batch
 
 STAGE = "maps"
 MAP_WIDTH = 1024  # the map the crops come from; height is half
 GRID = (36, 72)  # rows x cols: 5-degree cells
-PICTURE_WIDTH = 720  # stored overlay and choropleth images
+PICTURE_WIDTH = 720  # the choropleth images and the base map
 OCEAN = (166, 206, 227)
 LAND = [(222, 203, 164), (190, 214, 160), (237, 223, 179), (205, 185, 210), (242, 196, 166), (200, 200, 170)]
 BORDER = (110, 110, 110)
@@ -167,27 +167,13 @@ def map_grid(read: MapReader, image: Image.Image, boxes: list[tuple[int, int, in
 
 
 def layer_maps(loaded: LoadedModel, layer: str) -> MapReader:
-    """The layer's post-ReLU spatial maps (the same activation the words stage averages)."""
-    has_pre = family_of(loaded).pre_relu is not None
-
+    """The layer's maps as the next module reads them (ResNets after the final ReLU; ViT patch tokens after
+    the GELU): the activation whose pooling the words stage ranks top words by."""
     def read(images: torch.Tensor) -> torch.Tensor:
         with autocast(loaded.device, loaded.precision):  # the model's precision, as the words stage
-            grid = activations(loaded, images, [layer], pre_relu=has_pre)[layer].float()
-        return torch.relu(grid) if has_pre else grid
+            return activations(loaded, images, [layer], tap="write")[layer].float()
 
     return read
-
-
-@lru_cache(maxsize=8)
-def _lut(name: str) -> np.ndarray:
-    from matplotlib import colormaps
-
-    return (colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
-
-
-def normalise(values: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-    return np.zeros_like(values, dtype=np.float32) if hi <= lo else ((values - lo) / (hi - lo)).astype(np.float32)
 
 
 def plain_base(world: WorldMap, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -202,15 +188,15 @@ def plain_base(world: WorldMap, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def overlay_image(world: WorldMap, grid: np.ndarray, width: int = PICTURE_WIDTH) -> Image.Image:
-    """The map in greys with the neuron's activation grid as heat on top (more opaque where higher)."""
-    height = width // 2
-    base, _ = plain_base(world, width)
-    heat = np.asarray(Image.fromarray(normalise(grid)).resize((width, height), Image.Resampling.BILINEAR))
-    heat = np.clip(heat, 0, 1)
-    colour = _lut("inferno")[(heat * 255).astype(np.uint8)].astype(np.float32)
-    alpha = (0.7 * heat)[..., None]
-    out = base * (1 - alpha) + colour * alpha
-    return Image.fromarray(out.astype(np.uint8)).quantize(colors=64, method=Image.Quantize.FASTOCTREE)
+    """The map in greys with the neuron's activation grid as heat on top (more opaque where higher): what the
+    app draws on request (app.heatmaps.map_overlay) over the base that `write_base` stores."""
+    return map_overlay(grid, plain_base(world, width)[0])
+
+
+def write_base(store: Store, world: WorldMap) -> str:
+    """The grey base map every neuron's overlay is drawn on: one file for the whole store."""
+    base, _ = plain_base(world, MAP_SIZE[0])
+    return store.cache.write(MAP_BASE, png_bytes(Image.fromarray(base.astype(np.uint8))))
 
 
 def choropleth_image(world: WorldMap, country_scores: np.ndarray, city_scores: np.ndarray,
@@ -218,8 +204,8 @@ def choropleth_image(world: WorldMap, country_scores: np.ndarray, city_scores: n
     """Countries coloured by their rendered name's score, cities as dots sized and coloured by theirs."""
     height = width // 2
     _, labels = plain_base(world, width)
-    lut = _lut("viridis")
-    colours = lut[(normalise(country_scores) * 255).astype(np.uint8)]
+    viridis = lut("viridis")
+    colours = viridis[(normalise(country_scores) * 255).astype(np.uint8)]
     pixels = np.where(labels[..., None] >= 0, colours[np.clip(labels, 0, None)], np.uint8(245))
     base, _ = plain_base(world, width)
     pixels[base[..., 0] == 95.0] = (255, 255, 255)  # the borders
@@ -228,7 +214,7 @@ def choropleth_image(world: WorldMap, country_scores: np.ndarray, city_scores: n
     city_list = cities(len(city_scores))
     norm = normalise(city_scores)
     xs, ys = lonlat_to_px([c.lon for c in city_list], [c.lat for c in city_list], width, height)
-    plasma = _lut("plasma")
+    plasma = lut("plasma")
     for i in np.argsort(norm):  # hottest drawn last, on top
         r = 1.5 + 3.5 * norm[i]
         fill = tuple(int(v) for v in plasma[int(norm[i] * 255)])
@@ -248,10 +234,6 @@ def place_texts(n_cities: int) -> tuple[list[str], list[dict]]:
     return texts, info
 
 
-def round_grid(grid: np.ndarray) -> list[list[float]]:
-    return [[float(f"{v:.4g}") for v in row] for row in grid.tolist()]
-
-
 def map_settings(loaded: LoadedModel, layer: str, plan: RenderPlan, n_crops: int, seed: int, n_cities: int) -> dict:
     return {"stage": STAGE, "layer": layer, "map_width": MAP_WIDTH, "grid": list(GRID), "n_crops": n_crops,
             "seed": seed, "n_cities": n_cities, "plan": plan.describe(), "model": model_fingerprint(loaded),
@@ -261,9 +243,11 @@ def map_settings(loaded: LoadedModel, layer: str, plan: RenderPlan, n_crops: int
 def write_unit_maps(store: Store, model_name: str, layer: str, world: WorldMap, grids: np.ndarray,
                     scores: np.ndarray, info: list[dict], digest: str, run_id: int, only: set[int] | None = None,
                     units_per_commit: int = 32) -> dict:
-    """MapActivation (grid, overlay, choropleth) and PlaceScore rows per unit, skipping units this settings
-    hash already finished (the picture names carry it). One transaction per batch of units."""
+    """MapActivation (quantized grid, choropleth) and PlaceScore rows per unit, skipping units this settings
+    hash already finished (the choropleth's name carries it). One transaction per batch of units; the
+    overlays are drawn from the grids on request, over the base map written here."""
     is_country = np.array([i["kind"] == "country" for i in info])
+    write_base(store, world)
     with store.sessions.begin() as session:
         _, _, units = layer_units(session, model_name, layer)
         done = {m.unit_id for m in session.scalars(select(MapActivation).where(
@@ -271,26 +255,32 @@ def write_unit_maps(store: Store, model_name: str, layer: str, world: WorldMap, 
         todo = [(u.id, u.index) for u in units if u.id not in done and (only is None or u.index in only)]
     for start in tqdm(range(0, len(todo), units_per_commit), desc="map pictures", unit="batch", dynamic_ncols=True):
         batch = todo[start:start + units_per_commit]
+        maps, places = [], []
+        for uid, index in batch:
+            col = scores[:, index]
+            chart = store.cache.put_unit_image(UnitKey(model_name, layer, index), f"map-places-{digest[:8]}",
+                                               choropleth_image(world, col[is_country], col[~is_country]))
+            maps.append({"unit_id": uid, **quantize_grid(grids[index]), "choropleth": chart, "run_id": run_id})
+            places += top_places(uid, col, is_country, info, run_id)
         with store.sessions.begin() as session:
             ids = [uid for uid, _ in batch]
             session.execute(delete(PlaceScore).where(PlaceScore.unit_id.in_(ids)))
             session.execute(delete(MapActivation).where(MapActivation.unit_id.in_(ids)))
-            for uid, index in batch:
-                key = UnitKey(model_name, layer, index)
-                col = scores[:, index]
-                heat = overlay_image(world, grids[index])
-                overlay = store.cache.put_unit_image(key, f"map-overlay-{digest[:8]}", heat)
-                chart = store.cache.put_unit_image(
-                    key, f"map-places-{digest[:8]}", choropleth_image(world, col[is_country], col[~is_country]))
-                session.add(MapActivation(unit_id=uid, grid=round_grid(grids[index]), overlay=overlay,
-                                          choropleth=chart, run_id=run_id))
-                for kind_mask in (is_country, ~is_country):
-                    idx = np.flatnonzero(kind_mask)
-                    for j in idx[np.argsort(-col[idx], kind="stable")[:TOP_PLACES]]:
-                        p = info[j]
-                        session.add(PlaceScore(unit_id=uid, kind=p["kind"], name=p["name"], code=p["code"],
-                                               lat=p["lat"], lon=p["lon"], score=float(col[j]), run_id=run_id))
+            bulk_insert(session, MapActivation, maps)
+            bulk_insert(session, PlaceScore, places)
     return {"units_written": len(todo), "units_resumed": len(done)}
+
+
+def top_places(unit_id: int, col: np.ndarray, is_country: np.ndarray, info: list[dict], run_id: int) -> list[dict]:
+    """The unit's TOP_PLACES countries and cities by score, as PlaceScore rows."""
+    rows = []
+    for kind_mask in (is_country, ~is_country):
+        idx = np.flatnonzero(kind_mask)
+        for j in idx[np.argsort(-col[idx], kind="stable")[:TOP_PLACES]]:
+            p = info[j]
+            rows.append({"unit_id": unit_id, "kind": p["kind"], "name": p["name"], "code": p["code"], "lat": p["lat"],
+                         "lon": p["lon"], "score": float(col[j]), "run_id": run_id})
+    return rows
 
 
 def run_maps(store: Store, loaded: LoadedModel, model_name: str, layer: str | None = None, n_crops: int = 256,

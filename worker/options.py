@@ -1,20 +1,23 @@
 """Options every `microscope worker …` command that loads a model shares, so all stages take a model the
 same way. Importing this module does not import torch.
 
-Use them in a stage's command like this::
+Use them in a stage's command like this (`model_options` gives the command ARCH, --weights, --config-dir,
+--quickgelu, --mean, --std, --interpolation, --resize-mode, --image-size and --cache-dir, and hands them
+to it as one `ModelSource`)::
 
-    from worker.options import Arch, ConfigDirs, Device, ModelName, Weights, model_name_for, open_model
+    from worker.options import Device, ModelName, ModelSource, model_name_for, model_options, open_model
 
     @worker_cli.command("mystage")
-    def mystage_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None,
-                    name: ModelName = None, device: Device = "auto"):
-        with clean_errors():                      # known failures: one line on stderr, exit code 2
-            loaded = open_model(arch, weights, config_dir, device)
-            ...
-        model_name = name or model_name_for(arch, weights)
+    @model_options
+    def mystage_cmd(source: ModelSource, name: ModelName = None, device: Device = "auto"):
+        loaded = open_model(source, device)       # known failures: one line on stderr, exit code 2
+        model_name = name or model_name_for(source.arch, source.weights)
 
-`open_model` already prints WeightsMissing / UnknownModel / a missing config dir as one line and exits 2.
+`open_model` already prints WeightsMissing / UnknownModel / CheckpointError / a missing config dir as one
+line and exits 2.
 """
+import functools
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +27,7 @@ import typer
 from typer.core import TyperGroup
 
 from app.keys import KeyError_, check_name
+from worker.load_settings import INTERPOLATIONS, RESIZE_MODES, LoadOverrides, ModelSource
 
 Arch = Annotated[str, typer.Argument(
     help="open_clip architecture: RN50, RN50x4, RN101, ViT-B-32 … or a config name from --config-dir",
@@ -39,6 +43,21 @@ Device = Annotated[str, typer.Option("--device", help="cuda | cpu | auto (cuda w
 Precision = Annotated[str, typer.Option(
     "--precision", help="fp32 | bf16 | fp16 | auto (bf16 on a GPU that has it, else fp32); part of the "
                         "job: a checkpoint is resumed only at its own precision")]
+QuickGelu = Annotated[bool | None, typer.Option(
+    "--quickgelu/--no-quickgelu", help="build with QuickGELU (default: as the weights tag says; on for OpenAI's "
+                                       "TorchScript archives; else as the model config says)", show_default=False)]
+Triple = Annotated[str | None, typer.Option(help="three numbers R,G,B (default: the weights tag's, else OpenAI's)")]
+Interpolation = Annotated[str | None, typer.Option(
+    "--interpolation", help=f"{' | '.join(INTERPOLATIONS)} resize (default: the tag's, else bicubic)")]
+ResizeMode = Annotated[str | None, typer.Option(
+    "--resize-mode", help=f"{' | '.join(RESIZE_MODES)} (default: the tag's, else shortest)")]
+ImageSize = Annotated[int | None, typer.Option(
+    "--image-size", help="input side in pixels (default: the model config's)")]
+CacheDir = Annotated[str | None, typer.Option(
+    "--cache-dir", envvar="MICROSCOPE_WEIGHTS_CACHE",
+    help="where tags' weights are looked for, as open_clip's cache_dir: <dir>/models--…/snapshots/… and "
+         "<dir>/RN50.pt (default: the Hugging Face cache and ~/.cache/clip)")]
+
 
 Force = typer.Option(False, "--force", help="recompute even when the store is up to date")
 
@@ -56,13 +75,14 @@ def clean_errors(*extra: type[BaseException]) -> Iterator[None]:
     """Turn the worker's known input errors (and `extra` ones) into `fail`."""
     from worker.corpus import CorpusError
     from worker.layers import UnknownLayer
-    from worker.models import UnknownModel, WeightsMissing
+    from worker.models import CheckpointError, UnknownModel, WeightsMissing
     from worker.precision import PrecisionMismatch
+    from worker.towers import Unsupported
 
     try:
         yield
-    except (WeightsMissing, UnknownModel, UnknownLayer, CorpusError, KeyError_, FileNotFoundError, PrecisionMismatch,
-            *extra) as e:
+    except (WeightsMissing, UnknownModel, CheckpointError, UnknownLayer, Unsupported, CorpusError, KeyError_,
+            FileNotFoundError, PrecisionMismatch, *extra) as e:
         fail(str(e))
 
 
@@ -78,16 +98,61 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def open_model(arch: str, weights: str | None = None, config_dirs: list[Path] | None = None,
-               device: str = "auto", precision: str = "fp32"):
-    """`worker.models.load_model` for a command: a bad name, missing weights or config dir exit 2.
+def _source(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, quickgelu: QuickGelu = None,
+            mean: Triple = None, std: Triple = None, interpolation: Interpolation = None,
+            resize_mode: ResizeMode = None, image_size: ImageSize = None, cache_dir: CacheDir = None) -> ModelSource:
+    """The options `model_options` adds, checked, as one object."""
+    try:
+        overrides = LoadOverrides(quickgelu, triple(mean, "mean"), triple(std, "std"), interpolation, resize_mode,
+                                  image_size, cache_dir)
+    except ValueError as e:
+        fail(str(e))
+    return ModelSource(arch, weights, tuple(str(d) for d in config_dir or ()), overrides)
+
+
+def triple(text: str | None, name: str) -> tuple[float, ...] | None:
+    """'0.5,0.5,0.5' (or spaces) -> (0.5, 0.5, 0.5)."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.replace(",", " ").split())
+    except ValueError:
+        fail(f"--{name} takes three numbers like 0.5,0.5,0.5, got {text!r}")
+
+
+_SOURCE_OPTIONS = list(inspect.signature(_source).parameters.values())  # the shared options, as typer reads them
+
+
+def model_options(command: Callable) -> Callable:
+    """Give `command` the shared model-loading options in place of its `source: ModelSource` parameter.
+
+    Why a decorator: typer has no option groups, and copying ten flags into every stage would let them drift."""
+    params = list(inspect.signature(command).parameters.values())
+    at = [p.name for p in params].index("source")
+    new = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in [*params[:at], *_SOURCE_OPTIONS, *params[at + 1:]]]
+
+    @functools.wraps(command)
+    def run(**kwargs):
+        source = _source(**{p.name: kwargs.pop(p.name) for p in _SOURCE_OPTIONS})
+        return command(source=source, **kwargs)
+
+    run.__signature__ = inspect.signature(command).replace(parameters=new)
+    run.__annotations__ = {p.name: p.annotation for p in new}
+    return run
+
+
+def open_model(source: ModelSource, device: str = "auto", precision: str = "fp32"):
+    """`worker.models.load_model` for a command: a bad name, missing or misfit weights, or an image tower
+    outside the catalogue (`worker.towers`) exit 2 with one line.
     `precision` (fp32 | bf16 | fp16 | auto) is resolved for the device and kept on the model."""
+    from worker.layers import catalogue
     from worker.models import load_model
 
     device = resolve_device(device)
     resolved = precision_for(precision, device)
     with clean_errors():
-        loaded = load_model(arch, weights, device, tuple(config_dirs or ()))
+        loaded = load_model(source.arch, source.weights, device, source.config_dirs, source.overrides)
+        catalogue(loaded)
     loaded.precision = resolved
     return loaded
 
@@ -138,9 +203,8 @@ def command_group(help: str, commands: Sequence[tuple[str, Callable | typer.Type
 
 
 # -- one stage through the pipeline: the same skipping as `microscope build --only STAGE`
-def run_stage(stage: str, arch: str, weights: str | None, config_dir, name: str | None, device: str,
-              options: dict | Callable, force: bool, layers: Sequence[str | None] = (),
-              precision: str = "fp32") -> tuple[str, dict]:
+def run_stage(stage: str, source: ModelSource, name: str | None, device: str, options: dict | Callable,
+              force: bool, layers: Sequence[str | None] = (), precision: str = "fp32") -> tuple[str, dict]:
     """Load the model, run `stage` alone through the pipeline (skipped while up to date unless `force`);
     (model name, the report of its last finished run). A failure or a reason it does not apply: one line.
     `options` may be a function of the loaded model (a render plan needs its image size)."""
@@ -149,10 +213,10 @@ def run_stage(stage: str, arch: str, weights: str | None, config_dir, name: str 
     from worker.stage import BuildContext
     from worker.store import open_store
 
-    loaded = open_model(arch, weights, config_dir, device, precision)
-    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(arch, weights), None,
+    loaded = open_model(source, device, precision)
+    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights), None,
                        tuple(x for x in layers if x), {stage: options(loaded) if callable(options) else options},
-                       tuple(config_dir or ()))
+                       tuple(source.config_dirs))
     with clean_errors():
         ctx.layer_names()
     (got,) = run_pipeline(ctx, only=[stage], force=[stage] if force else [], echo=lambda _: None)

@@ -202,7 +202,8 @@ def register(ctx: BuildContext) -> None:
 
     loaded = ctx.loaded
     with ctx.store.sessions.begin() as session:
-        register_model(session, ctx.model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded))
+        register_model(session, ctx.model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded),
+                       load=loaded.record())
 
 
 def summary(outcomes: Sequence[Outcome]) -> str:

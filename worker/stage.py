@@ -19,8 +19,10 @@ and implements
 The fingerprint (`fingerprint`) hashes the settings, the inputs (the model's weights, the corpus when the
 stage reads it, the fingerprints of the stages it reads) and the code version. `worker.pipeline` records it
 in the stage's `runs` row and skips the stage while a finished run carries the same one. An executor runs
-items -> merge -> write; `worker.pipeline.SerialExecutor` does it in this process, a distributed one can run
-`compute` elsewhere unchanged, since items, parts and the context are plain data and the model.
+items -> merge -> write; `worker.pipeline.SerialExecutor` does it in this process. A distributed one can run
+`compute` on workers unchanged: items and partial results are plain (picklable) data, and compute only reads
+(the model, the cache, the store) and writes nothing but its cache checkpoints; merge and write run where
+the store is.
 """
 from __future__ import annotations
 
@@ -109,7 +111,7 @@ def model_fingerprint(loaded) -> str:
     """A hash of the image tower's weights, so checkpoints of another model or training run never mix,
     and of its precision unless fp32 (so results computed before precision was recorded keep theirs)."""
     h = hashlib.sha1(loaded.arch.encode())
-    if loaded.precision != "fp32":
+    if getattr(loaded, "precision", "fp32") != "fp32":
         h.update(f"precision={loaded.precision}".encode())
     for name, p in sorted(loaded.visual.state_dict().items()):
         h.update(name.encode())
@@ -130,12 +132,12 @@ def file_digest(path: str, size: int, mtime_ns: int) -> str:
 def model_digest(loaded) -> str:
     """What tells this model's neurons apart: its weights file's digest, a weights tag, or (random init)
     the image tower's parameters."""
-    weights = str(loaded.weights or "")
-    path = Path(weights)
+    weights, precision = str(loaded.weights or ""), getattr(loaded, "precision", "fp32")
+    path, at = Path(weights), "" if precision == "fp32" else f"@{precision}"
     if weights and path.is_file():
         stat = path.stat()
-        return f"{loaded.arch}:{file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}"
-    return f"{loaded.arch}:{weights}" if weights else model_fingerprint(loaded)
+        return f"{loaded.arch}:{file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}{at}"
+    return f"{loaded.arch}:{weights}{at}" if weights else model_fingerprint(loaded)
 
 
 def corpus_digest(corpus: Path | None) -> str | None:

@@ -1,13 +1,14 @@
 """The worker's side of the store: open it (migrated), register models and layers, record runs."""
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import JSON, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.cache import Cache
@@ -48,19 +49,23 @@ class Store:
 
 def open_store(settings: Settings | None = None) -> Store:
     settings = settings or Settings()
-    upgrade(settings.db_url)
+    upgrade(settings.db_url, cache_root=settings.cache_root)
     return Store(make_sessionmaker(make_engine(settings.db_url)), Cache(settings.cache_root), settings)
 
 
 def register_model(session: Session, name: str, arch: str, weights: str | None, image_size: int,
-                   layers: list[LayerSpec], description: str = "") -> Model:
-    """Create or update a model and its layers, with one unit row per neuron."""
+                   layers: list[LayerSpec], description: str = "", load: dict | None = None) -> Model:
+    """Create or update a model and its layers, with one unit row per neuron.
+
+    `load`: how the model was built (`LoadedModel.record()`), kept so the server's probes rebuild the same one."""
     model = session.scalar(select(Model).where(Model.name == name))
     if model is None:
         model = Model(name=name, arch=arch, weights=weights, image_size=image_size, description=description)
         session.add(model)
         session.flush()
     model.arch, model.weights, model.image_size = arch, weights, image_size
+    if load is not None:
+        model.load = load
     model.description = description or model.description
     existing = {la.name: la for la in model.layers}
     for pos, spec in enumerate(layers):
@@ -121,3 +126,24 @@ def recorded_run(store: Store, stage: str, model_name: str, settings: dict,
     with store.sessions.begin() as session:
         finish_run(session, session.get(Run, run_id), report)
 
+
+
+def bulk_insert(session: Session, model, rows: list[dict]) -> None:
+    """Insert many rows of one ORM table in the session's transaction: Postgres COPY (psycopg), else one
+    Core executemany (the ORM's unit of work costs ~1 s per 10,000 rows). Every row has the same keys;
+    columns left out get their server default or NULL (client-side defaults are not applied)."""
+    if not rows:
+        return
+    table = model.__table__
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(insert(table), rows)
+        return
+    conn = session.connection()
+    conn.info["store_wrote"] = True  # app.db.track_writes sees statements, not COPY data
+    columns = list(rows[0])
+    as_json = [isinstance(table.c[c].type, JSON) for c in columns]
+    names = ", ".join(table.c[c].name for c in columns)
+    with conn.connection.dbapi_connection.cursor() as cursor, \
+            cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([json.dumps(row[c]) if j else row[c] for c, j in zip(columns, as_json, strict=True)])

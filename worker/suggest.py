@@ -16,12 +16,12 @@ from app.db import DatasetExample, Family, Image, Layer, Model, Unit, Word, Word
 from app.families import set_auto_families
 from app.labelling import MAX_LABEL, append_auto_label
 from app.unit_text import refresh_unit_text
+from worker.lexicons import STOCK_WORDS
 from worker.store import Store, recorded_run
 
 STAGE = "suggest"
 BATCH = 200  # units per transaction (each unit is whole within one)
-GENERIC = frozenset({"photo", "photos", "image", "images", "picture", "pictures", "stock", "view", "close",
-                     "background", "shot", "closeup", "free", "vector", "illustration", "isolated"})
+GENERIC = STOCK_WORDS  # stock-photo words that label nothing
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ whether it shows one whole neuron or pieces of two writes.
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw
 from sqlalchemy import delete, select
@@ -23,12 +24,14 @@ from app.db import (
     Layer,
     Model,
     Unit,
+    UnitHeatmaps,
     UnitStats,
     Word,
     WordScore,
     make_engine,
     make_sessionmaker,
 )
+from app.heatmaps import quantize
 from app.keys import UnitKey
 from app.unit_text import refresh_unit_text
 from worker.layers import LayerSpec
@@ -122,7 +125,7 @@ def unit_keys(sessions, model: str) -> list[tuple[int, UnitKey]]:
 
 def write_unit(session: Session, material: Material, unit_id: int, key: UnitKey, gen: int) -> None:
     """Replace one neuron's computed sections with generation `gen` (in the caller's transaction)."""
-    for table in (FeatureVis, DatasetExample, WordScore, UnitStats):
+    for table in (FeatureVis, DatasetExample, UnitHeatmaps, WordScore, UnitStats):
         session.execute(delete(table).where(table.unit_id == unit_id))
     session.add(FeatureVis(unit_id=unit_id, kind="plain", image=f"units/{key.path}/plain.png", objective=float(gen),
                            steps=gen, size=64, seed=gen))
@@ -131,7 +134,8 @@ def write_unit(session: Session, material: Material, unit_id: int, key: UnitKey,
         for rank in range(K_EXAMPLES):
             image_id = images[(key.unit + rank + (0 if sign == "top" else K_EXAMPLES)) % len(images)]
             session.add(DatasetExample(unit_id=unit_id, sign=sign, rank=rank, activation=factor * (gen + rank / 100),
-                                       image_id=image_id, heatmap=[[gen, 0], [0, gen]]))
+                                       image_id=image_id))
+    session.add(UnitHeatmaps(unit_id=unit_id, **quantize(synthetic_maps(gen), K_EXAMPLES)))
     words = material.word_ids
     for sign, factor in (("top", 1), ("bottom", -1)):
         for rank in range(K_WORDS):
@@ -142,6 +146,14 @@ def write_unit(session: Session, material: Material, unit_id: int, key: UnitKey,
                           quantiles={"0.5": 0.0}, histogram={"edges": [-gen, 0, gen], "counts": [gen, gen]}))
     session.flush()
     refresh_unit_text(session, unit_id)  # top words feed search, as the words stage keeps them
+
+
+def synthetic_maps(gen: int) -> np.ndarray:
+    """2 * K_EXAMPLES 2x2 maps: top ones hot in the top-left corner, bottom ones negative there."""
+    maps = np.zeros((2 * K_EXAMPLES, 2, 2), np.float32)
+    maps[:K_EXAMPLES, 0, 0], maps[:K_EXAMPLES, 1, 1] = gen, gen / 2
+    maps[K_EXAMPLES:, 0, 0], maps[K_EXAMPLES:, 1, 1] = -gen, gen / 2
+    return maps
 
 
 SECTIONS = ("featurevis", "examples", "words", "stats")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from worker.layers import activations, family_of
+from worker.layers import pooled
 from worker.models import LoadedModel
 from worker.precision import autocast
 from worker.render_text import RenderPlan, reduce_variants, render_all
@@ -39,15 +39,14 @@ def default_plan(loaded: LoadedModel) -> RenderPlan:
 
 
 def layer_reader(loaded: LoadedModel, layer: str) -> Reader:
-    """Spatial means of one layer: pre-ReLU where the catalogue knows it (ResNets), else the output twice.
-    The forward runs at the model's precision (`loaded.precision`), the means in float32."""
-    has_pre = family_of(loaded).pre_relu is not None
-
+    """One layer pooled as the embedding pools it (`worker.towers`: spatial mean for conv maps, class token,
+    patch mean or attention weighting for ViTs): (pre-activation, what the next module reads). For a
+    ResNet that is (before, after) the final ReLU; for a ViT MLP unit (before, after) the GELU.
+    The forward runs at the model's precision (`loaded.precision`), the pooling in float32."""
     def read(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(loaded.device, loaded.precision):
-            grid = activations(loaded, images, [layer], pre_relu=has_pre)[layer].float()
-        post = torch.relu(grid) if has_pre else grid
-        return grid.mean(dim=(2, 3)), post.mean(dim=(2, 3))
+            pre, post = pooled(loaded, images, layer, ("negative", "write"))
+        return pre.float(), post.float()
 
     return read
 

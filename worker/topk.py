@@ -13,6 +13,9 @@ the raw map would overflow to inf above 65504, and bfloat16 would keep only 3 si
 A candidate marked invalid (a non-finite activation) gets INVALID_KEY, below every empty slot's key,
 so it never takes a slot.
 """
+from typing import NamedTuple
+
+import numpy as np
 import torch
 
 INVALID_KEY = torch.iinfo(torch.int64).min
@@ -90,6 +93,15 @@ class TopK:
                     (self.maps[unit][order].float() * self.scales[unit][order].unsqueeze(-1)).cpu(),
                     strict=True)]
 
+    def ranked(self) -> "Ranked":
+        """Every unit's kept images best first, as arrays: one sort for the whole layer, where `rows`
+        sorts one unit (1 ms a call: most of the time of writing a layer)."""
+        order = self.keys.argsort(1, descending=True)
+        maps = self.maps.gather(1, order.unsqueeze(2).expand(-1, -1, self.maps.shape[2])).float()
+        maps *= self.scales.gather(1, order).unsqueeze(2)
+        return Ranked((self.sign * self.values.gather(1, order)).cpu().numpy(),
+                      self.entries.gather(1, order).cpu().numpy(), maps.cpu().numpy())
+
     def ranked_entries(self) -> torch.Tensor:
         """(U, K) entries best first (-1 for empty slots)."""
         return self.entries.gather(1, self.keys.argsort(1, descending=True))
@@ -106,3 +118,17 @@ class TopK:
         for name in ("keys", "values", "hashes", "entries", "maps", "scales"):
             setattr(top, name, state[name].to(device))
         return top
+
+
+class Ranked(NamedTuple):
+    """A TopK's units sorted best first: values in the caller's sign and entries (U, K; entry -1 marks an
+    empty slot), maps (U, K, map size)."""
+
+    values: np.ndarray
+    entries: np.ndarray
+    maps: np.ndarray
+
+    def rows(self, unit: int) -> list[tuple[float, int, np.ndarray]]:
+        keep = np.flatnonzero(self.entries[unit] >= 0)
+        return list(zip(self.values[unit, keep].tolist(), self.entries[unit, keep].tolist(), self.maps[unit, keep],
+                        strict=True))

@@ -9,7 +9,7 @@ compute; `run_words` resumes from per-chunk checkpoints in the cache.
 import hashlib
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from tqdm import tqdm
 
 from app.db import Word, WordScore
@@ -19,7 +19,7 @@ from worker.models import LoadedModel
 from worker.render_text import RenderPlan
 from worker.resumable import Checkpoints, score_resumable
 from worker.stage import model_fingerprint, settings_hash
-from worker.store import Store
+from worker.store import Store, bulk_insert
 from worker.text_scores import REDUCTION, channels_last, default_plan, layer_reader
 from worker.word_lists import word_list
 
@@ -63,7 +63,7 @@ def write_word_scores(store: Store, model_name: str, layer: str, words: list[str
                       units_per_commit: int = 64) -> int:
     """Replace the layer's WordScore rows: top words by post-ReLU score, most negative by pre-ReLU score.
     Each batch of units is one transaction (a reader never sees a neuron half written)."""
-    from app.unit_text import refresh_unit_text
+    from app.unit_text import refresh_unit_texts
 
     with store.sessions.begin() as session:
         _, _, units = layer_units(session, model_name, layer)
@@ -82,10 +82,8 @@ def write_word_scores(store: Store, model_name: str, layer: str, words: list[str
                     rows.append({"unit_id": uid, "word_id": ids[words[w]], "score": score, "sign": sign,
                                  "rank": ranks[sign], "run_id": run_id})
                     ranks[sign] += 1
-            if rows:
-                session.execute(insert(WordScore), rows)
-            for uid, _ in batch:
-                refresh_unit_text(session, uid)
+            bulk_insert(session, WordScore, rows)
+            refresh_unit_texts(session, [uid for uid, _ in batch])
             written += len(rows)
     return written
 

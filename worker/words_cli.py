@@ -2,12 +2,13 @@
 Importing this module does not import torch (the commands do, when they run)."""
 import typer
 
-from worker.options import Arch, ConfigDirs, Device, Force, ModelName, Precision, Weights
+from worker.options import Device, ModelName, ModelSource, Precision, model_options
 
 Layer = typer.Option(None, "--layer", help="layer name (default: the penultimate layer)")
 Fonts = typer.Option("dejavu-sans,liberation-serif", help="comma-separated fonts (worker/render_text.py FONTS)")
 Scales = typer.Option("0.22,0.36", help="comma-separated font sizes as fractions of the image side")
 BatchSize = typer.Option(256, min=1, help="images per forward pass")
+Force = typer.Option(False, "--force", help="recompute even when the store is up to date")
 
 
 def _style(fonts: str, scales: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
@@ -33,7 +34,8 @@ def _plan(loaded, style: tuple[tuple[str, ...], tuple[float, ...]]):
     return RenderPlan(canvas=loaded.image_size, fonts=style[0], scales=style[1])
 
 
-def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+@model_options
+def words_cmd(source: ModelSource, name: ModelName = None,
               device: Device = "auto", layer: str = Layer, words: int = typer.Option(
                   10_000, min=1, help="drawn from this many of wordfreq's most common English words"),
               word_list: str = typer.Option("clean", help="clean (without better-profanity's profanity and slur "
@@ -51,13 +53,14 @@ def words_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None
         fail(f"--word-list must be one of {', '.join(WORD_LISTS)}, got {word_list!r}")
     style = _style(fonts, scales)
     start = time.perf_counter()
-    model_name, report = run_stage("words", arch, weights, config_dir, name, device, lambda loaded: {
+    model_name, report = run_stage("words", source, name, device, lambda loaded: {
         "list": word_list, "n": words, "plan": _plan(loaded, style), "batch_size": batch_size,
         "chunk_size": chunk_size}, force, [layer], precision)
     typer.echo(f"{model_name}: {report} in {time.perf_counter() - start:.1f} s")
 
 
-def maps_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None,
+@model_options
+def maps_cmd(source: ModelSource, name: ModelName = None,
              device: Device = "auto", layer: str = Layer,
              crops: int = typer.Option(256, min=0, help="random map crops (on top of a covering tiling)"),
              cities: int = typer.Option(300, min=1, help="how many of the largest cities to render"),
@@ -71,7 +74,7 @@ def maps_cmd(arch: Arch, weights: Weights = None, config_dir: ConfigDirs = None,
 
     style = _style(fonts, scales)
     start = time.perf_counter()
-    model_name, report = run_stage("maps", arch, weights, config_dir, name, device, lambda loaded: {
+    model_name, report = run_stage("maps", source, name, device, lambda loaded: {
         "crops": crops, "seed": seed, "cities": cities, "plan": _plan(loaded, style), "batch_size": batch_size},
         force, [layer], precision)
     typer.echo(f"{model_name}: {report} in {time.perf_counter() - start:.1f} s")

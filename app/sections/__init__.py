@@ -1,7 +1,9 @@
 """Sections of the neuron card. Each stage of the worker fills one; each says so when it has no data.
 
-A section is a loader `(session, ctx) -> dict | None` plus a template under templates/sections/.
-Add a stage's section by appending it to SECTIONS.
+A section is `columns(dialect)`: the subqueries it adds to the page's one statement (app.sections.rows),
+`build(values, ctx) -> dict | None`: its data from their values, plus a template under templates/sections/.
+A section whose data lives in cached files (modality) gives `load(session, ctx)` instead, called after.
+Add a stage's section by appending it to all_sections().
 """
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ class UnitContext:
     unit: Unit
     key: UnitKey
     stats: UnitStats | None
+    cache: Any = None  # app.cache.Cache: for sections whose data lives in cached files
 
     def sigma(self, value: float) -> float | None:
         """An activation in standard deviations from zero (the paper's unit)."""
@@ -28,12 +31,14 @@ class UnitContext:
         return value / self.stats.std
 
 
-@dataclass
+@dataclass(frozen=True)
 class Section:
     name: str
     title: str
-    load: Callable[[Session, UnitContext], dict[str, Any] | None]
+    columns: Callable[[str], dict[str, Any]]  # by dialect, over rows.UNIT_ID, MODEL_ID, LAYER
+    build: Callable[[dict[str, Any], UnitContext], dict[str, Any] | None]
     empty: str  # what to say (and which command fills it) when there is no data yet
+    load: Callable[[Session, UnitContext], dict[str, Any] | None] | None = None  # data beyond the one statement
 
     @property
     def template(self) -> str:
@@ -41,7 +46,7 @@ class Section:
 
 
 def all_sections() -> list[Section]:
-    from app.sections import examples, featurevis, labels, places, stats, studies, words
+    from app.sections import examples, featurevis, labels, modality, places, stats, studies, words
 
     return [
         labels.SECTION,
@@ -49,6 +54,16 @@ def all_sections() -> list[Section]:
         stats.SECTION,
         examples.SECTION,
         words.SECTION,
+        modality.SECTION,
         places.SECTION,
         studies.SECTION,
     ]
+
+
+def load_sections(session: Session, ctx: UnitContext, sections: list[Section]) -> dict[str, dict[str, Any] | None]:
+    """Every section's data, read with one SELECT (in the session's snapshot)."""
+    from app.sections.rows import fetch
+
+    params = {"unit_id": ctx.unit.id, "model_id": ctx.model.id, "layer": ctx.layer.name}
+    values = fetch(session, tuple(sections), params)
+    return {sec.name: sec.load(session, ctx) if sec.load else sec.build(values[sec.name], ctx) for sec in sections}

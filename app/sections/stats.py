@@ -1,7 +1,7 @@
 from app.sections import Section, UnitContext
 
 
-def load(session, ctx: UnitContext):
+def build(_values, ctx: UnitContext):
     s = ctx.stats
     if s is None:
         return None
@@ -12,5 +12,5 @@ def load(session, ctx: UnitContext):
     }
 
 
-SECTION = Section("stats", "Activation statistics", load,
+SECTION = Section("stats", "Activation statistics", lambda _dialect: {}, build,
                   "No statistics yet: run `microscope worker examples` on a corpus.")

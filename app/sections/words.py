@@ -1,23 +1,29 @@
 """The neuron card's rendered words: top and most negative words with bars (filled by `microscope worker words`)."""
 from sqlalchemy import select
-from sqlalchemy.orm import joinedload
 
 from app import urls
-from app.db import WordScore
+from app.db import Word, WordScore
 from app.embeddings import TYPO_TOP, shared_fragment
 from app.sections import Section, UnitContext
+from app.sections.rows import UNIT_ID, json_rows
 
 
-def load(session, ctx: UnitContext):
-    rows = session.scalars(
-        select(WordScore).options(joinedload(WordScore.word))
-        .where(WordScore.unit_id == ctx.unit.id).order_by(WordScore.sign.desc(), WordScore.rank)
-    ).all()
+def columns(dialect: str) -> dict:
+    rows = (select(Word.text, WordScore.score, WordScore.sign, WordScore.rank)
+            .join(Word, WordScore.word_id == Word.id).where(WordScore.unit_id == UNIT_ID))
+    return {"rows": json_rows(rows, dialect)}
+
+
+def _words(rows: list[dict], sign: str) -> list[dict]:
+    return [{"word": r["text"], "score": r["score"], "url": urls.word(r["text"])}
+            for r in sorted(rows, key=lambda r: r["rank"]) if r["sign"] == sign]
+
+
+def build(values: dict, ctx: UnitContext):
+    rows = values["rows"]
     if not rows:
         return None
-    top = [{"word": r.word.text, "score": r.score, "url": urls.word(r.word.text)} for r in rows if r.sign == "top"]
-    bottom = [{"word": r.word.text, "score": r.score, "url": urls.word(r.word.text)} for r in rows
-              if r.sign == "bottom"]
+    top, bottom = _words(rows, "top"), _words(rows, "bottom")
     scale = max([abs(w["score"]) for w in top + bottom] or [1.0]) or 1.0
     for w in top + bottom:
         w["bar"] = round(100 * abs(w["score"]) / scale, 1)
@@ -27,5 +33,5 @@ def load(session, ctx: UnitContext):
             "regions_url": urls.regions(ctx.key.model, ctx.key.layer)}
 
 
-SECTION = Section("words", "Rendered words", load,
+SECTION = Section("words", "Rendered words", columns, build,
                   "No rendered-word scores yet: run `microscope worker words ARCH --name MODEL`.")

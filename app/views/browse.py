@@ -1,15 +1,16 @@
 """Home, model, layer grid and neuron pages: the hierarchy that stable URLs mirror."""
+import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from app import urls
-from app.db import FeatureVis, Label, Model, Unit, UnitStats
+from app.db import FeatureVis, Label, Layer, Model, Unit, UnitStats
 from app.deps import SessionDep, SettingsDep
-from app.keys import UnitKey, parse_unit
+from app.keys import KeyError_, UnitKey, parse_unit
 from app.lookup import NotFound, get_layer, get_model, get_unit, unit_range_text
 from app.pagecache import CacheableDep
-from app.sections import UnitContext, all_sections
+from app.sections import UnitContext, all_sections, load_sections
 from app.web import respond
 
 router = APIRouter(dependencies=[CacheableDep])  # pure functions of the store: app.pagecache keeps them
@@ -57,7 +58,9 @@ def labels_for(session, unit_ids: list[int]) -> dict[int, dict]:
 
 @router.get("/models/{model}/{layer}", name="layer")
 def layer_page(request: Request, session: SessionDep, settings: SettingsDep, model: str, layer: str,
-               page: int = Query(1, ge=1), unit: str | None = None):
+               page: int = Query(1, ge=1), unit: str | None = None,
+               sort: str = Query("unit", pattern="^(unit|multimodal)$",
+                                 description="unit: by index; multimodal: most multimodal first")):
     la = get_layer(session, model, layer)
     if unit is not None:  # the jump-to-unit form
         key = UnitKey(model, layer, parse_unit(unit.strip()))
@@ -68,44 +71,88 @@ def layer_page(request: Request, session: SessionDep, settings: SettingsDep, mod
     if page > pages:
         raise NotFound(f"{la.model.name} {la.name} has {pages} page(s) of {size} units; no page {page}.",
                        [("first page", urls.layer(model, layer))])
-    units = session.scalars(
-        select(Unit).where(Unit.layer_id == la.id).order_by(Unit.index).offset((page - 1) * size).limit(size)
-    ).all()
+    units, scores = page_units(session, request.app.state.cache, la, sort, page, size)
     ids = [u.id for u in units]
     thumbs, labels = thumbs_for(session, ids), labels_for(session, ids)
+    link = (lambda p: urls.layer_sorted(model, layer, sort, p)) if sort != "unit" else \
+        (lambda p: urls.layer(model, layer, p))
     data = {
         "model": model, "layer": {"name": la.name, "n_units": la.n_units, "module": la.module},
-        "page": page, "pages": pages, "total": total,
-        "prev": urls.layer(model, layer, page - 1) if page > 1 else None,
-        "next": urls.layer(model, layer, page + 1) if page < pages else None,
+        "page": page, "pages": pages, "total": total, "sort": sort,
+        "sorts": {"unit": urls.layer(model, layer),
+                  "multimodal": urls.layer_sorted(model, layer, "multimodal") if scores is not None else None},
+        "modality_url": urls.modality(model, layer) if scores is not None else None,
+        "prev": link(page - 1) if page > 1 else None,
+        "next": link(page + 1) if page < pages else None,
         "units": [{"unit": u.index, "url": urls.neuron(UnitKey(model, layer, u.index)),
                    "thumb": thumbs.get(u.id), "label": labels.get(u.id, {}).get("text"),
-                   "label_auto": labels.get(u.id, {}).get("auto", False)} for u in units],
+                   "label_auto": labels.get(u.id, {}).get("auto", False),
+                   "multimodality": score_of(scores, u.index)} for u in units],
     }
     return respond(request, "layer.html", data)
 
 
+def score_of(scores, index: int) -> float | None:
+    return None if scores is None or index >= len(scores) else round(float(scores[index]), 3)
+
+
+def page_units(session, cache, la, sort: str, page: int, size: int):
+    """One page of the layer's units in the asked order, and the multimodality scores (None if not computed)."""
+    from app.modality import layer_profiles
+
+    profiles = layer_profiles(session, cache, la)
+    scores = None if profiles is None else np.asarray(profiles.score)
+    if sort == "multimodal" and scores is None:
+        raise NotFound(f"{la.model.name} {la.name} has no multimodality scores yet: run `microscope worker modality`.",
+                       [("by unit", urls.layer(la.model.name, la.name))])
+    if sort == "unit":
+        return session.scalars(select(Unit).where(Unit.layer_id == la.id).order_by(Unit.index)
+                               .offset((page - 1) * size).limit(size)).all(), scores
+    order = [int(i) for i in np.argsort(-scores, kind="stable")[(page - 1) * size:page * size]]
+    found = {u.index: u for u in session.scalars(select(Unit).where(Unit.layer_id == la.id, Unit.index.in_(order)))}
+    return [found[i] for i in order if i in found], scores
+
+
+UNIT_CONTEXT = (  # built once: the neuron page's first statement, with its unit as bound parameters
+    select(Model, Layer, Unit, UnitStats).join(Layer, Layer.model_id == Model.id)
+    .join(Unit, Unit.layer_id == Layer.id).outerjoin(UnitStats, UnitStats.unit_id == Unit.id)
+    .where(Model.name == bindparam("model"), Layer.name == bindparam("layer"), Unit.index == bindparam("index"),
+           Unit.index < Layer.n_units)
+)
+
+
+def unit_context(session, cache, model: str, layer: str, unit: str) -> UnitContext:
+    """Model, layer, unit and statistics in one joined SELECT; a miss goes through get_unit for its 404/422."""
+    try:
+        index = parse_unit(unit)
+    except KeyError_:
+        index = None
+    row = None if index is None or index >= 2**31 else session.execute(  # beyond INTEGER: get_unit's 404
+        UNIT_CONTEXT, {"model": model, "layer": layer, "index": index}).first()
+    if row is None:
+        get_unit(session, model, layer, unit)  # raises, naming what exists
+    m, la, u, stats = row
+    return UnitContext(m, la, u, UnitKey(m.name, la.name, u.index), stats, cache)
+
+
 @router.get("/models/{model}/{layer}/{unit}", name="neuron")
 def neuron_page(request: Request, session: SessionDep, settings: SettingsDep, model: str, layer: str, unit: str):
-    la, u = get_unit(session, model, layer, unit)
-    key = UnitKey(la.model.name, la.name, u.index)
-    ctx = UnitContext(la.model, la, u, key, session.get(UnitStats, u.id))
-    sections = []
-    for sec in all_sections():
-        sections.append({"name": sec.name, "title": sec.title, "template": sec.template,
-                         "empty": sec.empty, "data": sec.load(session, ctx)})
-    by_name = {s["name"]: s["data"] for s in sections}
+    ctx = unit_context(session, request.app.state.cache, model, layer, unit)
+    la, u, key = ctx.layer, ctx.unit, ctx.key
+    loaded = load_sections(session, ctx, all_sections())
+    sections = [{"name": sec.name, "title": sec.title, "template": sec.template, "empty": sec.empty,
+                 "data": loaded[sec.name]} for sec in all_sections()]
     base = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
     data = {
         "key": key.path, "model": key.model, "layer": key.layer, "unit": key.unit,
-        "title": neuron_title(key, by_name.get("labels")),
+        "title": neuron_title(key, loaded.get("labels")),
         "url": urls.neuron(key), "share_url": base + urls.neuron(key),
         "prev": urls.neuron(UnitKey(model, layer, u.index - 1)) if u.index > 0 else None,
         "next": urls.neuron(UnitKey(model, layer, u.index + 1)) if u.index + 1 < la.n_units else None,
         "layer_url": urls.layer(model, layer, page=u.index // settings.page_size + 1),
         "range": unit_range_text(la),
-        "og_image": og_image(base, by_name),
-        "sections": {s["name"]: s["data"] for s in sections},
+        "og_image": og_image(base, loaded),
+        "sections": loaded,
     }
     return respond(request, "neuron.html", data, section_list=sections)
 

@@ -132,16 +132,16 @@ def image_page_data(session: Session, name: str | None, k: int) -> dict:
 
 
 def probe_image(request: Request, session: Session, data: dict, img, source: dict):
-    """Run the image through the model's layer; the top-k units by mean activation, each with its heatmap."""
+    """Run the image through the model's layer; the top-k units by their value (the one the dataset examples
+    rank by), each with its heatmap."""
     if data["model"] is None:
         raise NotFound(data["message"])
     m = get_model(session, data["model"])
     try:
         spec = spec_for(session, m)
-        acts = engine_of(request.app).image_activations(spec, img)
+        means, acts, signal = engine_of(request.app).image_activations(spec, img)
     except (ProbeBusy, ProbeUnavailable) as e:
         return probe_error(request, e)
-    means = acts.reshape(acts.shape[0], -1).mean(axis=1)
     top = means.argsort()[::-1][: data["k"]]
     view = model_view(img, max(m.image_size, OVERLAY_SIZE))  # the model's crop, sharp enough to look at
     vmax = float(acts[top].max()) if len(top) else 0.0
@@ -149,7 +149,7 @@ def probe_image(request: Request, session: Session, data: dict, img, source: dic
     for card, u in zip(cards, top, strict=True):
         card["heatmap"] = [[round(float(v), 4) for v in row] for row in acts[u]]
         card["overlay"] = data_uri(overlay(view, acts[u], vmax))
-    data["result"] = {"layer": spec.layer, "source": source, "image": data_uri(view),
+    data["result"] = {"layer": spec.layer, "source": source, "image": data_uri(view), "signal": signal,
                       "grid": list(acts.shape[1:]), "units": cards}
     return respond(request, "probe_image.html", data)
 

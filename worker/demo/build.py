@@ -40,7 +40,8 @@ def prepare(settings: Settings, device: str = "cpu", loaded=None, corpus: Path |
     with store.sessions.begin() as session:
         kept = forget_other_weights(session, digest)
         model = register_model(session, DEMO_MODEL, arch=loaded.arch, weights=loaded.weights,
-                               image_size=loaded.image_size, layers=catalogue(loaded), description=DESCRIPTION)
+                               image_size=loaded.image_size, layers=catalogue(loaded), description=DESCRIPTION,
+                               load=loaded.record())
         if not kept:
             finish_run(session, start_run(session, WEIGHTS_STAGE, model, {"sha256": digest}), {})
     return BuildContext(store, loaded, DEMO_MODEL, Path(corpus), options=demo_options(data_dir, Path(corpus)))
@@ -53,7 +54,17 @@ def demo_options(data_dir: Path, corpus: Path) -> dict:
 
     images = attack_set(data_dir, corpus)
     labels = list(dict.fromkeys(label for _, label in labelled_images(images)))
-    return {"featurevis": FEATUREVIS, "typographic": {"images": images, "attacks": pick_attacks(labels)}}
+    return {"featurevis": FEATUREVIS, "typographic": {"images": images, "attacks": pick_attacks(labels)},
+            "modality": {"concept_set": "captions", "exclude": demo_non_text(corpus)}}
+
+
+def demo_non_text(corpus: Path) -> frozenset[str]:
+    """The corpus's rendered words and logos: left out of the modality stage's pictures (as `demo evaluate`
+    leaves them out), since as pictures they would make every reading unit look multimodal."""
+    from worker.demo.corpus import read_manifest
+    from worker.demo.evaluate import NON_TEXT_EXCLUDED
+
+    return frozenset(r["path"] for r in read_manifest(corpus) if r["kind"] in NON_TEXT_EXCLUDED)
 
 
 def weights_digest(weights) -> str:

@@ -7,6 +7,10 @@
 - multimodal neurons: a unit of the penultimate layer is multimodal when, of its top-9 non-text corpus
   images, at least 3 have a caption that shares a concept (a content word, plural folded) with its
   top-5 rendered words (scored as the rendered-words stage scores them)
+- multimodal neurons by the modality score (worker/modality.py, the code the modality stage and the
+  neuron pages use): over the caption concepts of the non-text images (at least 3 images each), the
+  correlation of a unit's picture and rendered-name responses, counted above the 99th percentile of its
+  permuted-labels null. Both are reported; the first is the figure the README's tables give.
 """
 import re
 from collections import Counter
@@ -46,6 +50,7 @@ class Report:
     layer: str
     best: list[Unit] = field(default_factory=list)
     by_shared: dict[int, int] = field(default_factory=dict)  # units by how many top images share a concept
+    modality: dict = field(default_factory=dict)  # worker.modality's summary: p99, above, units, concepts
 
 
 def stem(word: str) -> str:
@@ -154,7 +159,27 @@ def evaluate(loaded: LoadedModel, corpus: Path, words: list[str], layer: str | N
     n_multi = sum(u.shared >= MIN_SHARED for u in units)
     by_shared = dict(sorted(Counter(u.shared for u in units).items()))
     return Report(reading, len(reading_rows), flags, len(flag_rows), n_multi, len(units), spec.name, units[:best],
-                  by_shared)
+                  by_shared, modality_criterion(loaded, acts, pictures, spec.name))
+
+
+def modality_criterion(loaded: LoadedModel, acts: np.ndarray, rows: list[dict], layer: str,
+                       min_images: int = 3) -> dict:
+    """The modality stage's score over the pictures' caption concepts (post-ReLU, as `acts` and the words are)."""
+    from worker.modality import Profile, score_profile
+    from worker.text_scores import default_plan, layer_reader, score_texts
+
+    members: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        for c in concepts(r["caption"]):
+            members.setdefault(c, []).append(i)
+    names = sorted(c for c, idx in members.items() if len(idx) >= min_images)
+    picture = np.stack([acts[members[c]].mean(axis=0) for c in names])
+    word = score_texts(layer_reader(loaded, layer), names, default_plan(loaded), loaded.mean, loaded.std,
+                       device=loaded.device)[1]
+    scored = score_profile(Profile(names, picture, word, None, [len(members[c]) for c in names]))
+    best = np.argsort(-scored["score"], kind="stable")[:5]
+    return {**{k: scored["summary"][k] for k in ("p99", "above", "units")}, "concepts": len(names),
+            "best": [(int(u), round(float(scored["score"][u]), 3), names[int(scored["best"][u])]) for u in best]}
 
 
 def format_report(report: Report) -> str:
@@ -165,6 +190,11 @@ def format_report(report: Report) -> str:
              f"of the top-{TOP_IMAGES} non-text images >= {MIN_SHARED} share a concept with the top-{TOP_WORDS} words)",
              "  units by images sharing a concept: "
              + ", ".join(f"{k}: {n}" for k, n in report.by_shared.items())]
+    if report.modality:
+        m = report.modality
+        lines.append(f"multimodal by the modality score (picture-word correlation over {m['concepts']} caption "
+                     f"concepts): {m['above']} of {m['units']} above the null's 99th percentile ({m['p99']:.3f}); "
+                     "best: " + ", ".join(f"unit {u} {s:.2f} ({c})" for u, s, c in m["best"]))
     for u in report.best:
         shared = [im for im in u.images if im["shared"]]
         lines.append(f"  unit {u.unit:4d}  {u.shared}/{TOP_IMAGES}  words: {', '.join(u.words)}")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import typer
 
-from worker.options import Arch, ConfigDirs, Device, ModelName, Precision, Weights
+from worker.options import Device, ModelName, ModelSource, Precision, model_options
 
 
 def parse_units(text: str | None) -> list[int] | None:
@@ -22,9 +22,9 @@ def parse_units(text: str | None) -> list[int] | None:
     return units
 
 
+@model_options
 def featurevis_cmd(
-    arch: Arch,
-    weights: Weights = None, config_dir: ConfigDirs = None, name: ModelName = None, device: Device = "auto",
+    source: ModelSource, name: ModelName = None, device: Device = "auto",
     layer: str = typer.Option(None, help="layer name (default: the penultimate layer)"),
     units: str = typer.Option(None, help="units to render, e.g. 0-63 or 0,5,9-12 (default: all)"),
     steps: int = typer.Option(512, min=1, help="Adam steps per image"),
@@ -57,8 +57,8 @@ def featurevis_cmd(
         render = RenderSettings(steps=steps, size=size, lr=lr, precision=precision_for(precision, device))
         settings = FeatureVisSettings(render, seed=seed, batch=batch,
                                       diversity=diversity, objective=objective)
-    model_name = name or model_name_for(arch, weights)
-    report = run_command(Settings(), arch, weights, config_dir, device, model_name, layer, wanted, settings,
+    model_name = name or model_name_for(source.arch, source.weights)
+    report = run_command(Settings(), source, device, model_name, layer, wanted, settings,
                          facets, generic, facet_layer, retrain_probes, channels_last, progress)
     for facet, info in report.get("probes", {}).items():
         typer.echo(f"facet {facet}: probe accuracy {info['accuracy']:.3f}" + (" (trained)" if info["trained"] else ""))
@@ -67,8 +67,8 @@ def featurevis_cmd(
                f"skipped {report['skipped']} already done" + (f"; {per:.2f} s per neuron" if per else ""))
 
 
-def run_command(app_settings, arch, weights, config_dir, device, model_name, layer, units, settings, facets,
-                generic, facet_layer, retrain, channels_last, progress) -> dict:
+def run_command(app_settings, source, device, model_name, layer, units, settings, facets, generic,
+                facet_layer, retrain, channels_last, progress) -> dict:
     import torch
 
     from worker.featurevis.stage import run_layer
@@ -77,13 +77,14 @@ def run_command(app_settings, arch, weights, config_dir, device, model_name, lay
     from worker.store import open_store, recorded_run, register_model
 
     torch.manual_seed(0)  # a random-init model is then the same model in every run
-    loaded = open_model(arch, weights, config_dir, device)
+    loaded = open_model(source, device)
     with clean_errors(ValueError):
         spec = layer_spec(loaded, layer)
         lower = facet_layer_for(loaded, spec.name, facet_layer) if facets else None
         store = open_store(app_settings)
         with store.sessions.begin() as session:
-            register_model(session, model_name, loaded.arch, weights, loaded.image_size, catalogue(loaded))
+            register_model(session, model_name, loaded.arch, source.weights, loaded.image_size, catalogue(loaded),
+                           load=loaded.record())
         with recorded_run(store, "featurevis", model_name, {**settings.as_dict(), "facets": facets},
                           layer=spec.name) as report:
             probes, probe_report = resolve_facets(store, loaded, model_name, lower, facets, generic, retrain,

@@ -4,17 +4,23 @@ They accept "layer:unit" strings, combine with + - * / and numbers, and are batc
 may be a list with one unit per image, so one optimisation renders a different neuron in each image.
 """
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 
 @dataclass
 class Context:
-    """What an objective can read: captured activations (B, units, H, W) by layer name, and the image."""
+    """What an objective can read: captured activations (B, units, H, W) by layer name, the image, and each
+    layer's pooled unit values (B, units): the value the dataset examples rank by (`worker.towers`)."""
 
     acts: dict[str, torch.Tensor]
     image: torch.Tensor  # (B, 3, H, W) in [0, 1], before any transform
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def value(self, layer: str) -> torch.Tensor:
+        """(B, units): the layer's pooled values; the spatial mean of its maps where none were captured."""
+        return self.values[layer] if layer in self.values else self.acts[layer].mean(dim=(-2, -1))
 
 
 Fn = Callable[[Context], torch.Tensor]
@@ -81,7 +87,7 @@ def parse_target(target: str, units: Units = None) -> tuple[str, Units]:
 
 
 def _select(acts: torch.Tensor, units: Units, layer: str) -> torch.Tensor:
-    """(B, units, H, W) -> (B, H, W): per image the unit asked for (one for all, or one per image)."""
+    """(B, units, ...) -> (B, ...): per image the unit asked for (one for all, or one per image)."""
     n = acts.shape[1]
     if units is None:
         raise ValueError(f"objective on {layer!r} needs a unit ('{layer}:N' or units=...)")
@@ -96,9 +102,11 @@ def _select(acts: torch.Tensor, units: Units, layer: str) -> torch.Tensor:
 
 
 def channel(target: str, units: Units = None) -> Objective:
-    """Mean activation over all positions ('layer:unit', or a layer with one unit per image)."""
+    """The unit's value ('layer:unit', or a layer with one unit per image): the number its dataset examples
+    rank by (conv maps: the mean over positions; ViT: the class token, patch mean or attention weighting
+    its tower pools by)."""
     layer, units = parse_target(target, units)
-    return Objective(lambda c: _select(c.acts[layer], units, layer).mean(dim=(-2, -1)),
+    return Objective(lambda c: _select(c.value(layer), units, layer),
                      frozenset({layer}), f"channel {layer}:{_units_name(units)}")
 
 
@@ -114,10 +122,10 @@ def neuron(target: str, units: Units = None) -> Objective:
 
 
 def direction(layer: str, vector: torch.Tensor) -> Objective:
-    """Dot product of the spatially averaged activations with a direction ((units,) or (B, units))."""
+    """Dot product of the layer's unit values (as `channel` reads them) with a direction ((units,) or (B, units))."""
     def fn(c: Context) -> torch.Tensor:
-        v = vector.to(c.acts[layer].device, c.acts[layer].dtype)
-        return (c.acts[layer].mean(dim=(-2, -1)) * v).sum(-1)
+        values = c.value(layer)
+        return (values * vector.to(values.device, values.dtype)).sum(-1)
 
     return Objective(fn, frozenset({layer}), f"direction {layer}")
 

@@ -78,11 +78,12 @@ def objective_values(loaded: LoadedModel, objective: Objective, x: torch.Tensor,
         return objective(Context({}, ctx_image))
     # fused attention kernels have no double backward; a second-order objective runs the plain one
     kernels = sdpa_kernel(SDPBackend.MATH) if objective.second_order else nullcontext()
-    with kernels, autocast(loaded.device, precision), capture_graph(loaded, sorted(objective.layers)) as acts:
+    with kernels, autocast(loaded.device, precision), capture_graph(loaded, sorted(objective.layers)) as (maps, values):
         forward(loaded, match_layout(loaded, x))
     if precision != "fp32" and not objective.second_order:
-        acts = {name: a.float() for name, a in acts.items()}
-    return objective(Context(dict(acts), ctx_image))
+        maps = {name: a.float() for name, a in maps.items()}
+        values = {name: v.float() for name, v in values.items()}
+    return objective(Context(maps, ctx_image, values))
 
 
 def evaluate(loaded: LoadedModel, objective: Objective | str, images: torch.Tensor,

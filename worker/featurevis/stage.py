@@ -25,7 +25,8 @@ from worker.featurevis.speed import fast_model
 from worker.models import LoadedModel
 from worker.store import Store
 
-FV_VERSION = 1  # bump when a code change alters the images rendered for the same settings
+FV_VERSION = 2  # bump when a code change alters the images rendered for the same settings (2: channel
+# objectives climb the unit's value — ResNets before the final ReLU, ViTs the pooled token value)
 DIVERSITY_WEIGHT = 1e2
 OBJECTIVES = {"channel": O.channel, "neuron": O.neuron}
 
@@ -38,7 +39,7 @@ class FeatureVisSettings:
     seed: int = 0
     batch: int = 8
     diversity: int = 0  # images per neuron in the diversity strip; 0 = no strip
-    objective: str = "channel"  # channel (mean over positions) | neuron (centre position)
+    objective: str = "channel"  # channel (the unit's value, as examples rank it) | neuron (centre position)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:

@@ -5,12 +5,14 @@ from worker.stages.emotions import Emotions
 from worker.stages.examples import Examples
 from worker.stages.featurevis import FeatureVis
 from worker.stages.maps import Maps
+from worker.stages.modality import Modality
 from worker.stages.regions import Regions
+from worker.stages.selflabels import SelfLabels
 from worker.stages.stroop import Stroop
 from worker.stages.suggest import Suggest
 from worker.stages.typographic import Typographic
 from worker.stages.words import Words
 
 STAGES = (Examples(), FeatureVis(), Words(), Maps(), Regions(), Attribution(), Emotions(), Typographic(),
-          Stroop(), Suggest())
+          Stroop(), Suggest(), Modality(), SelfLabels())
 STAGE_NAMES = tuple(s.name for s in STAGES)

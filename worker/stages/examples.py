@@ -18,12 +18,34 @@ def range_entries(ctx: BuildContext) -> int | None:
     return ctx.option("examples", "range_entries")
 
 
+def signal_of(ctx: BuildContext) -> dict:
+    """Which value ranks the examples (`worker.examples.signal_kind`, and in words): run settings and report."""
+    from worker.examples import signal_kind
+    from worker.layers import signal_description
+
+    return {"signal": signal_kind(ctx.loaded), "signal_text": signal_description(ctx.loaded)}
+
+
+def matrix_part(ctx: BuildContext, fp: str, piece):
+    """The range's (unopened) part of each layer's activation matrix."""
+    from pathlib import Path
+
+    from worker.example_parts import range_sink
+    from worker.layers import layer_spec
+
+    units = {n: layer_spec(ctx.loaded, n).n_units for n in ctx.layer_names()}
+    meta = {"model": ctx.model_name, "corpus": str(Path(ctx.corpus).expanduser().resolve()),
+            "reduce": options(ctx).reduce, "signal": signal_of(ctx)["signal"],
+            "layout": "rows x units, row-major, float16; rows in the range's image order, ranges in order"}
+    return range_sink(ctx.data_dir, ctx.model_name, units, fp, piece, meta)
+
+
 class Examples(Stage):
     name = "examples"
     produces = "top-K and most-negative-K dataset examples with heatmaps, activation statistics and samples"
     distributed = True  # items on Ray workers (worker.ray_executor)
-    code = ("worker.examples", "worker.example_parts", "worker.corpus", "worker.topk", "worker.stats",
-            "worker.images")
+    code = ("worker.examples", "worker.example_parts", "worker.activations", "worker.corpus", "worker.topk",
+            "worker.stats", "worker.images")
     reads_corpus = True
 
     def applies(self, ctx: BuildContext) -> str | None:
@@ -32,7 +54,8 @@ class Examples(Stage):
     def settings(self, ctx: BuildContext) -> dict:
         opts = options(ctx)
         return {"layers": ctx.layer_names(), "k": opts.k, "reduce": opts.reduce, "samples": opts.samples,
-                "batch_size": opts.batch_size, "range_entries": range_entries(ctx), "precision": opts.precision}
+                "batch_size": opts.batch_size, "range_entries": range_entries(ctx), "precision": opts.precision,
+                **signal_of(ctx)}
 
     def items(self, ctx: BuildContext) -> list[Item]:
         """One item per listing range; the payload carries the partials' folder name (the fingerprint)."""
@@ -48,7 +71,7 @@ class Examples(Stage):
 
         fp, piece = item.payload
         return compute_partial(ctx.loaded, ctx.layer_names(), piece, options(ctx),
-                               partials.path_of(ctx.data_dir, fp, item.key))
+                               partials.path_of(ctx.data_dir, fp, item.key), matrix_part(ctx, fp, piece))
 
     def merge(self, ctx: BuildContext, parts: list):
         from worker.example_parts import make_plan
@@ -71,15 +94,17 @@ class Examples(Stage):
         return write_piece(ctx.store, ctx.model_name, plan, item.payload, options(ctx), run_id)
 
     def finish(self, ctx: BuildContext, plan, pieces: list[dict], run_id: int) -> dict:
-        """The run's report; the partials are dropped once every unit is in the store."""
+        """The run's report; each layer's activation matrix (one part per range) is registered, and the
+        partials are dropped once every unit is in the store."""
         from worker import partials
-        from worker.example_parts import report_of
-        from worker.layers import family_of
+        from worker.activations import register_matrices
+        from worker.example_parts import matrix_folders, report_of
 
         entries = sum(len(r.entries) for r in plan.ranges)
+        if plan.ranges:
+            register_matrices(ctx.store, ctx.model_name, matrix_folders(ctx.data_dir, plan, ctx.model_name), run_id)
         partials.drop(ctx.data_dir, plan.fingerprint)
-        signal = "pre-relu" if family_of(ctx.loaded).pre_relu else "output"
-        return report_of(plan, pieces, entries, options(ctx)) | {"signal": signal}
+        return report_of(plan, pieces, entries, options(ctx)) | signal_of(ctx)
 
     def write(self, ctx: BuildContext, plan, run_id: int) -> dict:
         pieces = [self.write_item(ctx, plan, item, run_id) for item in self.write_items(ctx, plan)]

@@ -1,0 +1,84 @@
+"""Concept directions: the expression parser, and the page through real HTTP on a real tiny model whose
+examples equal a brute-force projection of the activation matrix; saved directions get rendered."""
+import numpy as np
+import pytest
+
+from app.directions import DirectionError, canonical, parse
+from tests.test_examples import make_corpus
+from worker.activations import stored_matrix
+from worker.attribution import embed_texts, readout_matrix
+from worker.examples import ExampleOptions, run_examples
+
+AUTH = {"Authorization": "Bearer test-token"}
+
+
+def test_expressions_parse_to_signed_terms_and_one_canonical_form():
+    assert parse("king - man + woman") == [(1, "king"), (-1, "man"), (1, "woman")]
+    assert parse('  a photo of a  dog -"t-shirt"') == [(1, "a photo of a dog"), (-1, "t-shirt")]
+    assert canonical(parse("-dog+cat")) == "- dog + cat"
+    assert canonical(parse('"t-shirt"  +red')) == '"t-shirt" + red'
+    for bad, reason in [("", "empty"), ("dog + + cat", "two operators"), ("dog -", "ends with"),
+                        ('"dog', "unbalanced"), ('dog + ""', "empty quoted"), ("dog " * 0 + "a+" * 9 + "a", "at most"),
+                        ("x" * 101, "at most 100")]:
+        with pytest.raises(DirectionError, match=reason):
+            parse(bad)
+
+
+@pytest.fixture
+def direction_store(store, probe_model, tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n=26, bad=False)
+    run_examples(store, probe_model, "tiny", corpus, ["layer4"], ExampleOptions(k=4, workers=0, progress=False,
+                                                                                samples=0))
+    return store
+
+
+def brute_force(loaded, store, terms):
+    e = embed_texts(loaded, [t for _, t in terms])
+    v = sum(s * e[i] for i, (s, _) in enumerate(terms))
+    d = readout_matrix(loaded) @ v
+    dense = np.maximum(stored_matrix(store, "tiny", "layer4").dense(), 0)  # pre-ReLU values, rectified
+    return dense @ d / np.linalg.norm(dense @ readout_matrix(loaded), axis=1), d, v
+
+
+def test_direction_examples_equal_a_brute_force_cosine_of_the_readout_embedding(direction_store, probe_model, client):
+    r = client.get("/models/tiny/layer4/direction.json", params={"q": "  dog   -cat", "k": 5})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["q"] == "dog - cat" and data["share_url"].endswith("/models/tiny/layer4/direction?q=dog+-+cat")
+    values, d, v = brute_force(probe_model, direction_store, [(1, "dog"), (-1, "cat")])
+    assert [e["row"] for e in data["examples"]["top"]] == list(np.argsort(-values, kind="stable")[:5])
+    assert [e["row"] for e in data["examples"]["bottom"]] == list(np.argsort(values, kind="stable")[:5])
+    assert np.allclose([e["score"] for e in data["examples"]["top"]], np.sort(values)[::-1][:5], rtol=1e-3, atol=1e-3)
+    assert sum(e["image"] is not None for e in data["examples"]["top"]) >= 1  # stored examples show as pictures
+    w = readout_matrix(probe_model)
+    cos = w @ v / np.linalg.norm(w, axis=1) / np.linalg.norm(v)
+    assert [c["unit"] for c in data["nearest"]] == list(np.argsort(-cos, kind="stable")[:5])
+    assert data["best_unit"]["unit"] == int(np.argmax(d)) and len(data["best_unit"]["top"]) == 5
+    page = client.get("/models/tiny/layer4/direction", params={"q": "dog - cat"})
+    assert page.status_code == 200 and "Its best single unit" in page.text and "Nearest units" in page.text
+
+
+def test_bad_directions_say_why(direction_store, client):
+    assert client.get("/models/tiny/nope/direction.json", params={"q": "dog"}).status_code == 404
+    r = client.get("/models/tiny/layer1/direction.json", params={"q": "dog"})
+    assert r.status_code == 404 and "read-out" in r.json()["error"] and "layer4" in r.json()["error"]
+    for q in ["dog + + cat", '"dog', "cat -"]:
+        r = client.get("/models/tiny/layer4/direction.json", params={"q": q})
+        assert r.status_code == 422 and "Invalid direction" in r.json()["error"], q
+    assert client.get("/models/tiny/layer4/direction.json", params={"q": "x" * 501}).status_code == 422
+    assert client.get("/models/tiny/layer4/direction").status_code == 200  # the empty form
+
+
+def test_a_saved_direction_gets_a_feature_visualization(direction_store, probe_model, client):
+    from worker.directions import run_directions
+
+    assert client.post("/models/tiny/layer4/directions", json={"q": "dog"}).status_code == 401
+    r = client.post("/models/tiny/layer4/directions", json={"q": " dog ", "name": "Dog"}, headers=AUTH)
+    assert r.status_code == 201 and r.json()["q"] == "dog"
+    report = run_directions(direction_store, probe_model, "tiny", steps=4)
+    assert report["rendered"] == 1 and report["images"] > 0
+    assert run_directions(direction_store, probe_model, "tiny", steps=4)["skipped"] == 1
+    data = client.get("/models/tiny/layer4/direction.json", params={"q": "dog"}).json()
+    assert data["this_saved"]["name"] == "Dog" and data["featurevis"].startswith("/cache/")
+    assert client.get(data["featurevis"]).status_code == 200
+    assert data["saved"] == [{"name": "Dog", "q": "dog", "url": "/models/tiny/layer4/direction?q=dog"}]

@@ -1,0 +1,81 @@
+"""A neuron page rendered afresh (no page cache) reads the store in at most four statements, and its JSON twin
+carries the full data behind every picture; checked on a neuron with every section filled, on both backends."""
+import re
+
+import pytest
+from conftest import make_settings
+from fastapi.testclient import TestClient
+from neuron_fill import N_CITIES, N_COUNTRIES, rich_store
+from sqlalchemy import event, select
+
+from app.db import Family, PlaceScore, Unit
+from app.main import create_app
+
+MAX_STATEMENTS = 4
+
+
+@pytest.fixture
+def fresh(store, tmp_path, db_url):
+    """A rich store and a client of an app without page cache, counting every SQL statement it sends."""
+    rich_store(store)
+    app = create_app(make_settings(tmp_path, db_url, page_cache_mb=0))
+    statements: list[str] = []
+    event.listen(app.state.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with TestClient(app) as client:
+        client.statements = statements
+        yield client
+    app.state.engine.dispose()
+
+
+@pytest.mark.parametrize("suffix", ["", ".json"])
+def test_a_fresh_neuron_page_takes_at_most_four_statements(fresh, suffix):
+    fresh.get("/models/synth/layer4/1" + suffix)  # the first request of a process also checks the schema
+    for unit in (0, 3):
+        fresh.statements.clear()
+        r = fresh.get(f"/models/synth/layer4/{unit}{suffix}")
+        assert r.status_code == 200
+        assert len(fresh.statements) <= MAX_STATEMENTS, fresh.statements
+    sections = fresh.get("/models/synth/layer4/0.json").json()["sections"]
+    unfilled = {"modality"}  # cached-file profiles (worker modality): tests/test_modality.py covers them
+    assert all(sections[name] is not None for name in set(sections) - unfilled), sections
+
+
+def test_every_section_of_a_rich_neuron_shows_what_the_store_holds(fresh, store):
+    with store.sessions() as db:
+        seed = list(db.scalars(select(Family.name).where(Family.name != "Geography").order_by(Family.position)))
+    page = fresh.get("/models/synth/layer4/0.json").json()
+    s = page["sections"]
+    labels = s["labels"]
+    assert page["title"] == "synth layer4 unit 0 — maps and places 0"
+    assert (labels["human"]["text"], labels["human"]["version"], labels["auto"]["text"]) == (
+        "maps and places 0", 2, "auto guess 0")
+    assert [(f["name"], f["source"]) for f in labels["families"]] == [
+        ("Geography", "human"), *((f, "auto") for f in sorted(["Emotion", "Region"], key=seed.index))]
+    assert [h["version"] for h in labels["history"] if h["source"] == "human"] == [2, 1]
+    assert [e["action"] for e in labels["events"]] == ["family-add"]
+    assert labels["edit"]["families_available"] == [*seed, "Geography"]
+    assert [(st["name"], st["progress"]) for st in s["studies"]["studies"]] == [("faces?", {"ann": 2, "cy": 1})]
+    assert s["studies"]["samples"] == 12
+    assert s["places"]["region"]["fraction"] == 0.6 and s["places"]["data"]["grid"] == [[0, 1.5], [2.5, 0]]
+    assert [e["rank"] for e in s["examples"]["top"]] == [0, 1, 2, 3] and len(s["examples"]["bottom"]) == 4
+    assert [w["score"] for w in s["words"]["top"]] == sorted(w["score"] for w in s["words"]["top"])
+    assert s["featurevis"]["plain"]["objective"] == 1.0
+    assert s["stats"]["histogram"] == {"edges": [-1, 0, 1], "counts": [1, 1]}
+    bare = fresh.get("/models/synth/layer3/1.json").json()["sections"]
+    assert bare["labels"]["human"] is None and bare["places"] is None and bare["studies"] is None
+
+
+def test_the_json_twin_carries_every_place_score_and_the_page_shows_the_top_ten(fresh, store):
+    places = fresh.get("/models/synth/layer4/0.json").json()["sections"]["places"]
+    with store.sessions() as s:
+        rows = s.scalars(select(PlaceScore).join(Unit, Unit.id == PlaceScore.unit_id)
+                         .where(Unit.index == 0, Unit.layer.has(name="layer4"))).all()
+    countries = sorted(((p.name, p.score) for p in rows if p.kind == "country"), key=lambda t: -t[1])
+    assert [c["name"] for c in places["data"]["countries"]] == [name for name, _ in countries]
+    assert [c["score"] for c in places["data"]["countries"]] == pytest.approx([v for _, v in countries], rel=1e-14)
+    assert len(places["data"]["countries"]) == N_COUNTRIES and len(places["data"]["cities"]) == N_CITIES
+    assert {(c["name"], c["lat"], c["lon"]) for c in places["data"]["cities"]} == {
+        (p.name, p.lat, p.lon) for p in rows if p.kind == "city"}
+    assert [c["name"] for c in places["countries"]] == [name for name, _ in countries[:10]]
+    html = fresh.get("/models/synth/layer4/0").text
+    assert set(re.findall(r"Country \d{3}", html)) == {name for name, _ in countries[:10]}
