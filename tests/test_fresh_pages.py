@@ -3,13 +3,13 @@ carries the full data behind every picture; checked on a neuron with every secti
 import re
 
 import pytest
-from conftest import make_settings
 from fastapi.testclient import TestClient
 from neuron_fill import N_CITIES, N_COUNTRIES, rich_store
 from sqlalchemy import event, select
 
 from app.db import Family, PlaceScore, Unit
 from app.main import create_app
+from app.settings import Settings
 
 MAX_STATEMENTS = 4
 
@@ -18,7 +18,8 @@ MAX_STATEMENTS = 4
 def fresh(store, tmp_path, db_url):
     """A rich store and a client of an app without page cache, counting every SQL statement it sends."""
     rich_store(store)
-    app = create_app(make_settings(tmp_path, db_url, page_cache_mb=0))
+    app = create_app(Settings(data_dir=tmp_path / "data", database_url=db_url, cache_dir=tmp_path / "cache",
+                              page_cache_mb=0))
     statements: list[str] = []
     event.listen(app.state.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     with TestClient(app) as client:
