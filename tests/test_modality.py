@@ -145,3 +145,21 @@ def test_demo_evaluate_counts_with_the_same_score(probe_model, word_corpus):
     rng = np.random.default_rng(0)
     shuffled = [{"caption": names[rng.integers(len(names))]} for _ in rows]
     assert modality_criterion(probe_model, acts, shuffled, "layer4")["above"] < 0.05 * 512
+
+
+def test_the_stage_reads_the_matrix_a_ranged_examples_build_leaves(store, probe_model, word_corpus):
+    """The examples stage of `microscope build` (listing ranges, one matrix part per range: what --ray runs)
+    registers a complete matrix, and modality finds the same multimodal units from it."""
+    from worker.modality import run_modality
+    from worker.pipeline import run_pipeline
+    from worker.stage import BuildContext
+    from worker.stages.examples import Examples
+
+    root, names = word_corpus
+    options = {"examples": {"k": 4, "samples": 0, "workers": 0, "range_entries": 8}}
+    ctx = BuildContext(store, probe_model, "tiny", root, ("layer4",), options, (), progress=False)
+    outcomes = run_pipeline(ctx, stages=[Examples()], echo=lambda _: None)
+    assert [o.status for o in outcomes] == ["done"]
+    report = run_modality(store, probe_model, "tiny", concept_set="captions", permutations=10)
+    assert report["concepts"] == len(names) and report["units"] == 512
+    assert report["above"] > 0.2 * 512

@@ -311,7 +311,7 @@ def test_help_lists_the_commands_in_pipeline_order():
         return [line.split()[1] for line in out.split("Commands")[1].splitlines()
                 if line.startswith("│ ") and line[2].isalpha()]  # a wrapped description line starts with spaces
 
-    assert listed() == ["build", "demo", "serve", "worker", "db"]
+    assert listed() == ["build", "demo", "serve", "export", "worker", "db"]  # export: after serve (app/cli.py)
     assert listed("worker") == ["layers", "register", *STAGE_NAMES, "directions"]
     assert listed("demo") == ["build", "train", "evaluate", "corpus"]
 

@@ -254,6 +254,9 @@ def build_cmd(source: ModelSource,
               force: list[str] = typer.Option([], help="rerun these stages even when up to date"),
               word_list: str = typer.Option("clean", help="words stage: clean (common words without profanity "
                                                           "and slurs) | common (the paper's 10,000)"),
+              ray: str = typer.Option(None, "--ray", help="run the image- and unit-heavy stages on a Ray cluster: "
+                                      "auto (the cluster this machine runs, else a new one over its GPUs) or "
+                                      "its ADDRESS (docs/scale.md)"),
               words: int = typer.Option(10_000, min=1, help="words stage: drawn from this many most common words"),
               precision: Precision = "auto",
               progress: bool = typer.Option(True, "--progress/--no-progress")):
@@ -272,17 +275,34 @@ def build_cmd(source: ModelSource,
         fail(f"--word-list must be one of {', '.join(WORD_LISTS)}, got {word_list!r}")
     if corpus is not None and not Path(corpus).expanduser().exists():
         fail(f"--corpus {corpus}: no such file or folder")
-    loaded = open_model(source, device, precision)
+    executor = ray_executor(ray)
+    # with --ray the GPUs are the workers': the driver (merge, small stages) keeps to the CPU unless told
+    loaded = open_model(source, "cpu" if ray and device == "auto" else device, precision)
     ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights),
                        Path(corpus).expanduser() if corpus else None, tuple(layers),
                        {"words": {"list": word_list, "n": words}, "examples": {"precision": loaded.precision}},
                        tuple(source.config_dirs), progress)
     with clean_errors():
         ctx.layer_names()
-        outcomes = run_pipeline(ctx, only=only, skip=skip, force=force)
+        outcomes = run_pipeline(ctx, only=only, skip=skip, force=force, executor=executor)
     typer.echo(summary(outcomes))
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
+
+
+def ray_executor(address: str | None):
+    """None (the serial build) without --ray; else a RayExecutor joined to the cluster (ray imported only here)."""
+    if address is None:
+        return None
+    from worker.options import fail
+    from worker.ray_executor import RayExecutor
+
+    try:
+        return RayExecutor(address)
+    except ImportError:
+        fail("--ray needs Ray: pip install 'clip-microscope[ray]'")
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        fail(f"--ray {address}: cannot join the Ray cluster ({str(e).strip().splitlines()[0]})")
 
 
 # pipeline order: the model frame, then the stages as `microscope build` runs them

@@ -539,15 +539,17 @@ def unit_sample(state: LayerState, unit: int, opts: ExampleOptions,
 
 
 def write_layer(store: Store, model_name: str, layer_name: str, state: LayerState, image_ids: dict[int, int],
-                opts: ExampleOptions, run_id: int) -> None:
+                opts: ExampleOptions, run_id: int, start: int = 0) -> None:
     """Write a layer's units, UNITS_PER_TRANSACTION whole units per transaction. On Postgres two connections
     write ranges side by side: the server's per-row foreign-key checks then overlap the building of the next
-    range's rows (SQLite has one writer at a time: there it would only wait on the lock)."""
+    range's rows (SQLite has one writer at a time: there it would only wait on the lock). `state` may hold a
+    slice of the layer's units from `start` on (its unit u is the layer's start + u: worker.example_parts)."""
     if not bool(state.moments.n.any()):
         return
-    unit_ids = layer_unit_ids(store, model_name, layer_name)
+    layer_ids = layer_unit_ids(store, model_name, layer_name)
     stats = unit_stats(state, run_id)
     units, ranked = len(stats), state.ranked()
+    unit_ids = [layer_ids[start + u] for u in range(units)]
 
     def write(group: range) -> int:
         write_units(store, [unit_ids[u] for u in group],

@@ -19,7 +19,13 @@ def store_images(store: Store, corpus: str | Path, positions: Iterable[int], thr
                  chunk: int = 64) -> dict[int, int]:
     """{stream position: images.id} for the given corpus entries; entries unreadable now are left out.
     Decoding and encoding run in `threads` threads, `chunk` images at a time (bounded memory)."""
-    entries = sorted(entries_at(corpus, positions).items())
+    return store_entries(store, sorted(entries_at(corpus, positions).items()), threads, chunk)
+
+
+def store_entries(store: Store, entries: list[tuple[int, Entry]], threads: int = 2,
+                  chunk: int = 64) -> dict[int, int]:
+    """`store_images` for entries already at hand (a distributed write knows its entries from the
+    listing ranges, so it does not list the corpus again)."""
     out: dict[int, int] = {}
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for start in range(0, len(entries), chunk):

@@ -25,6 +25,7 @@ def facets(ctx: BuildContext) -> dict[str, Path]:
 class FeatureVis(Stage):
     name = "featurevis"
     produces = "feature visualizations per unit (plain; faceted for the first units when facets are asked)"
+    distributed = True  # unit ranges on Ray workers (worker.ray_executor)
     code = ("worker.featurevis.stage", "worker.featurevis.render", "worker.featurevis.objectives",
             "worker.featurevis.param", "worker.featurevis.transform", "worker.featurevis.facets")
 
@@ -36,17 +37,39 @@ class FeatureVis(Stage):
                 "facet_units": ctx.option("featurevis", "facet_units", 16),
                 "facet_corpus": corpus_digest(ctx.corpus) if chosen else None}
 
-    def compute(self, ctx: BuildContext, item: Item) -> None:
-        """Rendering writes each unit as it finishes (`run_layer`), which is what makes it resumable; unit
-        ranges are the items a distributed executor will split it into."""
+    def items(self, ctx: BuildContext) -> list[Item]:
+        """Unit ranges per layer (`unit_range` units, a multiple of the render batch): rendering is per
+        unit, so the ranges run on any workers; each unit is written as it finishes (resumable)."""
+        from worker.layers import layer_spec
 
-    def write(self, ctx: BuildContext, merged, run_id: int) -> dict:
+        size = max(1, ctx.option("featurevis", "unit_range", 64))
+        return [Item(f"{layer}:{a}", (layer, a, min(units, a + size)))
+                for layer in ctx.layer_names() for units in [layer_spec(ctx.loaded, layer).n_units]
+                for a in range(0, units, size)]
+
+    def compute(self, ctx: BuildContext, item: Item) -> tuple[str, dict]:
         from worker.featurevis.stage import run_layer
+        from worker.store import active_run
 
-        settings, report = fv_settings(ctx), {"layers": {}}
-        for layer in ctx.layer_names():
-            report["layers"][layer] = run_layer(ctx.store, ctx.loaded, ctx.model_name, layer, None, settings,
-                                                run_id=run_id, progress=ctx.progress)
+        layer, start, stop = item.payload
+        return layer, run_layer(ctx.store, ctx.loaded, ctx.model_name, layer, range(start, stop), fv_settings(ctx),
+                                run_id=active_run(self.name), progress=ctx.progress)
+
+    def merge(self, ctx: BuildContext, parts: list) -> dict[str, dict]:
+        """Per layer, the unit ranges' reports summed (seconds per neuron over the rendered ones)."""
+        out: dict[str, dict] = {}
+        for layer, got in parts:
+            into = out.setdefault(layer, {"units": 0, "rendered": 0, "skipped": 0, "images": 0, "seconds": 0.0,
+                                          "kinds": got["kinds"]})
+            for key in ("units", "rendered", "skipped", "images", "seconds"):
+                into[key] += got[key]
+        for into in out.values():
+            into["seconds"] = round(into["seconds"], 3)
+            into["seconds_per_neuron"] = round(into["seconds"] / into["rendered"], 3) if into["rendered"] else None
+        return out
+
+    def write(self, ctx: BuildContext, merged: dict, run_id: int) -> dict:
+        report = {"layers": merged}
         chosen = facets(ctx)
         if chosen:
             report["facets"] = self.render_facets(ctx, chosen, run_id)

@@ -16,6 +16,7 @@ def opt(ctx: BuildContext, key: str):
 class Maps(Stage):
     name = "maps"
     produces = "world-map activation grids and heat overlays; country and city name scores with choropleths"
+    distributed = True  # items on Ray workers (worker.ray_executor)
     code = ("worker.maps", "worker.places", "worker.text_scores", "worker.render_text", "worker.resumable")
 
     def settings(self, ctx: BuildContext) -> dict:

@@ -27,6 +27,7 @@ def plan(ctx: BuildContext):
 class Words(Stage):
     name = "words"
     produces = "top and most negative rendered words per unit; the words x units matrices"
+    distributed = True  # items on Ray workers (worker.ray_executor)
     code = ("worker.words", "worker.text_scores", "worker.render_text", "worker.resumable", "worker.word_lists")
 
     def settings(self, ctx: BuildContext) -> dict:
