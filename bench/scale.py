@@ -62,7 +62,7 @@ class Timed(Examples):
 
 
 def make_corpus(root: Path, n: int) -> Path:
-    from worker.synthetic import picture
+    from tests.synthetic import picture
 
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -80,11 +80,11 @@ def tiny():
 
 
 def build(root: Path, loaded, corpus: Path, options: dict) -> dict:
-    from app.settings import Settings
+    from store.settings import Settings
+    from store.writes import open_store
     from worker.pipeline import run_pipeline
     from worker.ray_executor import RayExecutor
     from worker.stage import BuildContext
-    from worker.store import open_store
 
     settings = Settings(data_dir=root / "data", database_url=f"sqlite:///{root / 'store.db'}", cache_dir=root / "cache")
     ctx = BuildContext(open_store(settings), loaded, "tiny", corpus, ("layer4",), {"examples": options},

@@ -9,10 +9,12 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from app.db import ActivationSample, DatasetExample, Layer, Unit, UnitHeatmaps, UnitStats, WordScore
-from app.db import FeatureVis as FeatureVisRow
-from app.db import Image as ImageRow
-from app.settings import Settings
+from store.schema import ActivationSample, DatasetExample, Layer, Unit, UnitHeatmaps, UnitStats, WordScore
+from store.schema import FeatureVis as FeatureVisRow
+from store.schema import Image as ImageRow
+from store.settings import Settings
+from store.writes import open_store
+from tests.synthetic import picture
 from worker import partials
 from worker.example_parts import Range
 from worker.examples import LayerState, Progress
@@ -20,8 +22,6 @@ from worker.pipeline import run_pipeline
 from worker.stage import BuildContext
 from worker.stages.examples import Examples
 from worker.stages.words import Words
-from worker.store import open_store
-from worker.synthetic import picture
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPTIONS = {"examples": {"k": 4, "samples": 8, "batch_size": 4, "range_entries": 8, "write_units": 200},
@@ -244,7 +244,7 @@ def test_an_rn50x4_sized_partial_is_a_file_of_bounded_size(tmp_path):
 def test_microscope_build_ray_auto_joins_the_running_cluster(ray_cluster, corpus, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from app.cli import cli
+    from worker.commands import cli
 
     monkeypatch.setenv("MICROSCOPE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MICROSCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")

@@ -73,9 +73,9 @@ def context(recipe: Recipe) -> BuildContext:
 def build_context(recipe: Recipe) -> BuildContext:
     import ray
 
-    from app.settings import Settings
+    from store.settings import Settings
+    from store.writes import open_store
     from worker.models import load_model
-    from worker.store import open_store
 
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     loaded = load_model(recipe.arch, recipe.weights if recipe.state is None else None, device, recipe.config_dirs)
@@ -92,14 +92,14 @@ def build_context(recipe: Recipe) -> BuildContext:
 
 
 def compute_task(recipe: Recipe, stage: Stage, item: Item, run_id: int):
-    from worker.store import joined_run
+    from store.writes import joined_run
 
     with joined_run(run_id, stage.name):
         return stage.compute(context(recipe), item)
 
 
 def write_task(recipe: Recipe, stage: Stage, merged, item: Item, run_id: int) -> dict:
-    from worker.store import joined_run
+    from store.writes import joined_run
 
     with joined_run(run_id, stage.name):
         return stage.write_item(context(recipe), merged, item, run_id)

@@ -48,8 +48,8 @@ class FeatureVis(Stage):
                 for a in range(0, units, size)]
 
     def compute(self, ctx: BuildContext, item: Item) -> tuple[str, dict]:
+        from store.writes import active_run
         from worker.featurevis.stage import run_layer
-        from worker.store import active_run
 
         layer, start, stop = item.payload
         return layer, run_layer(ctx.store, ctx.loaded, ctx.model_name, layer, range(start, stop), fv_settings(ctx),
