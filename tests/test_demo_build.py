@@ -128,10 +128,9 @@ def test_a_mistyped_stage_is_an_error_before_anything_is_built(settings):
 
 
 def test_demo_group_has_build_train_evaluate_corpus():
-    from app import cli
+    from worker.commands import cli
 
-    cli._add_worker()
-    result = CliRunner().invoke(cli.cli, ["demo", "--help"])
+    result = CliRunner().invoke(cli, ["demo", "--help"])
     assert result.exit_code == 0
     for command in ("build", "train", "evaluate", "corpus"):
         assert command in result.output

@@ -124,9 +124,5 @@ cli = command_group("CLIP Microscope: precompute neuron pages with the worker, b
     ("db", db_cli)])
 
 
-def _add_worker() -> None:
-    """Kept for callers of the old lazy registration: every command is in the tree from the start."""
-
-
 def main() -> None:
     cli()
