@@ -2,7 +2,6 @@
 for bit; a Ray worker killed mid-run changes nothing; a killed driver's rerun computes only the missing
 ranges; a partial state lives in a file of a stated, bounded size."""
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from tests.synthetic import picture
 from worker import partials
 from worker.example_parts import Range
 from worker.examples import LayerState, Progress
+from worker.examples import one_thread as examples_one_thread
 from worker.pipeline import run_pipeline
 from worker.stage import BuildContext
 from worker.stages.examples import Examples
@@ -94,14 +94,9 @@ def matrix_of(store) -> tuple:
     return matrix.dense().tobytes(), matrix.hashes.tolist(), matrix.entries.tolist()
 
 
-@contextmanager
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    """One intra-op thread, as in a one-CPU Ray task (CPU convolutions differ by ~1e-7 with other counts)."""
+    return examples_one_thread(torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

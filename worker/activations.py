@@ -140,22 +140,13 @@ def matrix_sink(data_dir: Path, job, shard, specs, signal: str) -> MatrixSink:
 
 def register_matrices(store, model_name: str, folders: dict[str, str], run_id: int | None) -> None:
     """Point each layer's `activations` Artifact at its (complete) matrix folder, relative to the data folder."""
-    from sqlalchemy import select
+    from worker.artifacts import put_artifact
 
-    from store.schema import Artifact, Model
-
-    with store.sessions.begin() as session:
-        model = session.scalar(select(Model).where(Model.name == model_name))
-        for layer, folder in folders.items():
-            matrix = ActivationMatrix(Path(store.settings.data_dir) / folder)
-            meta = {"rows": matrix.rows, "units": matrix.units, "corpus": matrix.corpus,
-                    "reduce": matrix.meta[0]["reduce"], "signal": matrix.meta[0]["signal"]}
-            row = session.scalar(select(Artifact).where(Artifact.model_id == model.id, Artifact.layer == layer,
-                                                        Artifact.name == ARTIFACT))
-            if row is None:
-                row = Artifact(model_id=model.id, layer=layer, name=ARTIFACT, path=folder)
-                session.add(row)
-            row.path, row.meta, row.run_id = folder, meta, run_id
+    for layer, folder in folders.items():
+        matrix = ActivationMatrix(Path(store.settings.data_dir) / folder)
+        meta = {"rows": matrix.rows, "units": matrix.units, "corpus": matrix.corpus,
+                "reduce": matrix.meta[0]["reduce"], "signal": matrix.meta[0]["signal"]}
+        put_artifact(store, model_name, layer, ARTIFACT, folder, meta, run_id)
 
 
 def stored_matrix(store, model_name: str, layer: str) -> ActivationMatrix:
