@@ -118,7 +118,7 @@ def _load(spec: ModelSpec, threads: int):
 
 
 def _embed(loaded, texts: list[str]) -> np.ndarray:
-    from worker.attribution import embed_texts
+    from worker.readout import embed_texts
 
     try:
         return embed_texts(loaded, texts)

@@ -76,7 +76,7 @@ def build_standin(settings) -> str:
 
 def timed_embed(loaded, text: str):
     """One prompt through the text tower, with the CPU time this thread spent on it (ms)."""
-    from worker.attribution import embed_texts
+    from worker.readout import embed_texts
 
     t = time.thread_time()
     vec = embed_texts(loaded, [text])[0]

@@ -6,8 +6,8 @@ import pytest
 from app.directions import DirectionError, canonical, parse
 from tests.test_examples import make_corpus
 from worker.activations import stored_matrix
-from worker.attribution import embed_texts, readout_matrix
 from worker.examples import ExampleOptions, run_examples
+from worker.readout import embed_texts, readout_matrix
 
 AUTH = {"Authorization": "Bearer test-token"}
 

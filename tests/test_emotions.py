@@ -8,8 +8,8 @@ from sqlalchemy import select
 from store.schema import Artifact
 from store.writes import register_model
 from worker import emotions as E
-from worker.attribution import embed_texts, readout_matrix, text_attribution
 from worker.layers import catalogue
+from worker.readout import embed_texts, readout_matrix, text_attribution
 
 SMALL = """# a few words
 [happy]

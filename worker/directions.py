@@ -22,7 +22,7 @@ EXAMPLES = 12
 
 def direction_in_layer(loaded, query: str) -> np.ndarray:
     """d = W Σ ±embed(text) (units,), float32: the page's direction, from the worker's model."""
-    from worker.attribution import embed_texts, readout_matrix
+    from worker.readout import embed_texts, readout_matrix
 
     terms = parse(query)
     embeddings = embed_texts(loaded, [text for _, text in terms])
@@ -73,7 +73,7 @@ def store_examples(store: Store, model_name: str, layer: str, d: np.ndarray, rea
 def run_directions(store: Store, loaded, model_name: str, steps: int = 512, force: bool = False) -> dict:
     """Render every saved direction of the model that has none yet (or whose query changed)."""
     from store.writes import recorded_run
-    from worker.attribution import readout_matrix
+    from worker.readout import readout_matrix
 
     report = {"directions": 0, "rendered": 0, "skipped": 0, "images": 0}
     todo = saved_directions(store, model_name)

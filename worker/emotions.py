@@ -159,7 +159,7 @@ def render_atlas(words: list[str], cells: list[tuple[int, int]], side: int, shar
 def compose(loaded, feelings: list[Feeling], method: str = "lasso", neurons: int = 6,
             factors: int = 7, c: float = 0.05, seed: int = 0) -> dict:
     """Attribution vectors, sparse codes and the atlas for `feelings` (pure compute, nothing written)."""
-    from worker.attribution import embed_texts, readout_matrix
+    from worker.readout import embed_texts, readout_matrix
 
     if len(feelings) < 3:
         raise ValueError("emotion composition needs at least 3 feeling words")

@@ -43,6 +43,6 @@ def image_embeddings(store, loaded, matrix, batch: int = 64) -> np.ndarray:
 
 def similarity(store, loaded, matrix, names: list[str], template: str = "{}") -> np.ndarray:
     """(rows × concepts) cosine of each row's image embedding with each concept's text embedding."""
-    from worker.attribution import embed_texts
+    from worker.readout import embed_texts
 
     return image_embeddings(store, loaded, matrix) @ embed_texts(loaded, [template.format(n) for n in names]).T

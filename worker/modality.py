@@ -9,7 +9,7 @@ Modalities, each a (concepts × units) matrix:
   nearest the concept's text: `groups_*` below);
 - word: its response to the concept's name rendered as an image (`worker.text_scores`, the rendered-words
   stage's scoring; pre-ReLU where the matrix is pre-ReLU);
-- read-out: W · t, the linear read-out of the concept's text embedding (`worker.attribution`), on the layer
+- read-out: W · t, the linear read-out of the concept's text embedding (`worker.readout`), on the layer
   the read-out is defined for (the penultimate one); absent elsewhere.
 
 **Multimodality score** (`multimodality`): the Pearson correlation, across the concepts, between the unit's
@@ -196,8 +196,8 @@ def concept_groups(store, loaded, matrix, concept_set: str, min_images: int = MI
 
 def build_profile(loaded, matrix, layer: str, groups: dict[str, np.ndarray], device: str = "cpu") -> Profile:
     """The three modalities of `groups`' concepts at `layer` (the model renders and embeds the names)."""
-    from worker.attribution import readout_matrix, text_attribution
     from worker.layers import layer_spec
+    from worker.readout import readout_matrix, text_attribution
     from worker.text_scores import channels_last, default_plan, layer_reader, score_texts
 
     concepts = list(groups)

@@ -135,8 +135,8 @@ def run_selflabels(store, loaded, model_name: str, layer: str | None = None, voc
     """Label every unit of `layer` from the matrix and the text tower, score the labels, write them."""
     from store.writes import recorded_run
     from worker.activations import stored_matrix
-    from worker.attribution import embed_texts
     from worker.layers import layer_spec
+    from worker.readout import embed_texts
 
     spec = layer_spec(loaded, layer)
     matrix = stored_matrix(store, model_name, spec.name)
