@@ -1,4 +1,4 @@
-"""Reading an activation matrix (see worker/activations.py for what it holds and how it is written), with
+"""Reading an activation matrix (see worker/analyses/activations.py for what it holds and how it is written), with
 numpy only: np.memmap over each complete part, scanned in row blocks. The app and the analyses read it.
 """
 import json

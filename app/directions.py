@@ -2,7 +2,7 @@
 in the read-out layer, shown like a neuron (numpy only; the text tower runs on the probe thread).
 
 For terms t_i with signs s_i, v = Σ s_i · embed(t_i) (unit-length text embeddings) lives in the embedding
-space; the direction in the layer is d = W v, W the read-out (units × embed_dim, worker/readout.py),
+space; the direction in the layer is d = W v, W the read-out (units × embed_dim, worker/compute/readout.py),
 so d_u is the attribution of the expression to unit u. An image with pooled activations a (rectified
 where the matrix holds pre-ReLU values: the read-out acts on the layer's output) has the read-out
 embedding e = Wᵀa, and scores e · v / |e| = a · d / |Wᵀa|: the cosine of its read-out embedding with the

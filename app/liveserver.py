@@ -44,7 +44,7 @@ class LiveServer:
 
     def command(self) -> list[str]:
         exe = Path(sys.executable).parent / "microscope"
-        head = [str(exe)] if exe.exists() else [sys.executable, "-c", "from worker.commands import main; main()"]
+        head = [str(exe)] if exe.exists() else [sys.executable, "-c", "from worker.cli.root import main; main()"]
         return head + ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
 
     def __enter__(self) -> "LiveServer":

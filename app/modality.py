@@ -1,4 +1,4 @@
-"""Modality profiles as the worker's modality stage stored them (worker/modality.py: definitions), read
+"""Modality profiles as the worker's modality stage stored them (worker/analyses/modality.py: definitions), read
 with numpy only: arrays memory-mapped once per file, a unit's column read when its page asks for it.
 """
 import json

@@ -27,7 +27,7 @@ from store.cache import Cache
 from store.paths import ROOT
 from store.schema import Artifact, Layer, Model
 
-READOUT = "readout"  # the artifact name worker/attribution.py writes
+READOUT = "readout"  # the artifact name worker/analyses/attribution.py writes
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
@@ -56,7 +56,7 @@ class ModelSpec:
     weights: str
     config_dirs: tuple[str, ...]
     layer: str  # the layer whose neurons the probes report (the model's default layer)
-    overrides: object = None  # worker.load_settings.LoadOverrides fixing every recorded setting (hashable)
+    overrides: object = None  # worker.compute.load_settings.LoadOverrides fixing every recorded setting (hashable)
 
 
 def readout_artifact(session: Session, model: Model) -> Artifact | None:
@@ -92,7 +92,7 @@ def spec_for(session: Session, model: Model, art: Artifact | None = None) -> Mod
     layer = art.layer if art is not None else getattr(default_layer(session, model), "name", "")
     if not layer:
         raise ProbeUnavailable(f"Model {model.name} has no layers registered.", 409)
-    from worker.load_settings import LoadOverrides
+    from worker.compute.load_settings import LoadOverrides
 
     record = model.load or {}
     dirs = record.get("config_dirs") or ((art.meta or {}).get("config_dirs", []) if art else [])
@@ -104,7 +104,7 @@ def _load(spec: ModelSpec, threads: int):
     """Runs on the probe thread: the only place the server imports torch and open_clip."""
     import torch
 
-    from worker.models import load_model
+    from worker.compute.models import load_model
 
     torch.set_grad_enabled(False)
     if threads:
@@ -118,7 +118,7 @@ def _load(spec: ModelSpec, threads: int):
 
 
 def _embed(loaded, texts: list[str]) -> np.ndarray:
-    from worker.readout import embed_texts
+    from worker.compute.readout import embed_texts
 
     try:
         return embed_texts(loaded, texts)
@@ -128,10 +128,10 @@ def _embed(loaded, texts: list[str]) -> np.ndarray:
 
 def _image_activations(loaded, image, layer: str) -> tuple[np.ndarray, np.ndarray, str]:
     """(values (units,), maps (units, h, w), what the value is): the numbers the examples stage ranks by,
-    from the same definition (`worker.layers.unit_values`)."""
+    from the same definition (`worker.compute.layers.unit_values`)."""
     import torch
 
-    from worker.layers import signal_description, unit_values
+    from worker.compute.layers import signal_description, unit_values
 
     try:
         with torch.inference_mode():
@@ -144,7 +144,7 @@ def _image_activations(loaded, image, layer: str) -> tuple[np.ndarray, np.ndarra
 
 def _typographic_lab(loaded, image, text: str, labels: list[str], k: int) -> dict:
     """Runs on the probe thread: zero-shot top classes before and after writing `text` on the image."""
-    from worker.typographic import Attack, try_attack
+    from worker.analyses.typographic import Attack, try_attack
 
     if not labels:
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES

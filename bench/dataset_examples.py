@@ -5,7 +5,7 @@ same synthetic images (JPEGs of 256-320 px written to a temp folder):
 
   bare       the images already decoded and preprocessed in memory; timed: layer4 pre-ReLU capture with
              early stop (the same forward the pipeline runs), inference_mode, channels_last
-  pipeline   worker.examples.stream over the folder: listing, reading, hashing, de-duplication, decoding and
+  pipeline   worker.analyses.examples.stream over the folder: listing, reading, hashing, de-duplication, decoding and
              preprocessing in DataLoader workers, the forward, top-K / bottom-K / moments / sketch / sample
              updates, checkpoints (the store write phase is not part of it; --write times it separately)
 
@@ -62,7 +62,7 @@ def write_corpus(folder: Path, n: int, start: int = 0) -> Path:
 def load_rn50():
     import torch
 
-    from worker.models import load_model, revive_random_resnet
+    from worker.compute.models import load_model, revive_random_resnet
 
     torch.manual_seed(0)
     loaded = load_model("RN50", None, "cpu")
@@ -72,16 +72,16 @@ def load_rn50():
 
 
 def new_progress(loaded, k: int):
-    from worker.examples import LayerState, Progress, probe_grids
-    from worker.layers import layer_spec
+    from worker.analyses.examples import LayerState, Progress, probe_grids
+    from worker.compute.layers import layer_spec
 
     spec = layer_spec(loaded, "layer4")
     return Progress({spec.name: LayerState(spec.n_units, k, probe_grids(loaded, [spec])[0])})
 
 
 def time_pipeline(loaded, corpus: Path, opts, checkpoint: Path) -> tuple[float, int]:
-    from worker.corpus import survey
-    from worker.examples import save_checkpoint, stream
+    from worker.analyses.examples import save_checkpoint, stream
+    from worker.compute.corpus import survey
 
     progress = new_progress(loaded, opts.k)
     start = time.perf_counter()
@@ -92,7 +92,7 @@ def time_pipeline(loaded, corpus: Path, opts, checkpoint: Path) -> tuple[float, 
 def time_bare(loaded, batches) -> float:
     import torch
 
-    from worker.layers import activations
+    from worker.compute.layers import activations
 
     start = time.perf_counter()
     with torch.inference_mode():
@@ -104,7 +104,7 @@ def time_bare(loaded, batches) -> float:
 def preprocessed_batches(loaded, corpus: Path, batch_size: int):
     import torch
 
-    from worker.corpus import iter_entries, open_entry
+    from worker.compute.corpus import iter_entries, open_entry
 
     pixels = [loaded.preprocess(open_entry(e)[1]) for e in iter_entries(corpus)]
     return [torch.stack(pixels[i:i + batch_size]).contiguous(memory_format=torch.channels_last)
@@ -112,7 +112,7 @@ def preprocessed_batches(loaded, corpus: Path, batch_size: int):
 
 
 def options(batch_size: int, workers: int, k: int, checkpoint_seconds: float = 60):
-    from worker.examples import ExampleOptions
+    from worker.analyses.examples import ExampleOptions
 
     return ExampleOptions(k=k, batch_size=batch_size, workers=workers, progress=False,
                           checkpoint_seconds=checkpoint_seconds)
@@ -120,7 +120,7 @@ def options(batch_size: int, workers: int, k: int, checkpoint_seconds: float = 6
 
 def child(mode: str, corpus: Path, batch_size: int, workers: int, k: int, rounds: int = 1, keep_heap: bool = True):
     """(internal) One measurement in a fresh process; prints one JSON line."""
-    from worker.allocator import keep_freed_memory
+    from worker.compute.allocator import keep_freed_memory
 
     if keep_heap:
         keep_freed_memory()  # what the worker does: both sides of the ratio run with the same allocator
@@ -162,7 +162,7 @@ def time_write(loaded, corpus: Path, opts) -> float:
     """The store write phase of a full run_examples (images, overlays, unit rows) into a temp SQLite store."""
     from store.settings import Settings
     from store.writes import open_store
-    from worker.examples import run_examples
+    from worker.analyses.examples import run_examples
 
     root = Path(tempfile.mkdtemp())
     store = open_store(Settings(data_dir=root, database_url=f"sqlite:///{root / 'store.db'}", cache_dir=root / "c"))
@@ -194,7 +194,7 @@ def main(images: int = typer.Option(48, help="1x corpus size for the memory runs
     if workers < 0:
         import torch
 
-        from worker.examples import loader_workers
+        from worker.analyses.examples import loader_workers
 
         workers = loader_workers(None, torch.device("cpu"))
     tmp = Path(tempfile.mkdtemp(prefix="bench-examples-"))

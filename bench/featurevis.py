@@ -37,7 +37,7 @@ DEFAULT_LUCENT = "/tmp/lucent-venv/lib/python3.11/site-packages"
 def load_rn50(arch: str = "RN50"):
     import torch
 
-    from worker.models import load_model, revive_random_resnet
+    from worker.compute.models import load_model, revive_random_resnet
 
     torch.manual_seed(0)
     loaded = load_model(arch)
@@ -70,9 +70,9 @@ class Clock:
 
 
 def ours(fast, units: list[int], steps: int):
-    from worker.featurevis import objectives as O
-    from worker.featurevis.render import RenderSettings, render
-    from worker.featurevis.stage import image_seed
+    from worker.analyses.featurevis import image_seed
+    from worker.compute.featurevis import objectives as O
+    from worker.compute.featurevis.render import RenderSettings, render
 
     out = render(fast, O.channel("layer4", units), [image_seed(0, u, "plain") for u in units],
                  RenderSettings(steps=steps))
@@ -119,7 +119,7 @@ def compare(loaded, lucent, units: list[int], steps: int, batch: int, single: bo
     processes hits all of them alike. Returns {method: (Clock, final images)}."""
     import torch
 
-    from worker.featurevis.speed import fast_model
+    from worker.compute.featurevis.speed import fast_model
 
     fast = fast_model(loaded)
     methods = {"ours": lambda chunk: ours(fast, chunk, steps),
@@ -139,8 +139,8 @@ def compare(loaded, lucent, units: list[int], steps: int, batch: int, single: bo
 
 
 def reached(loaded, units: list[int], images):
-    from worker.featurevis import objectives as O
-    from worker.featurevis.render import evaluate
+    from worker.compute.featurevis import objectives as O
+    from worker.compute.featurevis.render import evaluate
 
     return evaluate(loaded, O.channel("layer4", units), images)
 
@@ -150,15 +150,15 @@ def flops_per_image_step(arch: str, batch: int = 1) -> tuple[float, int]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from worker.featurevis import objectives as O
-    from worker.featurevis.render import RenderSettings, render
+    from worker.compute.featurevis import objectives as O
+    from worker.compute.featurevis.render import RenderSettings, render
 
     loaded = load_rn50(arch)
     with FlopCounterMode(display=False) as counter:
         render(loaded, O.channel("layer4", list(range(batch))), list(range(batch)), RenderSettings(steps=1))
     # render ran 1 step plus the final forward-only evaluation; subtract that forward
     with FlopCounterMode(display=False) as forward_only, torch.no_grad():
-        from worker.layers import activations
+        from worker.compute.layers import activations
 
         activations(loaded, torch.rand(batch, 3, loaded.image_size, loaded.image_size), ["layer4"])
     return (counter.get_total_flops() - forward_only.get_total_flops()) / batch, loaded.image_size

@@ -5,11 +5,11 @@ the CPU with the tiny test model, to know the script runs end to end.
 Sections, each timed in this one process, side by side:
   forward     bare forward (random pixels already on the device, no loading, no state updates) of random-init
               RN50x4 (bn3 revived, GUIDE.md) to layer4 at fp32, bf16 and fp16: images/s
-  pipeline    `worker.examples.stream` over a synthetic JPEG corpus (decoded by the loader workers, and by
+  pipeline    `worker.analyses.examples.stream` over a synthetic JPEG corpus (decoded by the loader workers, and by
               nvJPEG on the device) at each precision: images/s and the ratio to the bare forward
   agreement   per unit, the fraction of the fp32 run's top-64 (and bottom-64) that bf16 / fp16 also keep;
               non-finite activations (fp16 overflow) dropped at each precision
-  featurevis  seconds per neuron-step of `worker.featurevis.render` at batch 32 (fp32, bf16)
+  featurevis  seconds per neuron-step of `worker.compute.featurevis.render` at batch 32 (fp32, bf16)
   ray         two Ray actors sharing the one GPU (num_gpus=0.5 each) over --shard 0/2 and 1/2, merged,
               against the single-process run; skipped with a message where ray is not importable
   state       the size of one layer's checkpoint (torch.save of the examples state)
@@ -78,7 +78,7 @@ def make_corpus(folder: Path, n: int, side: tuple[int, int]) -> Path:
 # -- model ---------------------------------------------------------------------------------------------
 
 def load(arch: str, device: str):
-    from worker.models import load_model, revive_random_resnet
+    from worker.compute.models import load_model, revive_random_resnet
 
     torch.manual_seed(0)
     loaded = load_model(arch, None, device, (ROOT / "tests" / "model_configs",))
@@ -93,8 +93,8 @@ def sync(device: str) -> None:
 
 def bare_forward(loaded, layer: str, batch: int, iters: int, precision: str) -> float:
     """Images/s of the forward alone: pixels already on the device, channels-last, inference mode."""
-    from worker.layers import activations
-    from worker.precision import autocast
+    from worker.compute.layers import activations
+    from worker.compute.precision import autocast
 
     device = loaded.device.type
     loaded.model.to(memory_format=torch.channels_last)
@@ -113,10 +113,10 @@ def bare_forward(loaded, layer: str, batch: int, iters: int, precision: str) -> 
 
 def pipeline(loaded, corpus: Path, n: int, layer: str, p: dict, precision: str, decode: str,
              shard: str | None = None, workers: int | None = None):
-    """`worker.examples.stream` as `microscope worker examples` runs it, minus the store: (progress, img/s)."""
-    from worker.corpus import Shard
-    from worker.examples import ExampleOptions, LayerState, Progress, probe_grids, stream
-    from worker.layers import layer_spec
+    """`worker.analyses.examples.stream` as `microscope worker examples` runs it, minus the store: (progress, img/s)."""
+    from worker.analyses.examples import ExampleOptions, LayerState, Progress, probe_grids, stream
+    from worker.compute.corpus import Shard
+    from worker.compute.layers import layer_spec
 
     spec = layer_spec(loaded, layer)
     opts = ExampleOptions(k=p["k"], batch_size=p["batch"], workers=p["workers"] if workers is None else workers,
@@ -142,9 +142,9 @@ def overlap(a, b) -> dict:
 
 def featurevis(loaded, layer: str, batch: int, steps: int, precision: str) -> float:
     """Seconds per neuron-step of a batch of `batch` neurons (median step after two warm-up steps)."""
-    from worker.featurevis import objectives as O
-    from worker.featurevis.render import RenderSettings, render
-    from worker.featurevis.speed import fast_model
+    from worker.compute.featurevis import objectives as O
+    from worker.compute.featurevis.render import RenderSettings, render
+    from worker.compute.featurevis.speed import fast_model
 
     fast = fast_model(loaded)
     stamps = []
@@ -182,7 +182,7 @@ def ray_section(loaded_args: tuple[str, str], corpus: Path, n: int, layer: str, 
             torch.save(progress.state_dict(), buf)
             return buf.getvalue(), rate
 
-    from worker.examples import Progress
+    from worker.analyses.examples import Progress
 
     ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:

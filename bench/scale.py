@@ -3,7 +3,7 @@ the per-image costs docs/scale.md builds its 8 GPUs x N nodes estimate from.
 
 One run, side by side:
 
-  ray 1 / ray 2   the examples stage through `worker.ray_executor.RayExecutor` on a local cluster of one and
+  ray 1 / ray 2   the examples stage through `worker.pipeline.ray_executor.RayExecutor` on a local cluster of one and
                   then two CPUs (one task per CPU, one intra-op thread each), tiny-rn (tests/model_configs),
                   the same synthetic 480x360 JPEG corpus cut into listing ranges. Each cluster is warmed with
                   a small build first (worker start and imports are not the pipeline's rate). Timed: the
@@ -71,7 +71,7 @@ def make_corpus(root: Path, n: int) -> Path:
 
 
 def tiny():
-    from worker.models import load_model, revive_random_resnet
+    from worker.compute.models import load_model, revive_random_resnet
 
     torch.manual_seed(0)
     loaded = load_model("tiny-rn", config_dirs=(CONFIG_DIR,))
@@ -82,9 +82,9 @@ def tiny():
 def build(root: Path, loaded, corpus: Path, options: dict) -> dict:
     from store.settings import Settings
     from store.writes import open_store
-    from worker.pipeline import run_pipeline
-    from worker.ray_executor import RayExecutor
-    from worker.stage import BuildContext
+    from worker.pipeline.contract import BuildContext
+    from worker.pipeline.ray_executor import RayExecutor
+    from worker.pipeline.runner import run_pipeline
 
     settings = Settings(data_dir=root / "data", database_url=f"sqlite:///{root / 'store.db'}", cache_dir=root / "cache")
     ctx = BuildContext(open_store(settings), loaded, "tiny", corpus, ("layer4",), {"examples": options},
@@ -111,7 +111,7 @@ def ray_run(workers: int, loaded, corpus: Path, warm: Path, tmp: Path, options: 
 
 
 def per_image_decode(corpus: Path, preprocess, n: int = 64) -> float:
-    from worker.corpus import decode
+    from worker.compute.corpus import decode
 
     files = sorted(corpus.iterdir())[:n]
     started = time.perf_counter()
@@ -124,7 +124,7 @@ def forward_cost(loaded, layer: str, batch: int, repeats: int = 3) -> tuple[floa
     """(seconds per image on one thread, FLOPs per image) of the capture forward."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from worker.layers import activations
+    from worker.compute.layers import activations
 
     x = torch.randn(batch, 3, loaded.image_size, loaded.image_size).contiguous(memory_format=torch.channels_last)
     loaded.model.to(memory_format=torch.channels_last)
@@ -143,10 +143,10 @@ def forward_cost(loaded, layer: str, batch: int, repeats: int = 3) -> tuple[floa
 
 def rn50x4_state(k: int = 64) -> tuple[dict[str, tuple], int, object]:
     """RN50x4's four stage layers (units, grid) and one partial's bytes for them, and the model."""
-    from worker import partials
-    from worker.examples import LayerState, probe_grids
-    from worker.layers import layer_spec
-    from worker.models import load_model
+    from worker.analyses.examples import LayerState, probe_grids
+    from worker.compute import partials
+    from worker.compute.layers import layer_spec
+    from worker.compute.models import load_model
 
     loaded = load_model("RN50x4")
     specs = [layer_spec(loaded, f"layer{i}") for i in range(1, 5)]

@@ -5,7 +5,7 @@ A demo-sized layer without the model: a synthetic LayerState (768 units, 64 top 
   old  the writer before issue 19 (copied below from git history): 128 overlay PNGs a unit through the
        cache, each map also as JSON floats in dataset_examples, on a store migrated to just before
        revision 5e1f0c2a9b47;
-  new  worker.examples.write_layer: one quantized unit_heatmaps row a unit, bulk inserts (Postgres COPY),
+  new  worker.analyses.examples.write_layer: one quantized unit_heatmaps row a unit, bulk inserts (Postgres COPY),
        on a store at head.
 Per neuron it prints the store bytes (database growth: SQLite file after a WAL checkpoint, Postgres
 pg_database_size) plus the unit files in the cache (their bytes, and the disk they take in whole 4 KB
@@ -34,8 +34,8 @@ from store.keys import UnitKey  # noqa: E402
 from store.migrate import upgrade  # noqa: E402
 from store.schema import Image, Layer, Model, Unit, make_engine, make_sessionmaker  # noqa: E402
 from store.writes import Store, register_model, start_run  # noqa: E402
-from worker.examples import ExampleOptions, LayerState, unit_sample, unit_stats, write_layer  # noqa: E402
-from worker.layers import LayerSpec, Reading  # noqa: E402
+from worker.analyses.examples import ExampleOptions, LayerState, unit_sample, unit_stats, write_layer  # noqa: E402
+from worker.compute.layers import LayerSpec, Reading  # noqa: E402
 
 MODEL, LAYER = "bench", "layer4"
 HEATMAPS_REVISION = "5e1f0c2a9b47"  # the migration that made heatmaps data: the old path runs just before it
@@ -109,7 +109,7 @@ def measure(name: str, backend: str, writer, revision: str, state: LayerState, i
             "disk_kb": disk / units / 1e3}
 
 
-# -- the writer before issue 19 (worker/examples.py at 85f55bb), on reflected tables of the old schema -----
+# -- the writer before issue 19 (worker/analyses/examples.py at 85f55bb), on reflected tables of the old schema -----
 
 HEAT_COLOURS = {"top": (255, 110, 0), "bottom": (0, 110, 255)}
 UNITS_PER_TRANSACTION = 32
@@ -194,8 +194,8 @@ def whole_neuron(backend: str, state: LayerState, images: int, n_words: int, map
     (word and place-name matrices, map grids) shared out per neuron."""
     from scipy.ndimage import gaussian_filter
 
-    from worker import maps
-    from worker.words import write_matrix, write_word_scores
+    from worker.analyses import maps
+    from worker.analyses.words import write_matrix, write_word_scores
 
     units = state.top.values.shape[0]
     rng = np.random.default_rng(0)
@@ -229,7 +229,7 @@ def whole_neuron(backend: str, state: LayerState, images: int, n_words: int, map
 
 def layer_artifacts(store, write_matrix, words, pre, post, texts, places, grids) -> None:
     """What the words and maps stages keep for the whole layer, as they write it."""
-    from worker.words import npy_bytes
+    from worker.analyses.words import npy_bytes
 
     write_matrix(store, MODEL, LAYER, "words", words, {"post": post, "pre": pre}, {"hash": "bench"}, None)
     write_matrix(store, MODEL, LAYER, "places", texts, {"post": places, "pre": places}, {"hash": "bench"}, None)

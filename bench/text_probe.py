@@ -59,9 +59,9 @@ def standin_config(folder: Path) -> Path:
 
 def build_standin(settings) -> str:
     from store.writes import open_store, register_model
-    from worker.attribution import store_readout
-    from worker.layers import catalogue
-    from worker.models import load_model, revive_random_resnet, save_checkpoint
+    from worker.analyses.attribution import store_readout
+    from worker.compute.layers import catalogue
+    from worker.compute.models import load_model, revive_random_resnet, save_checkpoint
 
     config_dir = standin_config(settings.data_dir / "configs")
     model = revive_random_resnet(load_model(STANDIN, config_dirs=(config_dir,)).model)
@@ -76,7 +76,7 @@ def build_standin(settings) -> str:
 
 def timed_embed(loaded, text: str):
     """One prompt through the text tower, with the CPU time this thread spent on it (ms)."""
-    from worker.readout import embed_texts
+    from worker.compute.readout import embed_texts
 
     t = time.thread_time()
     vec = embed_texts(loaded, [text])[0]

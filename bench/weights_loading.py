@@ -3,7 +3,7 @@
 Why it matters: OpenAI's RN50.pt … ViT-L-14.pt are TorchScript archives; `torch.jit.load` deserialises the
 traced code as well as the tensors, and the loader then rebuilds open_clip's model from the state dict, so
 an archive costs more than a plain state dict of the same weights. This prints the median load time of
-each (the whole `worker.models.load_model`: sniff, read, build, check, fill) and the archive / state-dict
+each (the whole `worker.compute.models.load_model`: sniff, read, build, check, fill) and the archive / state-dict
 ratio, and checks the three load identical weights.
 
     .venv/bin/python bench/weights_loading.py                  # tiny ViT and ModifiedResNet configs
@@ -23,8 +23,8 @@ CONFIGS = ROOT / "tests" / "model_configs"
 
 
 def median_load(arch: str, path: Path, repeats: int, quick: bool):
-    from worker.load_settings import LoadOverrides
-    from worker.models import load_model
+    from worker.compute.load_settings import LoadOverrides
+    from worker.compute.models import load_model
 
     times, loaded = [], None
     for _ in range(repeats):
@@ -38,8 +38,8 @@ def bench(arch: str, repeats: int) -> None:
     import open_clip
     import torch
 
-    from worker.checkpoints import save_openai_archive
-    from worker.models import save_checkpoint
+    from worker.compute.checkpoints import save_openai_archive
+    from worker.compute.models import save_checkpoint
 
     open_clip.add_model_config(CONFIGS)
     model = open_clip.create_model(arch, quick_gelu=True)

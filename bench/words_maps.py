@@ -17,7 +17,7 @@ import torch
 
 
 def tiny_model(size: int, width: int, folder: Path):
-    from worker.models import load_model, revive_random_resnet
+    from worker.compute.models import load_model, revive_random_resnet
 
     cfg = {"embed_dim": 64, "vision_cfg": {"image_size": size, "layers": [1, 1, 1, 1], "width": width,
                                            "patch_size": None},
@@ -31,7 +31,7 @@ def tiny_model(size: int, width: int, folder: Path):
 
 
 def bare_forward(loaded, n: int, batch: int) -> float:
-    from worker.layers import activations
+    from worker.compute.layers import activations
 
     loaded.visual.to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, loaded.image_size, loaded.image_size).contiguous(memory_format=torch.channels_last)
@@ -54,10 +54,10 @@ def main() -> None:
 
     from store.settings import Settings
     from store.writes import open_store
-    from worker.maps import run_maps
-    from worker.render_text import render_all
-    from worker.text_scores import common_words, default_plan
-    from worker.words import run_words
+    from worker.analyses.maps import run_maps
+    from worker.analyses.words import run_words
+    from worker.compute.render_text import render_all
+    from worker.compute.text_scores import common_words, default_plan
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-words-"))
     loaded = tiny_model(args.size, args.width, tmp)

@@ -43,14 +43,14 @@ def pack(folder: Path, data: Path = Path("data")) -> None:
     import torch
     from PIL import Image
 
-    from worker import render_text
+    from worker.compute import render_text
     from worker.demo import model as demo_model
     from worker.demo import sources
     from worker.demo.corpus import read_manifest
     from worker.demo.evaluate import NON_TEXT_EXCLUDED, embed_texts, heldout
     from worker.demo.items import captions, load_pools, training_items
     from worker.demo.train import caption_bank, committed_config
-    from worker.text_scores import common_words
+    from worker.compute.text_scores import common_words
 
     cfg = committed_config()
     pools = load_pools(data, 64, cfg.n_words, cfg.npm, cfg.limit)
@@ -94,7 +94,7 @@ def unpack(folder: Path) -> dict:
     import torch.nn.functional as F
     from PIL import Image
 
-    from worker import render_text
+    from worker.compute import render_text
     from worker.demo import sources
 
     sources.FONT_ROOT = render_text.FONT_ROOT = folder / "fonts"
@@ -122,7 +122,7 @@ def image_model(vision: dict, init_scale: float):
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from open_clip.modified_resnet import ModifiedResNet
 
-    from worker.models import revive_random_resnet
+    from worker.compute.models import revive_random_resnet
 
     class ImageSide(torch.nn.Module):
         def __init__(self):
@@ -148,8 +148,8 @@ def evaluate(model, b: dict, device: str, limit: int | None = None) -> dict:
     from open_clip.transform import image_transform
 
     from worker.demo.evaluate import MIN_SHARED, multimodal_units, top1, unit_activations, word_scores
-    from worker.layers import layer_spec
-    from worker.models import LoadedModel
+    from worker.compute.layers import layer_spec
+    from worker.compute.models import LoadedModel
 
     mean, std, size = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"], model.visual.image_size
     loaded = LoadedModel("sweep", None, model.to(device).eval(), image_transform(size, False, mean=mean, std=std),

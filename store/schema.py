@@ -42,7 +42,7 @@ class Model(Base):
     arch: Mapped[str] = mapped_column(String(128))  # open_clip architecture name
     weights: Mapped[str | None] = mapped_column(String(512))  # open_clip tag or checkpoint path
     image_size: Mapped[int] = mapped_column(Integer, default=224)
-    # how the worker built it (worker.load_settings.LoadSettings.record() + config dirs): QuickGELU, mean, std,
+    # how the worker built it (worker.compute.load_settings.LoadSettings.record() + config dirs): QuickGELU, mean, std,
     # interpolation, resize mode, image size; the server's probes rebuild the model from exactly this.
     # JSONB on Postgres: plain json has no equality, and pages SELECT DISTINCT models.
     load: Mapped[dict] = mapped_column(JSON().with_variant(JSONB(), "postgresql"), default=dict)
@@ -329,7 +329,7 @@ class StudyLabel(Base):
 
 class Direction(Base):
     """A saved concept direction (curated): a text or expression whose read-out defines a direction in a
-    layer (app/directions.py); the worker renders its feature visualization (worker/directions.py)."""
+    layer (app/directions.py); the worker renders its feature visualization (worker/analyses/directions.py)."""
 
     __tablename__ = "directions"
     __table_args__ = (UniqueConstraint("model_id", "layer", "query"),)
@@ -343,7 +343,7 @@ class Direction(Base):
 
 
 class LabelScore(Base):
-    """How faithful a label is to its unit (worker/selflabels.py: AUC on held-out images), for human and
+    """How faithful a label is to its unit (worker/analyses/selflabels.py: AUC on held-out images), for human and
     automatic labels alike; written by the worker, keyed by the label version it scored."""
 
     __tablename__ = "label_scores"

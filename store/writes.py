@@ -16,7 +16,7 @@ from store.paths import code_version
 from store.schema import Layer, Model, Run, Unit, make_engine, make_sessionmaker, now
 from store.settings import Settings
 
-# (run id, stage) of the pipeline stage running now (worker.pipeline): a stage's own run bookkeeping joins
+# (run id, stage) of the pipeline stage running now (worker.pipeline.runner): a stage's own run bookkeeping joins
 # that row instead of opening another, so one stage run is one `runs` row carrying the build fingerprint
 ACTIVE_RUN: ContextVar[tuple[int, str] | None] = ContextVar("active_run", default=None)
 

@@ -11,7 +11,7 @@ from app.main import create_app
 from store.migrate import upgrade
 from store.settings import Settings
 from store.writes import open_store, register_model
-from worker.layers import LayerSpec
+from worker.compute.layers import LayerSpec
 
 PG_ADMIN_URL = os.environ.get("MICROSCOPE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -93,7 +93,7 @@ CONFIG_DIR = __import__("pathlib").Path(__file__).parent / "model_configs"
 def _tiny(arch: str):
     import torch
 
-    from worker.models import load_model, revive_random_resnet
+    from worker.compute.models import load_model, revive_random_resnet
 
     torch.manual_seed(0)
     loaded = load_model(arch, config_dirs=(CONFIG_DIR,))
@@ -117,9 +117,9 @@ def tiny_vit():
 def probe_model(store, tiny_rn, tmp_path):
     """Model 'tiny' in the store: tiny-rn saved as a real checkpoint, registered with it, and its text read-out
     stored by the worker, as `microscope worker attribution` leaves it. Returns the loaded checkpoint."""
-    from worker.attribution import store_readout
-    from worker.layers import catalogue
-    from worker.models import load_model, save_checkpoint
+    from worker.analyses.attribution import store_readout
+    from worker.compute.layers import catalogue
+    from worker.compute.models import load_model, save_checkpoint
 
     path = save_checkpoint(tiny_rn.model, tmp_path / "tiny-rn.pt")
     loaded = load_model("tiny-rn", str(path), config_dirs=(CONFIG_DIR,))

@@ -35,7 +35,7 @@ from store.schema import (
     make_sessionmaker,
 )
 from store.writes import Store, register_model
-from worker.layers import LayerSpec
+from worker.compute.layers import LayerSpec
 
 K_EXAMPLES = 4  # per sign
 K_WORDS = 5  # per sign

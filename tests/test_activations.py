@@ -9,9 +9,9 @@ import pytest
 from app.activations import ActivationMatrix, MatrixError, sha_range
 from store.writes import open_store
 from tests.test_examples import brute_force, hash64, make_corpus, settings_at
-from worker.activations import stored_matrix
-from worker.corpus import Shard
-from worker.examples import ExampleOptions, Progress, load_checkpoint, run_examples
+from worker.analyses.activations import stored_matrix
+from worker.analyses.examples import ExampleOptions, Progress, load_checkpoint, run_examples
+from worker.compute.corpus import Shard
 
 
 def by_hash(matrix: ActivationMatrix) -> dict[int, np.ndarray]:
@@ -87,7 +87,7 @@ def test_an_incomplete_matrix_is_refused(tmp_path):
 
 
 def test_a_matrix_shorter_than_its_checkpoint_is_refused_with_the_fix(tmp_path):
-    from worker.activations import PartWriter
+    from worker.analyses.activations import PartWriter
 
     part = PartWriter(tmp_path, "part-0of1", 3, {}).open(0)
     part.append(np.ones((2, 3)), np.arange(2), np.arange(2))

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FORWARDS = """
 import json, resource, sys, torch
 if sys.argv[1] == "keep":
-    from worker.allocator import keep_freed_memory
+    from worker.compute.allocator import keep_freed_memory
     assert keep_freed_memory() and keep_freed_memory()
 conv = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3, padding=1))
 x, faults = torch.randn(4, 3, 256, 256), []

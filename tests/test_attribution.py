@@ -8,10 +8,10 @@ from sqlalchemy import delete, select
 from typer.testing import CliRunner
 
 from store.schema import Artifact, Run
-from worker.cli import worker_cli
-from worker.layers import layer_spec
-from worker.models import load_model, revive_random_resnet, save_checkpoint
-from worker.readout import embed_texts, readout_matrix, text_attribution
+from worker.cli.stages import worker_cli
+from worker.compute.layers import layer_spec
+from worker.compute.models import load_model, revive_random_resnet, save_checkpoint
+from worker.compute.readout import embed_texts, readout_matrix, text_attribution
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 TEXTS = ["a dog", "a cat", "red", "a blue car", "happy", "sad", "pizza", "the sea", "a bridge", "Paris",
@@ -145,8 +145,8 @@ def test_worker_command_refuses_random_weights(settings):
 
 
 def test_build_stage_stores_the_readout_once(settings, store, probe_model):
-    from worker.pipeline import run_pipeline
-    from worker.stage import BuildContext
+    from worker.pipeline.contract import BuildContext
+    from worker.pipeline.runner import run_pipeline
 
     ctx = BuildContext(store, probe_model, "tiny", progress=False)
     with store.sessions.begin() as s:
@@ -173,7 +173,7 @@ def family_model(arch: str):
 
 def held_embedding(loaded, mean: torch.Tensor, unit: int, by: float, images: torch.Tensor) -> np.ndarray:
     """The mean raw image embedding with the penultimate layer's write tap replaced by `mean`, unit raised."""
-    from worker.layers import neuron_layers
+    from worker.compute.layers import neuron_layers
 
     tap = neuron_layers(loaded)[-1].write
 
@@ -199,7 +199,7 @@ def held_embedding(loaded, mean: torch.Tensor, unit: int, by: float, images: tor
 def test_autograd_readout_is_the_towers_derivative_for_every_family(arch):
     """Central differences of the embedding, the layer held at the images' mean activation and one unit
     raised everywhere, equal the autograd read-out's row (the read-out exists for every family)."""
-    from worker.readout import autograd_readout, mean_activation
+    from worker.compute.readout import autograd_readout, mean_activation
 
     loaded = family_model(arch)
     images = torch.randn(4, 3, loaded.image_size, loaded.image_size)
@@ -254,7 +254,7 @@ def test_linear_resnet_readout_is_exact_with_the_attention_weights_held_fixed(ti
     with them free (the mean-token query rises too) it differs, as its docstring says."""
     import copy
 
-    from worker.readout import autograd_readout, linear_readout
+    from worker.compute.readout import autograd_readout, linear_readout
 
     images = torch.randn(3, 3, 64, 64)
     frozen = copy.copy(tiny_rn)
@@ -275,7 +275,7 @@ def test_linear_readout_is_autograd_with_the_norm_statistics_held_fixed_up_to_on
     """ViT (tok, avg) and ConvNeXt: with the final LayerNorm's σ detached, the autograd read-out is the
     linear one times one positive number (the mean 1/σ): every unit's cosine is 1. With σ free the cosines
     are below 1 by the dropped −x̂x̂ᵀ/d term (measured here; `worker attribution` prints them)."""
-    from worker.readout import agreement, autograd_readout, linear_readout
+    from worker.compute.readout import agreement, autograd_readout, linear_readout
 
     loaded = family_model(arch)
     images = torch.randn(4, 3, loaded.image_size, loaded.image_size)
@@ -296,7 +296,7 @@ def test_linear_readout_is_autograd_with_the_norm_statistics_held_fixed_up_to_on
 
 
 def test_readout_matrix_falls_back_to_autograd_where_no_linear_one_exists():
-    from worker.readout import NoLinearReadout, autograd_readout, linear_readout
+    from worker.compute.readout import NoLinearReadout, autograd_readout, linear_readout
 
     loaded = family_model("tiny-coca")
     with pytest.raises(NoLinearReadout, match="attention"):

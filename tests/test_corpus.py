@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from worker.corpus import (
+from worker.compute.corpus import (
     CorpusBatches,
     CorpusError,
     Entry,

@@ -12,8 +12,8 @@ from worker.demo import build
 from worker.demo import model as demo_model
 from worker.demo.corpus import Plan, build_corpus
 from worker.demo.items import load_pools
-from worker.pipeline import UnknownStage
-from worker.stage import Stage
+from worker.pipeline.contract import Stage
+from worker.pipeline.runner import UnknownStage
 
 VISION = {"image_size": 32, "width": 8}
 
@@ -74,8 +74,8 @@ def test_build_registers_the_model_and_runs_every_stage(settings, tiny, tmp_path
 
 def test_the_demo_attacks_the_probe_corpus_photos(settings, tiny):
     """The demo's typographic options: its photos labelled by concept, attack texts picked from the labels."""
+    from worker.analyses.typographic import labelled_images
     from worker.stages.typographic import Typographic
-    from worker.typographic import labelled_images
 
     loaded, corpus = tiny
     ctx = build.prepare(settings, loaded=loaded, corpus=corpus)
@@ -101,7 +101,7 @@ def test_new_weights_at_the_same_path_start_the_demo_store_over(settings, tiny, 
 
     from store.schema import Run
     from store.writes import recorded_run, register_model
-    from worker.layers import catalogue
+    from worker.compute.layers import catalogue
 
     loaded, corpus = tiny
     weights = tmp_path / "demo.safetensors"
@@ -128,7 +128,7 @@ def test_a_mistyped_stage_is_an_error_before_anything_is_built(settings):
 
 
 def test_demo_group_has_build_train_evaluate_corpus():
-    from worker.commands import cli
+    from worker.cli.root import cli
 
     result = CliRunner().invoke(cli, ["demo", "--help"])
     assert result.exit_code == 0
@@ -138,5 +138,5 @@ def test_demo_group_has_build_train_evaluate_corpus():
 
 
 def test_app_cli_imports_without_torch():
-    code = "import sys, worker.commands; sys.exit('torch' in sys.modules)"
+    code = "import sys, worker.cli.root; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from worker.corpus import iter_entries
+from worker.compute.corpus import iter_entries
 from worker.demo import sources
 from worker.demo.corpus import Plan, build_corpus, is_built, read_manifest
 from worker.demo.evaluate import NON_TEXT_EXCLUDED, concepts, multimodal_units

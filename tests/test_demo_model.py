@@ -229,7 +229,7 @@ def test_soft_targets_in_the_loss_reduce_to_one_hot_when_sharp(trained):
 def test_demo_train_on_cuda_without_a_gpu_says_so(tmp_path):
     out = tmp_path / "w.safetensors"
     args = ["demo", "train", "--device", "cuda", "--out", str(out)]
-    proc = subprocess.run([sys.executable, "-c", "from worker.commands import main; main()", *args],
+    proc = subprocess.run([sys.executable, "-c", "from worker.cli.root import main; main()", *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "no CUDA device" in proc.stdout + proc.stderr, proc
     assert not out.exists()

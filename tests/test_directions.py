@@ -5,9 +5,9 @@ import pytest
 
 from app.directions import DirectionError, canonical, parse
 from tests.test_examples import make_corpus
-from worker.activations import stored_matrix
-from worker.examples import ExampleOptions, run_examples
-from worker.readout import embed_texts, readout_matrix
+from worker.analyses.activations import stored_matrix
+from worker.analyses.examples import ExampleOptions, run_examples
+from worker.compute.readout import embed_texts, readout_matrix
 
 AUTH = {"Authorization": "Bearer test-token"}
 
@@ -70,7 +70,7 @@ def test_bad_directions_say_why(direction_store, client):
 
 
 def test_a_saved_direction_gets_a_feature_visualization(direction_store, probe_model, client):
-    from worker.directions import run_directions
+    from worker.analyses.directions import run_directions
 
     assert client.post("/models/tiny/layer4/directions", json={"q": "dog"}).status_code == 401
     r = client.post("/models/tiny/layer4/directions", json={"q": " dog ", "name": "Dog"}, headers=AUTH)

@@ -7,9 +7,9 @@ from sqlalchemy import select
 
 from store.schema import Artifact
 from store.writes import register_model
-from worker import emotions as E
-from worker.layers import catalogue
-from worker.readout import embed_texts, readout_matrix, text_attribution
+from worker.analyses import emotions as E
+from worker.compute.layers import catalogue
+from worker.compute.readout import embed_texts, readout_matrix, text_attribution
 
 SMALL = """# a few words
 [happy]
@@ -175,7 +175,7 @@ def test_worker_command(settings, store, tmp_path):
 
     from app.liveserver import settings_env
     CONFIG_DIR = Path(__file__).parent / "model_configs"
-    from worker.cli import worker_cli
+    from worker.cli.stages import worker_cli
 
     path = tmp_path / "f.txt"
     path.write_text(SMALL)

@@ -23,13 +23,13 @@ from store.schema import ActivationSample, Blob, DatasetExample, Layer, Model, R
 from store.schema import Image as ImageRow
 from store.settings import Settings
 from store.writes import open_store
-from worker.cli import worker_cli
-from worker.corpus import Shard, Skip, content_hash, decode, iter_entries, read_bytes
-from worker.examples import ExampleOptions, load_checkpoint, run_examples
-from worker.layers import readings
-from worker.models import load_model, save_checkpoint
-from worker.stats import QUANTILES, Moments, Sketch, spread
-from worker.topk import TopK
+from worker.analyses.examples import ExampleOptions, load_checkpoint, run_examples
+from worker.cli.stages import worker_cli
+from worker.compute.corpus import Shard, Skip, content_hash, decode, iter_entries, read_bytes
+from worker.compute.layers import readings
+from worker.compute.models import load_model, save_checkpoint
+from worker.compute.stats import QUANTILES, Moments, Sketch, spread
+from worker.compute.topk import TopK
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -359,7 +359,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_store(tmp_path, tiny_rn, 
             "--samples", "8", "--workers", "1", "--checkpoint-every", "0", "--no-progress", "--device", "cpu"]
     store_env = {"MICROSCOPE_DATA_DIR": str(killed.data_dir), "MICROSCOPE_CACHE_DIR": str(killed.cache_dir),
                  "MICROSCOPE_DATABASE_URL": killed.db_url}
-    proc = subprocess.Popen([sys.executable, "-c", "from worker.commands import main; main()", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", "from worker.cli.root import main; main()", *args], cwd=ROOT,
                             env={**os.environ, **store_env}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -445,7 +445,7 @@ def test_spread_covers_the_range_with_a_bounded_sample():
 def test_loader_workers_leave_the_cores_to_the_forward(monkeypatch):
     import torch
 
-    from worker import examples
+    from worker.analyses import examples
 
     assert examples.loader_workers(3, torch.device("cpu")) == 3  # asked for: as asked
     monkeypatch.setattr(examples.os, "cpu_count", lambda: 2)

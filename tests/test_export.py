@@ -25,7 +25,7 @@ from store.schema import (
     UnitStats,
     WordScore,
 )
-from worker.commands import cli
+from worker.cli.root import cli
 
 
 @pytest.fixture

@@ -4,12 +4,12 @@ import copy
 import pytest
 import torch
 
-from worker.featurevis import objectives as O
-from worker.featurevis import param
-from worker.featurevis import transform as T
-from worker.featurevis.render import RenderSettings, evaluate, model_input, objective_values, render
-from worker.featurevis.speed import fast_model
-from worker.layers import activations
+from worker.compute.featurevis import objectives as O
+from worker.compute.featurevis import param
+from worker.compute.featurevis import transform as T
+from worker.compute.featurevis.render import RenderSettings, evaluate, model_input, objective_values, render
+from worker.compute.featurevis.speed import fast_model
+from worker.compute.layers import activations
 
 FEW = RenderSettings(steps=6)
 
@@ -199,8 +199,8 @@ def test_channel_objective_is_the_value_examples_and_probe_rank_by(arch):
     """One signal per unit: feature vis climbs the number the dataset examples and the image probe show
     (ResNet: the mean before the final ReLU; ViTs: the class token / attention-pool weighting)."""
     from tests.conftest import CONFIG_DIR
-    from worker.layers import layer_spec, unit_values
-    from worker.models import load_model
+    from worker.compute.layers import layer_spec, unit_values
+    from worker.compute.models import load_model
 
     torch.manual_seed(0)
     loaded = load_model(arch, config_dirs=(CONFIG_DIR,))

@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from store.schema import FacetProbe, FeatureVis, Run
 from store.writes import register_model
-from worker.featurevis.facets import ensure_probes, pooled_activations, read_images, train_probe
-from worker.featurevis.render import RenderSettings
-from worker.featurevis.stage import FeatureVisSettings, run_layer
-from worker.layers import catalogue
+from worker.analyses.facets import ensure_probes, pooled_activations, read_images, train_probe
+from worker.analyses.featurevis import FeatureVisSettings, run_layer
+from worker.compute.featurevis.render import RenderSettings
+from worker.compute.layers import catalogue
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 WORDS = ["open", "stop", "cafe", "exit", "sale", "hotel", "bank", "taxi", "park", "menu", "news", "love"]
@@ -113,7 +113,7 @@ def test_bad_units_and_layers_are_clear_errors(tiny_store, tiny_rn):
 
 
 def test_cli_renders_then_skips_what_is_done(sqlite_url, tmp_path, monkeypatch):
-    from worker.cli import worker_cli
+    from worker.cli.stages import worker_cli
 
     monkeypatch.setenv("MICROSCOPE_DATABASE_URL", sqlite_url)
     monkeypatch.setenv("MICROSCOPE_DATA_DIR", str(tmp_path / "data"))
@@ -143,8 +143,8 @@ def test_cli_renders_then_skips_what_is_done(sqlite_url, tmp_path, monkeypatch):
 def test_the_build_stage_renders_the_default_layer_and_the_corpus_facets(sqlite_url, tmp_path, tiny_vit):
     from store.settings import Settings
     from store.writes import open_store
-    from worker.pipeline import run_pipeline
-    from worker.stage import BuildContext
+    from worker.pipeline.contract import BuildContext
+    from worker.pipeline.runner import run_pipeline
 
     corpus = tmp_path / "corpus"
     text_images(corpus / "text", 4)

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from store.schema import Blob, Run
 from store.writes import open_store
-from worker import examples
-from worker.cli import worker_cli
-from worker.corpus import MAX_PIXELS, CorpusBatches, Shard, content_hash, decode, device_decodable
-from worker.device_decode import DeviceDecoder
-from worker.examples import ExampleOptions, run_examples
-from worker.precision import PrecisionMismatch
+from worker.analyses import examples
+from worker.analyses.examples import ExampleOptions, run_examples
+from worker.cli.stages import worker_cli
+from worker.compute.corpus import MAX_PIXELS, CorpusBatches, Shard, content_hash, decode, device_decodable
+from worker.compute.device_decode import DeviceDecoder
+from worker.compute.precision import PrecisionMismatch
 
 
 class Interrupted(Exception):
@@ -175,8 +175,8 @@ def test_shards_of_mixed_precision_do_not_merge(store, tiny_rn, tmp_path):
 
 
 def test_feature_vis_renders_in_bf16_under_its_own_settings_hash(tiny_rn):
-    from worker.featurevis.render import RenderSettings, render
-    from worker.featurevis.stage import FeatureVisSettings, variants
+    from worker.analyses.featurevis import FeatureVisSettings, variants
+    from worker.compute.featurevis.render import RenderSettings, render
 
     fp32, bf16 = RenderSettings(steps=3), RenderSettings(steps=3, precision="bf16")
     assert "precision" not in fp32.as_dict()  # images stored before precision was a setting stay valid
@@ -240,10 +240,10 @@ def test_a_run_with_jpegs_decoded_on_the_device_matches_the_pil_run(tiny_rn, tmp
 
 
 def test_words_and_maps_read_the_model_at_its_precision_under_their_own_hash(store, tiny_rn):
-    from worker.maps import layer_maps
-    from worker.render_text import RenderPlan
-    from worker.text_scores import layer_reader
-    from worker.words import run_words
+    from worker.analyses.maps import layer_maps
+    from worker.analyses.words import run_words
+    from worker.compute.render_text import RenderPlan
+    from worker.compute.text_scores import layer_reader
 
     half = dataclasses.replace(tiny_rn, precision="bf16")
     words, plan = ["king", "queen", "paris", "dog", "music", "red"], RenderPlan(tiny_rn.image_size, scales=(0.3,))

@@ -92,7 +92,7 @@ def old_maps(unit: int) -> list[tuple[str, int, np.ndarray]]:
 
 
 def overlay_png(heat: np.ndarray, sign: str) -> bytes:
-    """The old worker's overlay (worker/examples.py heat_overlay before issue 19), written out here."""
+    """The old worker's overlay (worker/analyses/examples.py heat_overlay before issue 19), written out here."""
     part = np.clip(heat if sign == "top" else -heat, 0, None)
     rgba = np.zeros((*heat.shape, 4), np.uint8)
     rgba[..., :3] = (255, 110, 0) if sign == "top" else (0, 110, 255)

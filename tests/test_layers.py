@@ -5,8 +5,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from worker.cli import worker_cli
-from worker.layers import UnknownLayer, activations, catalogue, layer_spec
+from worker.cli.stages import worker_cli
+from worker.compute.layers import UnknownLayer, activations, catalogue, layer_spec
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 

@@ -28,8 +28,8 @@ def test_the_server_reaches_torch_through_the_probe_engine_alone():
 
 def test_the_rule_sees_an_import_inside_a_function(tmp_path):
     f = tmp_path / "view.py"
-    f.write_text("def lab():\n    from worker.typographic import try_attack\n    return try_attack\n")
-    assert heavy_imports(f) == {"worker.typographic"}
+    f.write_text("def lab():\n    from worker.analyses.typographic import try_attack\n    return try_attack\n")
+    assert heavy_imports(f) == {"worker.analyses.typographic"}
 
 
 def test_the_store_imports_neither_the_app_nor_the_worker():
@@ -38,18 +38,41 @@ def test_the_store_imports_neither_the_app_nor_the_worker():
     assert not {name: mods for name, mods in found.items() if mods}
 
 
-COMPUTE = ("models", "layers", "towers", "checkpoints", "load_settings", "corpus", "topk", "stats", "render_text",
-           "text_scores", "precision", "device_decode")
+def worker_modules(folder: str) -> dict[str, set[str]]:
+    """{module path: what it imports} for every module under worker/<folder>/."""
+    return {p.relative_to(ROOT).as_posix(): imported_modules(p) for p in (ROOT / "worker" / folder).rglob("*.py")}
 
 
 def test_the_shared_compute_imports_no_store_and_no_app():
-    """The modules a GPU box or a Ray worker needs: no SQLAlchemy, no FastAPI, nothing of the store but its
-    repo-root path."""
+    """worker/compute/ holds what a GPU box or a Ray worker needs: no SQLAlchemy, no FastAPI, nothing of the
+    store but its repo-root path, and nothing of the stages, the pipeline, the CLI or the demo."""
     bad = {}
-    for name in COMPUTE:
-        mods = imported_modules(ROOT / "worker" / f"{name}.py")
+    for path, mods in worker_modules("compute").items():
         found = sorted(m for m in mods if m.split(".")[0] in ("app", "sqlalchemy", "fastapi")
-                       or (m.startswith("store") and m != "store.paths"))
+                       or (m.startswith("store") and m != "store.paths")
+                       or (m.startswith("worker.") and not m.startswith(("worker.compute", "worker.data"))))
         if found:
-            bad[name] = found
+            bad[path] = found
+    assert len(worker_modules("compute")) >= 15
     assert not bad
+
+
+def test_each_folder_of_the_worker_imports_only_the_folders_below_it():
+    """compute and data < analyses < stages < pipeline < demo < cli: nothing reaches up."""
+    above = {"data": ("worker.analyses", "worker.stages", "worker.pipeline", "worker.demo", "worker.cli"),
+             "analyses": ("worker.stages", "worker.pipeline.runner", "worker.pipeline.ray_executor",
+                          "worker.demo", "worker.cli"),
+             "stages": ("worker.pipeline.runner", "worker.pipeline.ray_executor", "worker.demo", "worker.cli"),
+             "pipeline": ("worker.demo", "worker.cli"),
+             "demo": ("worker.cli",)}
+    bad = {}
+    for folder, forbidden in above.items():
+        for path, mods in worker_modules(folder).items():
+            if found := sorted(m for m in mods if m.startswith(forbidden)):
+                bad[path] = found
+    assert not bad
+
+
+def test_the_worker_root_holds_only_its_folders():
+    loose = sorted(p.name for p in (ROOT / "worker").glob("*.py") if p.name != "__init__.py")
+    assert not loose

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from app.heatmaps import grid_values
 from store.schema import Artifact, MapActivation, PlaceScore, Unit
-from worker.maps import (
+from worker.analyses.maps import (
     GRID,
     cell_centres,
     crop_boxes,
@@ -20,8 +20,8 @@ from worker.maps import (
     run_maps,
     world_map,
 )
-from worker.places import countries, geographic_words
-from worker.render_text import RenderPlan
+from worker.compute.render_text import RenderPlan
+from worker.data.places import countries, geographic_words
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 PATCH = (10.0, 40.0, -10.0, 20.0)  # lon0, lon1, lat0, lat1: central Africa

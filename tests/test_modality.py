@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.modality import (
+from worker.analyses.modality import (
     groups_from_captions,
     groups_from_folders,
     multimodality,
@@ -78,7 +78,7 @@ def word_corpus(tmp_path):
     """Pictures that are the words themselves: each concept's images are its name, drawn in other fonts and
     sizes than the word probe uses, so a unit that reads a word answers its pictures too (multimodal by
     construction on any model); captions name the concept."""
-    from worker.render_text import RenderPlan, render_all
+    from worker.compute.render_text import RenderPlan, render_all
 
     names = ["dog", "cat", "sun", "car", "tree", "fish", "bird", "moon", "boat", "house", "apple", "chair"]
     root = tmp_path / "corpus"
@@ -98,8 +98,8 @@ def test_the_stage_finds_words_drawn_as_pictures_multimodal_and_shuffled_caption
         store, probe_model, word_corpus, tmp_path, client):
     import shutil
 
-    from worker.examples import ExampleOptions, run_examples
-    from worker.modality import run_modality
+    from worker.analyses.examples import ExampleOptions, run_examples
+    from worker.analyses.modality import run_modality
 
     root, names = word_corpus
     run_examples(store, probe_model, "tiny", root, ["layer4"], ExampleOptions(k=4, workers=0, progress=False,
@@ -150,9 +150,9 @@ def test_demo_evaluate_counts_with_the_same_score(probe_model, word_corpus):
 def test_the_stage_reads_the_matrix_a_ranged_examples_build_leaves(store, probe_model, word_corpus):
     """The examples stage of `microscope build` (listing ranges, one matrix part per range: what --ray runs)
     registers a complete matrix, and modality finds the same multimodal units from it."""
-    from worker.modality import run_modality
-    from worker.pipeline import run_pipeline
-    from worker.stage import BuildContext
+    from worker.analyses.modality import run_modality
+    from worker.pipeline.contract import BuildContext
+    from worker.pipeline.runner import run_pipeline
     from worker.stages.examples import Examples
 
     root, names = word_corpus

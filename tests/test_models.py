@@ -7,8 +7,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from worker.cli import worker_cli
-from worker.models import UnknownModel, WeightsMissing, load_model, save_checkpoint, tag_settings
+from worker.cli.stages import worker_cli
+from worker.compute.models import UnknownModel, WeightsMissing, load_model, save_checkpoint, tag_settings
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from store.schema import Artifact, FeatureVis, MapActivation, Run, WordScore
 from store.writes import open_store
-from worker.pipeline import SerialExecutor, UnknownStage, check_order, run_pipeline, select_stages, summary
-from worker.stage import BuildContext, Item, Stage
+from worker.pipeline.contract import BuildContext, Item, Stage
+from worker.pipeline.runner import SerialExecutor, UnknownStage, check_order, run_pipeline, select_stages, summary
 from worker.stages import STAGE_NAMES, STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def options(tmp_path: Path, words: int = 40) -> dict:
 @pytest.fixture(scope="module")
 def checkpoint(tiny_rn, tmp_path_factory):
     """tiny-rn saved as a real checkpoint (the attribution stage needs weights a server can reload)."""
-    from worker.models import load_model, save_checkpoint
+    from worker.compute.models import load_model, save_checkpoint
 
     path = save_checkpoint(tiny_rn.model, tmp_path_factory.mktemp("weights") / "tiny-rn.pt")
     return load_model("tiny-rn", str(path), config_dirs=(CONFIG_DIR,))
@@ -161,7 +161,7 @@ def test_a_stage_listed_before_what_it_needs_is_refused():
 def test_a_mistyped_stage_name_fails_with_one_line_naming_the_stages():
     with pytest.raises(UnknownStage, match="no stage 'wrds'; stages: examples, featurevis, words"):
         select_stages(STAGES, only=["wrds"])
-    from worker.commands import cli
+    from worker.cli.root import cli
 
     result = CliRunner().invoke(cli, ["build", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--only", "words,mapz"])
     assert result.exit_code == 2
@@ -210,7 +210,7 @@ def test_a_killed_build_takes_its_run_over_and_resumes(settings, checkpoint, tmp
     args = ["build", "tiny-rn", "--weights", str(checkpoint.weights), "--config-dir", str(CONFIG_DIR),
             "--corpus", str(tmp_path / "corpus"), "--layers", "layer1", "--only", "examples,words",
             "--word-list", "common", "--words", "1100", "--no-progress", "--device", "cpu"]
-    proc = subprocess.Popen([sys.executable, "-c", "from worker.commands import main; main()", *args], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", "from worker.cli.root import main; main()", *args], env=env,
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = settings.cache_root / "work" / "words"
     deadline = time.monotonic() + 240
@@ -222,7 +222,7 @@ def test_a_killed_build_takes_its_run_over_and_resumes(settings, checkpoint, tmp
     store = open_store(settings)
     with store.sessions() as s:
         assert s.scalars(select(Run.status).where(Run.stage == "words")).all() == ["running"]
-    from worker.commands import cli
+    from worker.cli.root import cli
 
     result = CliRunner().invoke(cli, args, env=env)
     assert result.exit_code == 0, result.output
@@ -254,10 +254,11 @@ def test_the_serial_executor_runs_items_then_merge_then_write(settings, tiny_rn)
 
 # -- the import rules -------------------------------------------------------------------------------------
 
-STAGE_MODULES = {"worker.examples", "worker.featurevis.stage", "worker.words", "worker.maps", "worker.regions",
-                 "worker.emotions", "worker.typographic", "worker.stroop", "worker.suggest", "worker.modality",
-                 "worker.selflabels"}
-DATA_MODULES = {"worker.lexicons", "worker.places", "worker.feelings", "worker.word_lists"}
+STAGE_MODULES = {"worker.analyses.examples", "worker.analyses.featurevis", "worker.analyses.words",
+                 "worker.analyses.maps", "worker.analyses.regions", "worker.analyses.emotions",
+                 "worker.analyses.typographic", "worker.analyses.stroop", "worker.analyses.suggest",
+                 "worker.analyses.modality", "worker.analyses.selflabels"}
+DATA_MODULES = {"worker.data.lexicons", "worker.data.places", "worker.data.feelings", "worker.data.word_lists"}
 
 
 def imports(module: str) -> set[str]:
@@ -281,11 +282,12 @@ def test_stages_import_the_contract_and_shared_compute_never_each_other():
     assert len(adapters()) == len(STAGES)
     for module in adapters():
         stem = module.rsplit(".", 1)[1]
-        own = {f"worker.{stem}"} | ({"worker.featurevis.stage"} if stem == "featurevis" else set())
+        own = {f"worker.analyses.{stem}"}
         assert not imports(module) & (adapters() | STAGE_MODULES) - own - {module}, module
     for module in STAGE_MODULES:
         assert not imports(module) & (STAGE_MODULES - {module}), module
-    for module in STAGE_MODULES | DATA_MODULES | {"worker.stage"}:  # the demo depends on the stages, not back
+    # the demo depends on the stages, not back
+    for module in STAGE_MODULES | DATA_MODULES | {"worker.pipeline.contract"}:
         wrong = {m for m in imports(module) if m.startswith(("worker.stages", "worker.demo"))}
         assert not wrong, (module, wrong)
     for module in DATA_MODULES:
@@ -303,7 +305,7 @@ def test_loading_the_demo_model_prints_no_library_noise(tmp_path):
 
 
 def test_help_lists_the_commands_in_pipeline_order():
-    from worker.commands import cli
+    from worker.cli.root import cli
 
     def listed(*args) -> list[str]:
         """The command names in the order --help shows them."""
@@ -319,7 +321,7 @@ def test_a_worker_command_skips_its_stage_like_the_build(settings, checkpoint):
     """`microscope worker stroop` twice: the second run is up to date (one mechanism), --force reruns it.
     (A random-init model is another model at every load, so its stages always rerun: weights here.)"""
     from app.liveserver import settings_env
-    from worker.cli import worker_cli
+    from worker.cli.stages import worker_cli
 
     args = ["stroop", "tiny-rn", "--weights", checkpoint.weights, "--config-dir", str(CONFIG_DIR), "--name", "tiny",
             "--device", "cpu"]

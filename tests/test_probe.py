@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from app.probe import engine_of
 from store.schema import Artifact, Model
-from worker.readout import text_attribution
+from worker.compute.readout import text_attribution
 
 
 def probe(client, **params):

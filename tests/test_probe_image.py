@@ -10,7 +10,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 
 from store.schema import Image, Model
-from worker.layers import activations
+from worker.compute.layers import activations
 
 CONFIG_DIR = __import__("pathlib").Path(__file__).parent / "model_configs"
 
@@ -136,9 +136,9 @@ def test_model_without_weights_or_unknown_is_refused(probe_model, toy_model, sto
 @pytest.fixture(params=["tiny-rn", "tiny-vit"])
 def examples_and_probe_model(request, store, tmp_path):
     """Model 'tiny' (ResNet, or a ViT with tok pooling) registered with a real checkpoint, read-out stored."""
-    from worker.attribution import store_readout
-    from worker.examples import register
-    from worker.models import load_model, save_checkpoint
+    from worker.analyses.attribution import store_readout
+    from worker.analyses.examples import register
+    from worker.compute.models import load_model, save_checkpoint
 
     torch.manual_seed(0)
     random = load_model(request.param, config_dirs=(CONFIG_DIR,))
@@ -154,7 +154,7 @@ def test_an_image_gets_the_same_number_in_examples_and_in_the_image_probe(exampl
     """One definition of a unit's value: the examples stage ranks the only image of a corpus by exactly the
     number the image probe shows for it (ResNet: mean before the final ReLU; ViT tok: the class token)."""
     from store.schema import DatasetExample, Layer, Unit
-    from worker.examples import ExampleOptions, run_examples
+    from worker.analyses.examples import ExampleOptions, run_examples
 
     loaded = examples_and_probe_model
     (tmp_path / "corpus").mkdir()

@@ -14,12 +14,12 @@ from store.schema import Image as ImageRow
 from store.settings import Settings
 from store.writes import open_store
 from tests.synthetic import picture
-from worker import partials
-from worker.example_parts import Range
-from worker.examples import LayerState, Progress
-from worker.examples import one_thread as examples_one_thread
-from worker.pipeline import run_pipeline
-from worker.stage import BuildContext
+from worker.analyses.example_parts import Range
+from worker.analyses.examples import LayerState, Progress
+from worker.analyses.examples import one_thread as examples_one_thread
+from worker.compute import partials
+from worker.pipeline.contract import BuildContext
+from worker.pipeline.runner import run_pipeline
 from worker.stages.examples import Examples
 from worker.stages.words import Words
 
@@ -88,7 +88,7 @@ def content(store) -> dict:
 
 def matrix_of(store) -> tuple:
     """The layer's registered activation matrix (one part per range): its values, hashes and entries."""
-    from worker.activations import stored_matrix
+    from worker.analyses.activations import stored_matrix
 
     matrix = stored_matrix(store, "tiny", "layer4")
     return matrix.dense().tobytes(), matrix.hashes.tolist(), matrix.entries.tolist()
@@ -111,7 +111,7 @@ def serial(tmp_path_factory, tiny_rn, corpus) -> dict:
 def test_a_ray_build_gives_the_single_process_store_bit_for_bit(ray_cluster, serial, tiny_rn, corpus, tmp_path,
                                                                db_url):
     """On a SQLite file and on Postgres (the cluster's store: write pieces commit concurrently)."""
-    from worker.ray_executor import RayExecutor
+    from worker.pipeline.ray_executor import RayExecutor
 
     got = build(tmp_path, tiny_rn, corpus, RayExecutor(), url=db_url)
     assert content(got["store"]) == serial["content"]  # exact: no tolerance
@@ -144,7 +144,7 @@ def test_a_killed_worker_and_a_killed_driver_still_give_the_identical_store(ray_
                                                                              tmp_path):
     """A driver killed after range 0 left its partial file: the rerun computes ranges 8 and 16 only, and the
     worker computing range 8 dies on its first attempt; Ray retries it elsewhere."""
-    from worker.ray_executor import RayExecutor
+    from worker.pipeline.ray_executor import RayExecutor
 
     marker, log = tmp_path / "died", tmp_path / "computed"
     ctx = BuildContext(open_store(settings_at(tmp_path)), tiny_rn, "tiny", corpus, ("layer4",), OPTIONS, (CONFIG_DIR,),
@@ -162,7 +162,7 @@ def test_a_killed_worker_and_a_killed_driver_still_give_the_identical_store(ray_
 def test_featurevis_unit_ranges_on_ray_render_what_one_process_renders(ray_cluster, tiny_rn, tmp_path):
     """layer1's 64 units in two unit ranges of 32, 2 steps: the same images (content-addressed paths) and
     objectives as the single-process build."""
-    from worker.ray_executor import RayExecutor
+    from worker.pipeline.ray_executor import RayExecutor
     from worker.stages.featurevis import FeatureVis
 
     def rendered(store) -> list:
@@ -181,11 +181,12 @@ def test_featurevis_unit_ranges_on_ray_render_what_one_process_renders(ray_clust
 
 def test_a_range_reads_its_own_images_once_and_no_other(tiny_rn, corpus, tmp_path, monkeypatch):
     """What `--shard i/N` could not do: the task of range 8 reads (and hashes) entries 8-15 only."""
-    import worker.corpus
+    import worker.compute.corpus
 
     read = []
-    original = worker.corpus.read_bytes
-    monkeypatch.setattr(worker.corpus, "read_bytes", lambda entry, *a: read.append(entry.source) or original(entry, *a))
+    original = worker.compute.corpus.read_bytes
+    monkeypatch.setattr(worker.compute.corpus, "read_bytes",
+                        lambda entry, *a: read.append(entry.source) or original(entry, *a))
     ctx = BuildContext(open_store(settings_at(tmp_path)), tiny_rn, "tiny", corpus, ("layer4",), OPTIONS, (CONFIG_DIR,),
                        progress=False)
     items = Examples().items(ctx)
@@ -201,7 +202,7 @@ def test_the_default_build_never_imports_ray(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, worker.pipeline, worker.stages, worker.cli, app.web; "
+    code = ("import sys, worker.pipeline.runner, worker.stages, worker.cli.stages, app.web; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ}, cwd=Path(__file__).parent.parent)
 
@@ -239,7 +240,7 @@ def test_an_rn50x4_sized_partial_is_a_file_of_bounded_size(tmp_path):
 def test_microscope_build_ray_auto_joins_the_running_cluster(ray_cluster, corpus, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from worker.commands import cli
+    from worker.cli.root import cli
 
     monkeypatch.setenv("MICROSCOPE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MICROSCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")

@@ -18,8 +18,8 @@ import pytest
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
-from worker.load_settings import LoadOverrides
-from worker.models import build_model, preprocess_for, resolve_settings, tag_of_file
+from worker.compute.load_settings import LoadOverrides
+from worker.compute.models import build_model, preprocess_for, resolve_settings, tag_of_file
 
 CONFIGS = Path(open_clip.__file__).parent / "model_configs"
 PAIRS = open_clip.list_pretrained()

@@ -6,7 +6,7 @@ from sqlalchemy import delete, func, select
 from app.search import full_text
 from store.migrate import downgrade, upgrade
 from store.schema import Layer, Model, Unit, UnitText
-from worker.readout import text_attribution
+from worker.compute.readout import text_attribution
 
 DOCS = {
     1: "dog puppy\nAnimal\nbark leash",

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from store.schema import Label, LabelScore
-from worker.selflabels import auc, label_units, soft_wpmi, split, text_auc
+from worker.analyses.selflabels import auc, label_units, soft_wpmi, split, text_auc
 
 
 def planted(rows: int = 2000, concepts: int = 30, units: int = 12, seed: int = 0):
@@ -49,7 +49,7 @@ def test_auc_and_soft_wpmi_on_small_cases():
 @pytest.fixture
 def labelled(store, probe_model, tmp_path):
     from tests.test_examples import make_corpus
-    from worker.examples import ExampleOptions, run_examples
+    from worker.analyses.examples import ExampleOptions, run_examples
 
     corpus = make_corpus(tmp_path / "corpus", n=30, bad=False)
     run_examples(store, probe_model, "tiny", corpus, ["layer4"], ExampleOptions(k=4, workers=0, progress=False,
@@ -60,7 +60,7 @@ def labelled(store, probe_model, tmp_path):
 
 
 def test_the_stage_stores_scored_auto_labels_and_scores_human_ones(store, probe_model, labelled, client):
-    from worker.selflabels import run_selflabels
+    from worker.analyses.selflabels import run_selflabels
 
     r = client.post("/models/tiny/layer4/3/labels", json={"text": "blue things", "based_on": None},
                     headers={"Authorization": "Bearer test-token"})

@@ -26,7 +26,7 @@ from store.schema import (
     make_sessionmaker,
 )
 from store.writes import finish_run, register_model, start_run
-from worker.layers import LayerSpec
+from worker.compute.layers import LayerSpec
 
 
 def test_register_model_creates_units_and_is_idempotent(store):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from store.writes import register_model
-from worker import stroop as S
-from worker.layers import catalogue
+from worker.analyses import stroop as S
+from worker.compute.layers import catalogue
 
 
 def test_every_word_in_every_ink_at_every_size():
@@ -59,7 +59,7 @@ def test_worker_command(settings, store):
 
     from app.liveserver import settings_env
     CONFIG_DIR = Path(__file__).parent / "model_configs"
-    from worker.cli import worker_cli
+    from worker.cli.stages import worker_cli
 
     args = ["stroop", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--name", "tiny", "--device", "cpu"]
     result = CliRunner().invoke(worker_cli, args, env=settings_env(settings))

@@ -9,7 +9,7 @@ from app.labelling import save_label
 from app.lookup import unit_by_key
 from store.keys import UnitKey
 from store.schema import DatasetExample, Image, Label, Run, UnitFamily, UnitText, Word, WordScore
-from worker.suggest import SuggestOptions, affix_share, guess_families, run_suggest, short_label
+from worker.analyses.suggest import SuggestOptions, affix_share, guess_families, run_suggest, short_label
 
 WORDS = {
     0: ["kenya", "nairobi", "ethiopia", "uganda", "somalia"],
@@ -133,7 +133,7 @@ def test_rerun_is_idempotent_and_follows_new_words(toy_model):
 
 
 def test_cli(toy_model, settings, monkeypatch):
-    from worker.cli import worker_cli
+    from worker.cli.stages import worker_cli
 
     put_words(toy_model)
     monkeypatch.setenv("MICROSCOPE_DATABASE_URL", settings.db_url)

@@ -1,4 +1,4 @@
-"""Every image-tower family in the catalogue (worker/towers.py) runs through every stage on a tiny
+"""Every image-tower family in the catalogue (worker/compute/towers.py) runs through every stage on a tiny
 random-init open_clip model: ModifiedResNet, CLIP ViT with tok and avg pooling, CoCa, timm towers
 (SigLIP-style attention-pool ViT, ConvNeXt, EVA). A tower outside it is refused with one line."""
 from pathlib import Path
@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from store.schema import Artifact, DatasetExample, Run, WordScore
 from tests.test_examples import make_corpus
-from worker.cli import worker_cli
-from worker.layers import catalogue, layer_spec, readings
-from worker.models import load_model, revive_random_resnet, save_checkpoint
-from worker.towers import FAMILIES
+from worker.cli.stages import worker_cli
+from worker.compute.layers import catalogue, layer_spec, readings
+from worker.compute.models import load_model, revive_random_resnet, save_checkpoint
+from worker.compute.towers import FAMILIES
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY = {"tiny-rn": "ModifiedResNet", "tiny-vit": "VisionTransformer", "tiny-vit-avg": "VisionTransformer",
@@ -41,7 +41,7 @@ def test_every_family_of_the_catalogue_has_a_tiny_test_model():
 def test_attention_pooling_weights_are_a_distribution_over_tokens(arch):
     """Where the tower pools by attention, the weights per image are ≥ 0 and sum to one; elsewhere the
     pooled value is the class token, the patch mean or the map mean as the pooling name says."""
-    from worker.layers import capture, forward_visual
+    from worker.compute.layers import capture, forward_visual
 
     torch.manual_seed(0)
     loaded = load_model(arch, config_dirs=(CONFIG_DIR,))
@@ -84,13 +84,13 @@ def sqlite_store(tmp_path, sqlite_url):
 def test_every_family_runs_every_stage(arch, sqlite_store, tmp_path):
     """examples, feature vis, words, maps, read-out, text and image probes, emotions, typographic attacks."""
     from tests.test_probe_image import picture, png_bytes
-    from worker.attribution import store_readout
-    from worker.emotions import emotions_stage
-    from worker.examples import ExampleOptions, run_examples
-    from worker.featurevis.render import RenderSettings, render
-    from worker.maps import run_maps
-    from worker.typographic import Attack, attack_stage
-    from worker.words import run_words
+    from worker.analyses.attribution import store_readout
+    from worker.analyses.emotions import emotions_stage
+    from worker.analyses.examples import ExampleOptions, run_examples
+    from worker.analyses.maps import run_maps
+    from worker.analyses.typographic import Attack, attack_stage
+    from worker.analyses.words import run_words
+    from worker.compute.featurevis.render import RenderSettings, render
 
     store, client = sqlite_store
     loaded = loaded_from_checkpoint(arch, tmp_path)

@@ -9,10 +9,10 @@ from sqlalchemy import select
 
 from store.schema import Run
 from store.writes import register_model
-from worker import typographic as T
-from worker.corpus import CorpusError
-from worker.layers import catalogue
-from worker.zeroshot import classifier
+from worker.analyses import typographic as T
+from worker.compute.corpus import CorpusError
+from worker.compute.layers import catalogue
+from worker.compute.zeroshot import classifier
 
 
 def photo(seed: int, size=(90, 70)) -> PILImage.Image:
@@ -172,7 +172,7 @@ def test_worker_command_attacks_with_every_label_by_default(settings, store, ima
 
     from app.liveserver import settings_env
     CONFIG_DIR = Path(__file__).parent / "model_configs"
-    from worker.cli import worker_cli
+    from worker.cli.stages import worker_cli
 
     args = ["typographic", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--name", "tiny", "--device", "cpu",
             "--images", str(image_set)]
@@ -283,8 +283,8 @@ def test_examples_show_successes_first_then_eligible_images():
 def test_demo_stages_run_once_on_the_probe_corpus_pictures(store, tiny_rn, tmp_path, settings, monkeypatch):
     from worker.demo import text_stages
     from worker.demo.build import demo_options
-    from worker.pipeline import run_pipeline
-    from worker.stage import BuildContext
+    from worker.pipeline.contract import BuildContext
+    from worker.pipeline.runner import run_pipeline
 
     monkeypatch.chdir(tmp_path)  # relative folders, as `make demo` gives them (data/...)
     settings = settings.model_copy(update={"data_dir": Path("data")})

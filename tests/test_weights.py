@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 
 from app.probe import _load, spec_for
 from store.schema import Model
-from worker.checkpoints import looks_like, save_openai_archive
-from worker.cli import worker_cli
-from worker.layers import activations, catalogue
-from worker.load_settings import LoadOverrides
-from worker.models import load_model, resolve_weights, save_checkpoint
+from worker.cli.stages import worker_cli
+from worker.compute.checkpoints import looks_like, save_openai_archive
+from worker.compute.layers import activations, catalogue
+from worker.compute.load_settings import LoadOverrides
+from worker.compute.models import load_model, resolve_weights, save_checkpoint
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 ROOT = Path(__file__).parent.parent

@@ -8,11 +8,11 @@ import torch
 from sqlalchemy import select
 
 from store.schema import Artifact, Unit, UnitText, Word, WordScore
-from worker.render_text import RenderPlan, available_fonts, reduce_variants, render, render_all
-from worker.resumable import Checkpoints, score_resumable
-from worker.stage import settings_hash
-from worker.text_scores import common_words, layer_reader
-from worker.words import run_words
+from worker.analyses.resumable import Checkpoints, score_resumable
+from worker.analyses.words import run_words
+from worker.compute.render_text import RenderPlan, available_fonts, reduce_variants, render, render_all
+from worker.compute.text_scores import common_words, layer_reader
+from worker.pipeline.contract import settings_hash
 
 WORDS = ["king", "queen", "man", "woman", "paris", "france", "running", "eating", "singing", "walking",
          "telecommunications", "the", "of", "red", "blue", "dog", "cat", "london", "japan", "music"]
@@ -142,7 +142,7 @@ def test_worker_commands_words_and_regions(settings, store):
     from typer.testing import CliRunner
 
     from app.liveserver import settings_env
-    from worker.cli import worker_cli
+    from worker.cli.stages import worker_cli
 
     config = str(Path(__file__).parent / "model_configs")
     env = settings_env(settings)
@@ -161,7 +161,7 @@ def test_worker_commands_words_and_regions(settings, store):
 
 def test_text_scoring_and_the_demo_evaluation_import_without_the_store():
     """They run on machines without the web/store stack (a lent GPU box): no SQLAlchemy, pydantic or FastAPI."""
-    code = ("import sys, worker.text_scores, worker.layers, worker.demo.evaluate, worker.demo.train; "
+    code = ("import sys, worker.compute.text_scores, worker.compute.layers, worker.demo.evaluate, worker.demo.train; "
             "assert not {'sqlalchemy', 'pydantic', 'fastapi', 'store.writes'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -172,7 +172,7 @@ def test_layer_wide_word_scores_give_the_same_search_documents_as_one_unit_at_a_
     from app.labelling import save_label
     from app.unit_text import unit_document
     from tests.synthetic import populate
-    from worker.words import write_word_scores
+    from worker.analyses.words import write_word_scores
 
     populate(store, "synth", {"layer4": 6}, filled=3)  # units 3-5 have no search document yet
     rng = np.random.default_rng(0)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from app.embeddings import EmbeddingError, WordSpace, parse_expression, shared_fragment
-from worker.regions import run_regions
-from worker.render_text import RenderPlan
-from worker.words import run_words
+from worker.analyses.regions import run_regions
+from worker.analyses.words import run_words
+from worker.compute.render_text import RenderPlan
 
 WORDS = ["king", "queen", "man", "woman", "paris", "france", "running", "eating", "singing", "walking",
          "the", "of", "red", "blue", "dog", "cat", "london", "japan", "music", "french"]

@@ -77,7 +77,7 @@ def label_scores(session: Session, label_ids: list[int]) -> dict[int, LabelScore
 
 
 def scored(label: dict | None, score: dict | None) -> dict | None:
-    """The label with its faithfulness (worker/selflabels.py): held-out AUC, method, runner-up concepts."""
+    """The label with its faithfulness (worker/analyses/selflabels.py): held-out AUC, method, runner-up concepts."""
     if label is not None:
         label["faithfulness"] = None if score is None else {
             "auc": None if score["score"] is None else round(score["score"], 3), "method": score["method"],

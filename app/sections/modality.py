@@ -1,6 +1,6 @@
 """The neuron card's modality profile: its best concepts × (pictures, rendered name, read-out of the text),
 as z-scores across the concept set, with its multimodality score against the layer's null
-(filled by `microscope worker modality`; definitions in worker/modality.py and docs/concepts.md)."""
+(filled by `microscope worker modality`; definitions in worker/analyses/modality.py and docs/concepts.md)."""
 from app import urls
 from app.modality import MODALITIES, heat, layer_profiles
 from app.sections import Section, UnitContext

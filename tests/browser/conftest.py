@@ -28,9 +28,9 @@ HOSTILE_LABEL = "<script>alert(1)</script>"
 def add_probe_model(store, tiny_rn, folder: Path) -> None:
     """Model 'tiny' (the tiny random-init ResNet CLIP, saved as a checkpoint) with its text read-out stored
     as `microscope worker attribution` leaves it, so the text probe has something to attribute to."""
-    from worker.attribution import store_readout
-    from worker.layers import catalogue
-    from worker.models import load_model, save_checkpoint
+    from worker.analyses.attribution import store_readout
+    from worker.compute.layers import catalogue
+    from worker.compute.models import load_model, save_checkpoint
 
     path = save_checkpoint(tiny_rn.model, folder / "tiny-rn.pt")
     loaded = load_model("tiny-rn", str(path), config_dirs=(MODEL_CONFIGS,))

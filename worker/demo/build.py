@@ -1,4 +1,4 @@
-"""Build the demo store: the pipeline (`worker.pipeline`) on the embedded model and the probe corpus.
+"""Build the demo store: the pipeline (`worker.pipeline.runner`) on the embedded model and the probe corpus.
 
 `prepare` gets the embedded model, builds the probe corpus, registers the model as "demo" (dropping results
 of other weights) and sets the demo's stage options; `build_demo` runs every stage on it. A second
@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from store.schema import Model, Run
 from store.settings import Settings
-from worker.pipeline import Outcome, run_pipeline, select_stages, summary
-from worker.stage import BuildContext
+from worker.pipeline.contract import BuildContext
+from worker.pipeline.runner import Outcome, run_pipeline, select_stages, summary
 
 DEMO_MODEL = "demo"
 WEIGHTS_STAGE = "demo-weights"  # a run that records the digest of the weights the store was built with
@@ -28,9 +28,9 @@ def prepare(settings: Settings, device: str = "cpu", loaded=None, corpus: Path |
     """The model (assembled and loaded), the corpus (built once) and the store with the model registered.
     `loaded` and `corpus` replace the embedded model and its corpus (tests use a tiny pair)."""
     from store.writes import finish_run, open_store, register_model, start_run
+    from worker.compute.layers import catalogue
     from worker.demo import model as demo_model
     from worker.demo.corpus import build_corpus
-    from worker.layers import catalogue
 
     data_dir = Path(settings.data_dir)
     loaded = loaded or demo_model.load(data_dir, device)
@@ -49,8 +49,8 @@ def prepare(settings: Settings, device: str = "cpu", loaded=None, corpus: Path |
 
 def demo_options(data_dir: Path, corpus: Path) -> dict:
     """The demo's stage options: small feature visualizations, attacks on the probe corpus's photos."""
+    from worker.analyses.typographic import labelled_images
     from worker.demo.text_stages import attack_set, pick_attacks
-    from worker.typographic import labelled_images
 
     images = attack_set(data_dir, corpus)
     labels = list(dict.fromkeys(label for _, label in labelled_images(images)))

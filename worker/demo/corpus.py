@@ -13,8 +13,8 @@ Layout (under `<data_dir>/demo/corpus/`)::
     scenes/               objects on photo backgrounds
     build.json            what built it (settings and counts); its presence means the corpus is complete
 
-Each top-level folder is a facet (`worker.featurevis.facets` reads them so); the manifest is an ordinary
-corpus for `worker.corpus` (path + caption). Every image is drawn from its own seed (`items.item_seed`),
+Each top-level folder is a facet (`worker.analyses.facets` reads them so); the manifest is an ordinary
+corpus for `worker.compute.corpus` (path + caption). Every image is drawn from its own seed (`items.item_seed`),
 so the same code and packages give the same files.
 """
 import json

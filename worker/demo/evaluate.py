@@ -7,7 +7,7 @@
 - multimodal neurons: a unit of the penultimate layer is multimodal when, of its top-9 non-text corpus
   images, at least 3 have a caption that shares a concept (a content word, plural folded) with its
   top-5 rendered words (scored as the rendered-words stage scores them)
-- multimodal neurons by the modality score (worker/modality.py, the code the modality stage and the
+- multimodal neurons by the modality score (worker/analyses/modality.py, the code the modality stage and the
   neuron pages use): over the caption concepts of the non-text images (at least 3 images each), the
   correlation of a unit's picture and rendered-name responses, counted above the 99th percentile of its
   permuted-labels null. Both are reported; the first is the figure the README's tables give.
@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from worker.compute.models import LoadedModel
 from worker.demo.corpus import read_manifest
 from worker.demo.items import STOP_WORDS, TEMPLATE_WORDS, TEXT_KINDS
-from worker.models import LoadedModel
 
 TOP_IMAGES, TOP_WORDS, MIN_SHARED = 9, 5, 3
 NON_TEXT_EXCLUDED = (*TEXT_KINDS, "logo")  # logos are often wordmarks: reading, not multimodality
@@ -50,7 +50,7 @@ class Report:
     layer: str
     best: list[Unit] = field(default_factory=list)
     by_shared: dict[int, int] = field(default_factory=dict)  # units by how many top images share a concept
-    modality: dict = field(default_factory=dict)  # worker.modality's summary: p99, above, units, concepts
+    modality: dict = field(default_factory=dict)  # worker.analyses.modality's summary: p99, above, units, concepts
 
 
 def stem(word: str) -> str:
@@ -105,7 +105,7 @@ def heldout(rows: list[dict], facet: str) -> list[dict]:
 
 def unit_activations(loaded: LoadedModel, files: list[str], layer: str, batch: int = 256) -> np.ndarray:
     """(images, units) spatial means of the layer's output."""
-    from worker.text_scores import layer_reader
+    from worker.compute.text_scores import layer_reader
 
     read = layer_reader(loaded, layer)
     out = []
@@ -118,7 +118,7 @@ def unit_activations(loaded: LoadedModel, files: list[str], layer: str, batch: i
 
 def word_scores(loaded: LoadedModel, words: list[str], layer: str) -> np.ndarray:
     """(words, units) as the rendered-words stage scores them (its default render plan)."""
-    from worker.text_scores import default_plan, layer_reader, score_texts
+    from worker.compute.text_scores import default_plan, layer_reader, score_texts
 
     with tqdm(total=len(words), desc="words", unit="word", leave=False) as bar:
         return score_texts(layer_reader(loaded, layer), words, default_plan(loaded), loaded.mean, loaded.std,
@@ -145,7 +145,7 @@ def multimodal_units(acts: np.ndarray, rows: list[dict], scores: np.ndarray, wor
 def evaluate(loaded: LoadedModel, corpus: Path, words: list[str], layer: str | None = None,
              best: int = 10) -> Report:
     """The three figures of the issue on the held-out split and the penultimate (default) layer."""
-    from worker.layers import layer_spec
+    from worker.compute.layers import layer_spec
 
     rows = read_manifest(corpus)
     reading_rows, flag_rows = heldout(rows, "text"), heldout(rows, "flags")
@@ -165,8 +165,8 @@ def evaluate(loaded: LoadedModel, corpus: Path, words: list[str], layer: str | N
 def modality_criterion(loaded: LoadedModel, acts: np.ndarray, rows: list[dict], layer: str,
                        min_images: int = 3) -> dict:
     """The modality stage's score over the pictures' caption concepts (post-ReLU, as `acts` and the words are)."""
-    from worker.modality import Profile, score_profile
-    from worker.text_scores import default_plan, layer_reader, score_texts
+    from worker.analyses.modality import Profile, score_profile
+    from worker.compute.text_scores import default_plan, layer_reader, score_texts
 
     members: dict[str, list[int]] = {}
     for i, r in enumerate(rows):

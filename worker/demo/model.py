@@ -69,8 +69,8 @@ def create(name: str = ARCH):
     import open_clip
     import torch
 
-    from worker.models import revive_random_resnet
-    from worker.quiet import quiet_loading
+    from worker.compute.models import revive_random_resnet
+    from worker.compute.quiet import quiet_loading
 
     with quiet_loading():  # MiniLM without its pooler: the expected LOAD REPORT, hidden
         model = open_clip.create_model(name, pretrained=None)
@@ -115,7 +115,7 @@ def assemble(trained: Path, out: Path, name: str = ARCH) -> Path:
     Reused while the trained file is unchanged (its digest is recorded beside `out`)."""
     from safetensors.torch import load_file
 
-    from worker.models import save_checkpoint
+    from worker.compute.models import save_checkpoint
 
     trained, out = Path(trained), Path(out)
     if not trained.is_file():
@@ -139,8 +139,8 @@ def assemble(trained: Path, out: Path, name: str = ARCH) -> Path:
 
 def load(data_dir: Path, device: str = "cpu", trained: Path = WEIGHTS, name: str = ARCH,
          vision: dict | None = None, config_dir: Path = CONFIG_DIR):
-    """The demo model as a `worker.models.LoadedModel`, through open_clip's ordinary checkpoint path."""
-    from worker.models import load_model
+    """The demo model as a `worker.compute.models.LoadedModel`, through open_clip's ordinary checkpoint path."""
+    from worker.compute.models import load_model
 
     config_dir = register(name, vision, config_dir)
     path = assemble(trained, checkpoint_path(data_dir, name), name)

@@ -1,5 +1,6 @@
 """Every pipeline stage, in dependency order (a stage comes after the stages it reads): the one list
-`microscope build`, `microscope demo` and `--only/--skip` use. Each module holds one `worker.stage.Stage`."""
+`microscope build`, `microscope demo` and `--only/--skip` use. Each module holds one
+`worker.pipeline.contract.Stage`."""
 from worker.stages.attribution import Attribution
 from worker.stages.emotions import Emotions
 from worker.stages.examples import Examples

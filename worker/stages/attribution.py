@@ -1,9 +1,9 @@
 """The attribution stage: the text -> neuron read-out of the penultimate layer, for /probe and /search."""
-from worker.stage import BuildContext, Item, Stage
+from worker.pipeline.contract import BuildContext, Item, Stage
 
 
 def config_dirs(ctx: BuildContext) -> list:
-    from worker.attribution import registered_config_dirs
+    from worker.analyses.attribution import registered_config_dirs
 
     return list(ctx.config_dirs) or registered_config_dirs(ctx.loaded.arch)
 
@@ -11,13 +11,13 @@ def config_dirs(ctx: BuildContext) -> list:
 class Attribution(Stage):
     name = "attribution"
     produces = "the read-out matrix (penultimate units x embedding) the live probe and search use"
-    code = ("worker.attribution",)
+    code = ("worker.analyses.attribution",)
 
     def applies(self, ctx: BuildContext) -> str | None:
         return None if ctx.loaded.weights else "random init: a server could not re-create its text tower"
 
     def settings(self, ctx: BuildContext) -> dict:
-        from worker.attribution import portable_path
+        from worker.analyses.attribution import portable_path
 
         return {"config_dirs": [portable_path(d) for d in config_dirs(ctx)]}
 
@@ -25,7 +25,7 @@ class Attribution(Stage):
         """One matrix product over the weights; `store_readout` computes it as it writes."""
 
     def write(self, ctx: BuildContext, merged, run_id: int) -> dict:
-        from worker.attribution import store_readout
+        from worker.analyses.attribution import store_readout
 
         art = store_readout(ctx.store, ctx.model_name, ctx.loaded, config_dirs(ctx))
         return {"units": art.meta["units"], "embed_dim": art.meta["embed_dim"], "layer": art.layer, "path": art.path}

@@ -1,11 +1,11 @@
 """The emotions stage: "I feel {word}" attribution vectors, sparse codes per word, an NMF atlas."""
 from pathlib import Path
 
-from worker.stage import BuildContext, Item, Stage
+from worker.pipeline.contract import BuildContext, Item, Stage
 
 
 def opts(ctx: BuildContext) -> dict:
-    from worker.feelings import FEELINGS
+    from worker.data.feelings import FEELINGS
 
     return {"feelings_path": Path(FEELINGS), "method": "lasso", "neurons": 6, "factors": 7,
             **ctx.options.get("emotions", {})}
@@ -14,27 +14,27 @@ def opts(ctx: BuildContext) -> dict:
 class Emotions(Stage):
     name = "emotions"
     produces = "emotion composition: per feeling word a sparse code over neurons, and the emotion atlas"
-    code = ("worker.emotions", "worker.feelings", "worker.attribution")
+    code = ("worker.analyses.emotions", "worker.data.feelings", "worker.analyses.attribution")
 
     def settings(self, ctx: BuildContext) -> dict:
-        from worker.emotions import emotions_settings
-        from worker.stage import settings_hash
+        from worker.analyses.emotions import emotions_settings
+        from worker.pipeline.contract import settings_hash
 
         o = opts(ctx)
         return {**emotions_settings(o["feelings_path"], o["method"], o["neurons"], o["factors"]),
                 "feelings_text": settings_hash({"text": Path(o["feelings_path"]).read_text(encoding="utf-8")})}
 
     def compute(self, ctx: BuildContext, item: Item) -> dict:
-        from worker.emotions import compose
-        from worker.feelings import read_feelings
+        from worker.analyses.emotions import compose
+        from worker.data.feelings import read_feelings
 
         o = opts(ctx)
         return compose(ctx.loaded, read_feelings(Path(o["feelings_path"])), o["method"], o["neurons"], o["factors"])
 
     def write(self, ctx: BuildContext, merged: dict, run_id: int) -> dict:
-        from worker.emotions import write_emotions
-        from worker.feelings import read_feelings
-        from worker.layers import layer_spec
+        from worker.analyses.emotions import write_emotions
+        from worker.compute.layers import layer_spec
+        from worker.data.feelings import read_feelings
 
         o = opts(ctx)
         _, report = write_emotions(ctx.store, ctx.model_name, layer_spec(ctx.loaded).name, merged,

@@ -1,27 +1,28 @@
 """The examples stage: top and most-negative dataset examples with heatmaps, statistics and samples.
 
-Items are listing ranges of the corpus (`worker.example_parts`): each range's state goes to a partial
+Items are listing ranges of the corpus (`worker.analyses.example_parts`): each range's state goes to a partial
 file; the merge sums the counts; the write is split by unit range (`write_items` / `write_item`), which a
 distributed executor runs on its workers and the serial one in turn."""
-from worker.stage import BuildContext, Item, Stage, fingerprint
+from worker.pipeline.contract import BuildContext, Item, Stage, fingerprint
 
 
 def options(ctx: BuildContext):
-    from worker.examples import ExampleOptions
+    from worker.analyses.examples import ExampleOptions
 
     given = {k: v for k, v in ctx.options.get("examples", {}).items() if k not in ("range_entries", "write_units")}
     return ExampleOptions(**{"progress": ctx.progress, "precision": ctx.loaded.precision, **given})
 
 
 def range_entries(ctx: BuildContext) -> int | None:
-    """Entries per listing range (None: `worker.example_parts.plan_ranges` picks from the corpus size)."""
+    """Entries per listing range (None: `worker.analyses.example_parts.plan_ranges` picks from the corpus size)."""
     return ctx.option("examples", "range_entries")
 
 
 def signal_of(ctx: BuildContext) -> dict:
-    """Which value ranks the examples (`worker.examples.signal_kind`, and in words): run settings and report."""
-    from worker.examples import signal_kind
-    from worker.layers import signal_description
+    """Which value ranks the examples (`worker.analyses.examples.signal_kind`, and in words): run settings and
+    report."""
+    from worker.analyses.examples import signal_kind
+    from worker.compute.layers import signal_description
 
     return {"signal": signal_kind(ctx.loaded), "signal_text": signal_description(ctx.loaded)}
 
@@ -30,8 +31,8 @@ def matrix_part(ctx: BuildContext, fp: str, piece):
     """The range's (unopened) part of each layer's activation matrix."""
     from pathlib import Path
 
-    from worker.example_parts import range_sink
-    from worker.layers import layer_spec
+    from worker.analyses.example_parts import range_sink
+    from worker.compute.layers import layer_spec
 
     units = {n: layer_spec(ctx.loaded, n).n_units for n in ctx.layer_names()}
     meta = {"model": ctx.model_name, "corpus": str(Path(ctx.corpus).expanduser().resolve()),
@@ -43,9 +44,9 @@ def matrix_part(ctx: BuildContext, fp: str, piece):
 class Examples(Stage):
     name = "examples"
     produces = "top-K and most-negative-K dataset examples with heatmaps, activation statistics and samples"
-    distributed = True  # items on Ray workers (worker.ray_executor)
-    code = ("worker.examples", "worker.example_parts", "worker.activations", "worker.corpus", "worker.topk",
-            "worker.stats", "worker.images")
+    distributed = True  # items on Ray workers (worker.pipeline.ray_executor)
+    code = ("worker.analyses.examples", "worker.analyses.example_parts", "worker.analyses.activations",
+            "worker.compute.corpus", "worker.compute.topk", "worker.compute.stats", "worker.analyses.images")
     reads_corpus = True
 
     def applies(self, ctx: BuildContext) -> str | None:
@@ -59,23 +60,23 @@ class Examples(Stage):
 
     def items(self, ctx: BuildContext) -> list[Item]:
         """One item per listing range; the payload carries the partials' folder name (the fingerprint)."""
-        from worker.example_parts import plan_ranges
+        from worker.analyses.example_parts import plan_ranges
 
         options(ctx).check()
         fp = fingerprint(self, ctx, {})[0]
         return [Item(r.key, (fp, r)) for r in plan_ranges(ctx.corpus, range_entries(ctx))]
 
     def compute(self, ctx: BuildContext, item: Item) -> dict:
-        from worker import partials
-        from worker.example_parts import compute_partial
+        from worker.analyses.example_parts import compute_partial
+        from worker.compute import partials
 
         fp, piece = item.payload
         return compute_partial(ctx.loaded, ctx.layer_names(), piece, options(ctx),
                                partials.path_of(ctx.data_dir, fp, item.key), matrix_part(ctx, fp, piece))
 
     def merge(self, ctx: BuildContext, parts: list):
-        from worker.example_parts import make_plan
-        from worker.layers import layer_spec
+        from worker.analyses.example_parts import make_plan
+        from worker.compute.layers import layer_spec
 
         items = self.items(ctx)
         fp = items[0].payload[0] if items else fingerprint(self, ctx, {})[0]
@@ -83,22 +84,22 @@ class Examples(Stage):
         return make_plan(fp, [i.payload[1] for i in items], parts, units)
 
     def write_items(self, ctx: BuildContext, plan) -> list[Item]:
-        from worker.example_parts import WRITE_UNITS, write_pieces
+        from worker.analyses.example_parts import WRITE_UNITS, write_pieces
 
         size = int(ctx.option("examples", "write_units", WRITE_UNITS))
         return [Item(f"{layer}:{a}-{b}", (layer, a, b)) for layer, a, b in write_pieces(plan, size)]
 
     def write_item(self, ctx: BuildContext, plan, item: Item, run_id: int) -> dict:
-        from worker.example_parts import write_piece
+        from worker.analyses.example_parts import write_piece
 
         return write_piece(ctx.store, ctx.model_name, plan, item.payload, options(ctx), run_id)
 
     def finish(self, ctx: BuildContext, plan, pieces: list[dict], run_id: int) -> dict:
         """The run's report; each layer's activation matrix (one part per range) is registered, and the
         partials are dropped once every unit is in the store."""
-        from worker import partials
-        from worker.activations import register_matrices
-        from worker.example_parts import matrix_folders, report_of
+        from worker.analyses.activations import register_matrices
+        from worker.analyses.example_parts import matrix_folders, report_of
+        from worker.compute import partials
 
         entries = sum(len(r.entries) for r in plan.ranges)
         if plan.ranges:

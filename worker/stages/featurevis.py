@@ -2,12 +2,12 @@
 trained on the corpus's top-level folders) for the first `facet_units` units of the default layer."""
 from pathlib import Path
 
-from worker.stage import BuildContext, Item, Stage
+from worker.pipeline.contract import BuildContext, Item, Stage
 
 
 def fv_settings(ctx: BuildContext):
-    from worker.featurevis.render import RenderSettings
-    from worker.featurevis.stage import FeatureVisSettings
+    from worker.analyses.featurevis import FeatureVisSettings
+    from worker.compute.featurevis.render import RenderSettings
 
     o = ctx.options.get("featurevis", {})
     return FeatureVisSettings(RenderSettings(steps=o.get("steps", 512)), batch=o.get("batch", 8))
@@ -15,7 +15,7 @@ def fv_settings(ctx: BuildContext):
 
 def facets(ctx: BuildContext) -> dict[str, Path]:
     """The facet folders of the corpus that the stage renders (option `facets`; none without a corpus)."""
-    from worker.featurevis.facets import facet_folders
+    from worker.analyses.facets import facet_folders
 
     wanted = ctx.option("featurevis", "facets", ())
     folders = facet_folders(ctx.corpus) if ctx.corpus is not None and Path(ctx.corpus).is_dir() else {}
@@ -25,12 +25,12 @@ def facets(ctx: BuildContext) -> dict[str, Path]:
 class FeatureVis(Stage):
     name = "featurevis"
     produces = "feature visualizations per unit (plain; faceted for the first units when facets are asked)"
-    distributed = True  # unit ranges on Ray workers (worker.ray_executor)
-    code = ("worker.featurevis.stage", "worker.featurevis.render", "worker.featurevis.objectives",
-            "worker.featurevis.param", "worker.featurevis.transform", "worker.featurevis.facets")
+    distributed = True  # unit ranges on Ray workers (worker.pipeline.ray_executor)
+    code = ("worker.analyses.featurevis", "worker.compute.featurevis.render", "worker.compute.featurevis.objectives",
+            "worker.compute.featurevis.param", "worker.compute.featurevis.transform", "worker.analyses.facets")
 
     def settings(self, ctx: BuildContext) -> dict:
-        from worker.stage import corpus_digest
+        from worker.pipeline.contract import corpus_digest
 
         chosen = facets(ctx)
         return {**fv_settings(ctx).as_dict(), "layers": ctx.layer_names(), "facets": sorted(chosen),
@@ -40,7 +40,7 @@ class FeatureVis(Stage):
     def items(self, ctx: BuildContext) -> list[Item]:
         """Unit ranges per layer (`unit_range` units, a multiple of the render batch): rendering is per
         unit, so the ranges run on any workers; each unit is written as it finishes (resumable)."""
-        from worker.layers import layer_spec
+        from worker.compute.layers import layer_spec
 
         size = max(1, ctx.option("featurevis", "unit_range", 64))
         return [Item(f"{layer}:{a}", (layer, a, min(units, a + size)))
@@ -49,7 +49,7 @@ class FeatureVis(Stage):
 
     def compute(self, ctx: BuildContext, item: Item) -> tuple[str, dict]:
         from store.writes import active_run
-        from worker.featurevis.stage import run_layer
+        from worker.analyses.featurevis import run_layer
 
         layer, start, stop = item.payload
         return layer, run_layer(ctx.store, ctx.loaded, ctx.model_name, layer, range(start, stop), fv_settings(ctx),
@@ -77,9 +77,9 @@ class FeatureVis(Stage):
         return report
 
     def render_facets(self, ctx: BuildContext, chosen: dict[str, Path], run_id: int) -> dict:
-        from worker.featurevis.facets import ensure_probes, facet_folders
-        from worker.featurevis.stage import run_layer
-        from worker.layers import catalogue, layer_spec
+        from worker.analyses.facets import ensure_probes, facet_folders
+        from worker.analyses.featurevis import run_layer
+        from worker.compute.layers import catalogue, layer_spec
 
         layer = layer_spec(ctx.loaded).name
         names = [s.name for s in catalogue(ctx.loaded)]

@@ -1,10 +1,10 @@
 """The maps stage: per layer, two items: the world map crops (activation grids) and the rendered place
 names (checkpointed chunks); the write draws every unit's overlay and choropleth."""
-from worker.stage import BuildContext, Item, Stage, settings_hash
+from worker.pipeline.contract import BuildContext, Item, Stage, settings_hash
 
 
 def plan(ctx: BuildContext):
-    from worker.text_scores import default_plan
+    from worker.compute.text_scores import default_plan
 
     return ctx.option("maps", "plan") or default_plan(ctx.loaded)
 
@@ -16,18 +16,19 @@ def opt(ctx: BuildContext, key: str):
 class Maps(Stage):
     name = "maps"
     produces = "world-map activation grids and heat overlays; country and city name scores with choropleths"
-    distributed = True  # items on Ray workers (worker.ray_executor)
-    code = ("worker.maps", "worker.places", "worker.text_scores", "worker.render_text", "worker.resumable")
+    distributed = True  # items on Ray workers (worker.pipeline.ray_executor)
+    code = ("worker.analyses.maps", "worker.data.places", "worker.compute.text_scores",
+            "worker.compute.render_text", "worker.analyses.resumable")
 
     def settings(self, ctx: BuildContext) -> dict:
-        from worker.maps import GRID, MAP_WIDTH, PICTURE_WIDTH, TOP_PLACES
+        from worker.analyses.maps import GRID, MAP_WIDTH, PICTURE_WIDTH, TOP_PLACES
 
         return {"layers": ctx.layer_names(), "crops": opt(ctx, "crops"), "seed": opt(ctx, "seed"),
                 "cities": opt(ctx, "cities"), "plan": plan(ctx).describe(), "map_width": MAP_WIDTH,
                 "grid": list(GRID), "picture_width": PICTURE_WIDTH, "top_places": TOP_PLACES}
 
     def digest(self, ctx: BuildContext, layer: str) -> str:
-        from worker.maps import map_settings
+        from worker.analyses.maps import map_settings
 
         return settings_hash(map_settings(ctx.loaded, layer, plan(ctx), opt(ctx, "crops"), opt(ctx, "seed"),
                                           opt(ctx, "cities")))
@@ -37,9 +38,9 @@ class Maps(Stage):
                 for layer in ctx.layer_names() for part in ("grid", "places")]
 
     def compute(self, ctx: BuildContext, item: Item):
-        from worker.maps import map_grids, place_texts, places_job, world_map
-        from worker.resumable import score_resumable
-        from worker.text_scores import channels_last, layer_reader
+        from worker.analyses.maps import map_grids, place_texts, places_job, world_map
+        from worker.analyses.resumable import score_resumable
+        from worker.compute.text_scores import channels_last, layer_reader
 
         layer, part, digest = item.payload
         loaded, batch = ctx.loaded, opt(ctx, "batch_size")
@@ -58,7 +59,7 @@ class Maps(Stage):
                         if item.payload[0] == layer} for layer in ctx.layer_names()}
 
     def write(self, ctx: BuildContext, merged: dict, run_id: int) -> dict:
-        from worker.maps import world_map, write_maps
+        from worker.analyses.maps import world_map, write_maps
 
         layers = {layer: write_maps(ctx.store, ctx.model_name, layer, world_map(), got["grid"], got["places"],
                                     self.digest(ctx, layer), run_id) for layer, got in merged.items()}

@@ -1,17 +1,17 @@
 """The modality stage: per unit, its response over a concept set to pictures (the examples stage's activation
 matrix), rendered names and the text read-out; multimodality against a permuted-labels null."""
-from worker.stage import BuildContext, Item, Stage
+from worker.pipeline.contract import BuildContext, Item, Stage
 
 
 class Modality(Stage):
     name = "modality"
     needs = ("examples",)
     produces = "modality profiles and multimodality scores per unit (reads the examples stage's activation matrix)"
-    code = ("worker.modality", "worker.activations")
+    code = ("worker.analyses.modality", "worker.analyses.activations")
     reads_corpus = True
 
     def settings(self, ctx: BuildContext) -> dict:
-        from worker.stage import settings_hash
+        from worker.pipeline.contract import settings_hash
 
         return {"layers": ctx.layer_names(), "concept_set": ctx.option("modality", "concept_set", "auto"),
                 "exclude": settings_hash({"paths": sorted(ctx.option("modality", "exclude", frozenset()))})}
@@ -20,7 +20,7 @@ class Modality(Stage):
         """Reads the stored matrix as it writes each layer's profiles (`run_modality`)."""
 
     def write(self, ctx: BuildContext, merged, run_id: int) -> dict:
-        from worker.modality import run_modality
+        from worker.analyses.modality import run_modality
 
         layers = {layer: run_modality(ctx.store, ctx.loaded, ctx.model_name, layer,
                                       concept_set=ctx.option("modality", "concept_set", "auto"),

@@ -1,13 +1,13 @@
 """The selflabels stage: caption-free labels from the model's own text tower against the activation matrix,
 each scored by its held-out AUC."""
-from worker.stage import BuildContext, Item, Stage
+from worker.pipeline.contract import BuildContext, Item, Stage
 
 
 class SelfLabels(Stage):
     name = "selflabels"
     needs = ("examples",)
     produces = 'self-labels per unit (source "auto", with a held-out AUC), from the activation matrix'
-    code = ("worker.selflabels", "worker.activations")
+    code = ("worker.analyses.selflabels", "worker.analyses.activations")
     reads_corpus = True
 
     def settings(self, ctx: BuildContext) -> dict:
@@ -17,7 +17,7 @@ class SelfLabels(Stage):
         """Reads the stored matrix as it labels and writes each layer (`run_selflabels`)."""
 
     def write(self, ctx: BuildContext, merged, run_id: int) -> dict:
-        from worker.selflabels import run_selflabels
+        from worker.analyses.selflabels import run_selflabels
 
         layers = {layer: run_selflabels(ctx.store, ctx.loaded, ctx.model_name, layer,
                                         vocab=ctx.option("selflabels", "vocab", "default"))

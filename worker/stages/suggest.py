@@ -1,11 +1,11 @@
 """The suggest stage: automatic family guesses and short labels from top words and example captions."""
 from dataclasses import asdict
 
-from worker.stage import BuildContext, Item, Stage
+from worker.pipeline.contract import BuildContext, Item, Stage
 
 
 def options(ctx: BuildContext):
-    from worker.suggest import SuggestOptions
+    from worker.analyses.suggest import SuggestOptions
 
     return SuggestOptions(**ctx.options.get("suggest", {}))
 
@@ -15,7 +15,7 @@ class Suggest(Stage):
     needs = ("words",)
     after = ("examples",)
     produces = 'automatic family guesses and short labels (source "auto") per unit'
-    code = ("worker.suggest", "worker.lexicons", "worker.places", "worker.feelings")
+    code = ("worker.analyses.suggest", "worker.data.lexicons", "worker.data.places", "worker.data.feelings")
 
     def settings(self, ctx: BuildContext) -> dict:
         return {"layers": ctx.layer_names(), **asdict(options(ctx))}
@@ -31,7 +31,7 @@ class Suggest(Stage):
         return parts
 
     def write(self, ctx: BuildContext, merged: list, run_id: int) -> dict:
-        from worker.suggest import run_suggest
+        from worker.analyses.suggest import run_suggest
 
         layers = {layer: run_suggest(ctx.store, ctx.model_name, layer, options(ctx)) for layer in merged}
         return {"layers": layers, "units": sum(r["units"] for r in layers.values())}

@@ -2,13 +2,13 @@
 layer, each checkpointed in the cache (a killed build resumes at the first chunk it had not finished)."""
 import numpy as np
 
-from worker.stage import BuildContext, Item, Stage, settings_hash
+from worker.pipeline.contract import BuildContext, Item, Stage, settings_hash
 
 CHUNK = 512
 
 
 def stage_words(ctx: BuildContext) -> list[str]:
-    from worker.word_lists import DEFAULT, word_list
+    from worker.data.word_lists import DEFAULT, word_list
 
     return word_list(ctx.option("words", "list", DEFAULT), ctx.option("words", "n", 10_000))
 
@@ -19,7 +19,7 @@ def chunk(ctx: BuildContext) -> int:
 
 
 def plan(ctx: BuildContext):
-    from worker.text_scores import default_plan
+    from worker.compute.text_scores import default_plan
 
     return ctx.option("words", "plan") or default_plan(ctx.loaded)
 
@@ -27,13 +27,14 @@ def plan(ctx: BuildContext):
 class Words(Stage):
     name = "words"
     produces = "top and most negative rendered words per unit; the words x units matrices"
-    distributed = True  # items on Ray workers (worker.ray_executor)
-    code = ("worker.words", "worker.text_scores", "worker.render_text", "worker.resumable", "worker.word_lists")
+    distributed = True  # items on Ray workers (worker.pipeline.ray_executor)
+    code = ("worker.analyses.words", "worker.compute.text_scores", "worker.compute.render_text",
+            "worker.analyses.resumable", "worker.data.word_lists")
 
     def settings(self, ctx: BuildContext) -> dict:
-        from worker.text_scores import REDUCTION
-        from worker.word_lists import DEFAULT
-        from worker.words import BOTTOM, TOP
+        from worker.analyses.words import BOTTOM, TOP
+        from worker.compute.text_scores import REDUCTION
+        from worker.data.word_lists import DEFAULT
 
         words = stage_words(ctx)
         return {"layers": ctx.layer_names(), "list": ctx.option("words", "list", DEFAULT), "n": len(words),
@@ -41,7 +42,7 @@ class Words(Stage):
                 "top": TOP, "bottom": BOTTOM}
 
     def items(self, ctx: BuildContext) -> list[Item]:
-        from worker.words import words_job, words_settings
+        from worker.analyses.words import words_job, words_settings
 
         words, out = stage_words(ctx), []
         for layer in ctx.layer_names():
@@ -52,8 +53,8 @@ class Words(Stage):
 
     def compute(self, ctx: BuildContext, item: Item) -> tuple[str, np.ndarray, np.ndarray, bool]:
         """(layer, pre, post, resumed): one chunk's scores, from its checkpoint when a killed run left one."""
-        from worker.resumable import Checkpoints
-        from worker.text_scores import channels_last, layer_reader, score_texts
+        from worker.analyses.resumable import Checkpoints
+        from worker.compute.text_scores import channels_last, layer_reader, score_texts
 
         layer, i, start, job = item.payload
         checkpoints = Checkpoints(ctx.store, f"work/{job}")
@@ -76,7 +77,7 @@ class Words(Stage):
         return out
 
     def write(self, ctx: BuildContext, merged: dict, run_id: int) -> dict:
-        from worker.words import words_settings, write_words
+        from worker.analyses.words import words_settings, write_words
 
         words = stage_words(ctx)
         layers = {layer: write_words(ctx.store, ctx.model_name, layer, words, pre, post,

@@ -1,0 +1,1 @@
+"""The `microscope` command tree: root.py registers every group; the web app never imports it."""

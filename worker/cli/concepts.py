@@ -1,0 +1,70 @@
+"""`microscope worker modality | selflabels | directions`: the concept analyses, read from the activation
+matrix the examples stage wrote (worker/analyses/modality.py, selflabels.py, directions.py)."""
+import typer
+
+from worker.cli.options import Device, ModelName, ModelSource, model_options
+
+Layer = typer.Option(None, help="layer name (default: the penultimate layer)")
+
+
+def _open(source: ModelSource, device: str, name: str | None):
+    from store.settings import Settings
+    from store.writes import open_store
+    from worker.cli.options import model_name_for, open_model
+
+    loaded = open_model(source, device)
+    return open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights)
+
+
+@model_options
+def modality_cmd(source: ModelSource, name: ModelName = None,
+                 device: Device = "cpu", layer: str = Layer,
+                 concepts: str = typer.Option("auto", help="auto | captions | folders | words | imagenet"),
+                 min_images: int = typer.Option(3, min=1, help="pictures a concept needs"),
+                 most: int = typer.Option(1000, min=2, help="at most this many concepts (the most frequent)"),
+                 permutations: int = typer.Option(20, min=1, help="permutations of the null")):
+    """Modality profiles and multimodality scores of a layer's units (pictures, rendered names, read-out)."""
+    from worker.analyses.modality import run_modality
+    from worker.cli.options import clean_errors
+
+    store, loaded, model_name = _open(source, device, name)
+    with clean_errors(ValueError):
+        r = run_modality(store, loaded, model_name, layer, concepts, min_images, most, permutations,
+                         str(loaded.device))
+    typer.echo(f"{model_name}: {r['above']} of {r['units']} units above the null's 99th percentile "
+               f"({r['p99']:.3f}) over {r['concepts']} concepts")
+
+
+@model_options
+def selflabels_cmd(source: ModelSource, name: ModelName = None,
+                   device: Device = "cpu", layer: str = Layer,
+                   vocabulary: str = typer.Option("default", help="default (ImageNet classes + common words) | "
+                                                                  "imagenet | words | a file with one concept a line"),
+                   template: str = typer.Option("{}", help="text prompt with one {} for a concept")):
+    """Labels without captions (CLIP-Dissect soft-WPMI over a vocabulary), each with a held-out AUC."""
+    from worker.analyses.selflabels import run_selflabels
+    from worker.cli.options import clean_errors, fail
+
+    if template.count("{}") != 1:
+        fail(f"--template must hold exactly one {{}}, got {template!r}")
+    store, loaded, model_name = _open(source, device, name)
+    with clean_errors(ValueError):
+        r = run_selflabels(store, loaded, model_name, layer, vocabulary, template)
+    auc = "none (no held-out image of any label)" if r["median_auc"] is None else f"{r['median_auc']:.3f}"
+    typer.echo(f"{model_name}: {r['units']} units labelled ({r['labels_changed']} new), median held-out AUC "
+               f"{auc}; {r['human_scored']} human labels scored")
+
+
+@model_options
+def directions_cmd(source: ModelSource, name: ModelName = None,
+                   device: Device = "cpu", steps: int = typer.Option(512, min=1, help="optimisation steps"),
+                   force: bool = typer.Option(False, help="render again even if done")):
+    """Feature visualizations (and stored top images) of the saved concept directions."""
+    from worker.analyses.directions import run_directions
+    from worker.cli.options import clean_errors
+
+    store, loaded, model_name = _open(source, device, name)
+    with clean_errors(ValueError):
+        r = run_directions(store, loaded, model_name, steps, force)
+    typer.echo(f"{model_name}: {r['directions']} saved directions, {r['rendered']} rendered, {r['skipped']} "
+               f"up to date, {r['images']} images stored")

@@ -1,0 +1,1 @@
+"""The pipeline: the stage contract, the runner and its executors (serial, Ray)."""
