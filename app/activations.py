@@ -1,6 +1,11 @@
 """Reading an activation matrix (see worker/analyses/activations.py for what it holds and how it is written), with
 numpy only: np.memmap over each complete part, scanned in row blocks. The app and the analyses read it.
+
+Beside the parts the worker may leave `readout-norms.f32` (|Wᵀa| per row, float32, for the read-out W whose
+digest `readout-norms.json` names): what a direction query divides by (app/directions.py), so the first
+query of a layer scans the matrix once, not twice.
 """
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,6 +14,7 @@ import numpy as np
 DTYPE = np.float16
 ARTIFACT = "activations"  # the Artifact row naming a layer's matrix folder (path relative to the data folder)
 SCAN_ROWS = 65_536  # rows per block of a sequential scan (2,560 units: 320 MB of fp16)
+NORMS = "readout-norms"  # the sidecar's file stem
 
 
 class MatrixError(ValueError):
@@ -60,6 +66,32 @@ class ActivationMatrix:
         idx = np.asarray(units, dtype=np.int64)
         return np.concatenate([np.asarray(v[:, idx], dtype=np.float32) for v, _, _ in self._parts])
 
+    def take(self, rows) -> np.ndarray:
+        """(len(rows), units) of the given rows, in the matrix's dtype (float16: exact), reading only those."""
+        idx = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(idx), self.units), dtype=DTYPE)
+        start = 0
+        for values, _, _ in self._parts:
+            mine = np.flatnonzero((idx >= start) & (idx < start + len(values)))
+            if len(mine):
+                out[mine] = values[idx[mine] - start]
+            start += len(values)
+        return out
+
+    def readout_norms(self, digest: str, rectified: bool) -> np.ndarray | None:
+        """The worker's |Wᵀa| per row (np.memmap) for the read-out with this `readout_digest`, or None when
+        the sidecar is missing or was made for another read-out, row count or rectification."""
+        try:
+            meta = json.loads((self.folder / f"{NORMS}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if (meta.get("readout"), meta.get("rows"), meta.get("rectified")) != (digest, self.rows, rectified):
+            return None
+        path = self.folder / f"{NORMS}.f32"
+        if not path.is_file() or path.stat().st_size != 4 * self.rows:
+            return None
+        return np.memmap(path, dtype=np.float32, mode="r", shape=(self.rows,)) if self.rows else np.ones(0, np.float32)
+
     def dense(self) -> np.ndarray:
         """The whole matrix as float32 (for analyses of matrices that fit in memory)."""
         return np.concatenate([b for _, b in self.blocks()]) if self.rows else np.zeros((0, self.units), np.float32)
@@ -75,6 +107,11 @@ class ActivationMatrix:
     @property
     def corpus(self) -> str:
         return self.meta[0].get("corpus", "")
+
+
+def readout_digest(readout: np.ndarray) -> str:
+    """What names a read-out W in the norms sidecar: the hash of its float32 values."""
+    return hashlib.sha256(np.ascontiguousarray(readout, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
 def _shard_order(path: Path) -> int:

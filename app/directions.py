@@ -18,6 +18,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from app.activations import readout_digest
+
 MAX_TERMS = 8
 MAX_TERM = 100
 TOKEN = re.compile(r'\s*(?:"([^"]*)"|([+-])|([^+\-"]+)|("))')
@@ -96,8 +98,15 @@ def extremes(values: np.ndarray, k: int) -> tuple[list[int], list[int]]:
     return [int(i) for i in order[:k]], [int(i) for i in low[:k]]
 
 
+def row_norms(matrix, readout: np.ndarray, rectify: bool) -> np.ndarray:
+    """|Wᵀa| per matrix row: the worker's sidecar when it was made for this read-out, else one scan (for
+    stores written before the sidecar; never written from here: only the worker writes)."""
+    stored = matrix.readout_norms(readout_digest(readout), rectify)
+    return stored if stored is not None else readout_norms(matrix, readout, rectify)
+
+
 def readout_norms(matrix, readout: np.ndarray, rectify: bool) -> np.ndarray:
-    """|Wᵀa| per matrix row (one scan; the page caches it per matrix and read-out)."""
+    """|Wᵀa| per matrix row, in one scan (the worker writes it beside the matrix; the page caches it)."""
     w = np.asarray(readout, dtype=np.float32)
     out = np.empty(matrix.rows, dtype=np.float32)
     for start, block in matrix.blocks():

@@ -43,7 +43,7 @@ def test_auc_and_soft_wpmi_on_small_cases():
     fit, held = split(np.arange(10))
     assert held.tolist() == [0, 5] and len(fit) == 8
     text = auc(values, np.array([True, False, False, False]))[0]
-    assert text_auc(values, np.zeros((4, 2)), np.array([[1.0], [0], [0], [0]]))[0] == text
+    assert text_auc(values, np.zeros(4), np.array([[1.0], [0], [0], [0]]))[0] == text
 
 
 @pytest.fixture
@@ -91,3 +91,77 @@ def test_the_stage_stores_scored_auto_labels_and_scores_human_ones(store, probe_
     html = client.get("/models/tiny/layer4/labels", params={"sort": "unit"}).text
     assert "blue things" in html and "heldout-auc" in html
     assert client.get("/models/tiny/nope/labels").status_code == 404
+
+
+def planted_matrix(folder, rows: int = 1500, concepts: int = 24, units: int = 10, parts: int = 2, seed: int = 1):
+    """The planted case as stored: an fp16 activation matrix in `parts` parts (with ties: a dead unit, a unit of
+    a few levels, signed zeros), the rows' image embeddings and the concepts' text embeddings."""
+    from worker.analyses.activations import PartWriter
+
+    rng = np.random.default_rng(seed)
+    shown = rng.integers(concepts, size=rows)
+    texts = np.eye(concepts, dtype=np.float32)  # so the cosines are the embeddings, planted as in `planted`
+    emb = rng.normal(0.2, 0.02, size=(rows, concepts)).astype(np.float32)
+    emb[np.arange(rows), shown] += 0.1
+    acts = rng.normal(size=(rows, units))
+    for u in range(units - 3):
+        acts[shown == 2 * u + 1, u] += 3
+    acts[:, -3] = 0  # dead: every row ties
+    acts[:, -2] = np.round(acts[:, -2]) / 2  # a few levels: many ties
+    acts[::7, -1] = -0.0
+    hashes = rng.integers(0, 2**62, size=rows)
+    cuts = np.linspace(0, rows, parts + 1).astype(int)
+    for i in range(parts):
+        part = PartWriter(folder, f"part-{i}of{parts}", units, {"corpus": ""}).open(0)
+        part.append(acts[cuts[i]:cuts[i + 1]], hashes[cuts[i]:cuts[i + 1]], np.arange(cuts[i], cuts[i + 1]))
+        part.commit(complete=True)
+        part.close()
+    return emb, texts, hashes
+
+
+def test_the_blocked_scan_equals_the_whole_matrix_computation(tmp_path):
+    """`label_matrix` (blocks of 37 rows, across part boundaries) against `label_units` on the dense matrix:
+    the same top rows, best concepts, runners-up and AUCs exactly; soft-WPMI to 1e-9 (p(c) is a float64
+    sum by blocks rather than one pairwise mean)."""
+    from app.activations import ActivationMatrix
+    from worker.analyses.selflabels import checked_split, label_matrix, top_rows
+
+    emb, texts, hashes = planted_matrix(tmp_path)
+    matrix = ActivationMatrix(tmp_path)
+    dense = matrix.dense()
+    fit, _, top = checked_split(hashes, 28)
+    assert np.array_equal(top_rows(matrix, fit, top, block=37),
+                          fit[np.argsort(-dense[fit], axis=0, kind="stable")[:top]])
+    got, want = label_matrix(matrix, emb, texts, hashes, block=37), label_units(dense, emb @ texts.T, hashes)
+    for key in ("best", "runners_up", "positives"):
+        assert np.array_equal(got[key], want[key]), key
+    assert np.array_equal(got["auc"], want["auc"], equal_nan=True)
+    assert np.allclose(got["wpmi"], want["wpmi"], rtol=1e-9, atol=1e-9)
+    assert got["heldout"] == want["heldout"] and got["top"] == want["top"]
+    assert got["best"][:7].tolist() == [2 * u + 1 for u in range(7)] and (got["auc"][:7] > 0.9).all()
+
+
+def test_the_scan_allocates_a_block_not_the_matrix(tmp_path, monkeypatch):
+    """40,000 rows x 128 units (20 MB as float32; the whole-matrix code's argsort alone is 41 MB): the scan's
+    peak allocation stays within a few blocks and the held-out rows."""
+    import tracemalloc
+
+    from app.activations import ActivationMatrix
+    from worker.analyses import selflabels
+
+    monkeypatch.setattr(selflabels, "MAX_HELDOUT", 500)
+    emb, texts, hashes = planted_matrix(tmp_path, rows=40_000, units=128, parts=1)
+    np.save(tmp_path / "emb.npy", emb)
+    emb = np.load(tmp_path / "emb.npy", mmap_mode="r")
+    matrix = ActivationMatrix(tmp_path)
+    import scipy.stats  # noqa: F401  (its first import is not the scan's memory)
+
+    tracemalloc.start()
+    try:
+        result = selflabels.label_matrix(matrix, emb, texts, hashes, block=256)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    whole = matrix.rows * matrix.units * 4
+    assert result["heldout"] == 500 and result["best"][:7].tolist() == [2 * u + 1 for u in range(7)]
+    assert peak < 4e6 < whole / 5, f"peak {peak / 1e6:.1f} MB for a {whole / 1e6:.0f} MB matrix"

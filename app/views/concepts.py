@@ -24,7 +24,7 @@ from app.directions import (
     nearest_units,
     parse,
     profile_of,
-    readout_norms,
+    row_norms,
 )
 from app.forms import body_of, done
 from app.lookup import NotFound, get_layer
@@ -160,7 +160,7 @@ def matrix_part(session: Session, settings, la: Layer, query: str, d: np.ndarray
                                                      f"worker examples … --layer {la.name}`."}
     rectify = matrix.meta[0].get("signal") == "pre-relu"
     key = (str(matrix.folder), matrix.rows, id(readout))
-    norms = PROJECTIONS.get(key, lambda: readout_norms(matrix, readout, rectify))
+    norms = PROJECTIONS.get(key, lambda: row_norms(matrix, readout, rectify))
     values = PROJECTIONS.get((*key, query), lambda: image_scores(matrix, d, norms, rectify))
     top, bottom = extremes(values, k)
     return {"examples": {"rows": matrix.rows, "rectified": rectify,

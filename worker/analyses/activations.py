@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.activations import ARTIFACT, DTYPE, ActivationMatrix, MatrixError
+from app.activations import ARTIFACT, DTYPE, NORMS, ActivationMatrix, MatrixError, readout_digest
 
 __all__ = ["ARTIFACT", "ActivationMatrix", "MatrixError", "MatrixSink"]
 
@@ -138,15 +138,70 @@ def matrix_sink(data_dir: Path, job, shard, specs, signal: str) -> MatrixSink:
     return MatrixSink(Path(data_dir), job.model, {s.name: s.n_units for s in specs}, job.fingerprint, shard, meta)
 
 
-def register_matrices(store, model_name: str, folders: dict[str, str], run_id: int | None) -> None:
-    """Point each layer's `activations` Artifact at its (complete) matrix folder, relative to the data folder."""
+def register_matrices(store, model_name: str, folders: dict[str, str], run_id: int | None, loaded=None) -> None:
+    """Point each layer's `activations` Artifact at its (complete) matrix folder, relative to the data folder;
+    with the model (`loaded`), the read-out layer's matrix gets its norms sidecar first (`write_readout_norms`)."""
     from worker.analyses.artifacts import put_artifact
 
+    readout_layer = readout_layer_of(loaded)
     for layer, folder in folders.items():
         matrix = ActivationMatrix(Path(store.settings.data_dir) / folder)
         meta = {"rows": matrix.rows, "units": matrix.units, "corpus": matrix.corpus,
                 "reduce": matrix.meta[0]["reduce"], "signal": matrix.meta[0]["signal"]}
+        if layer == readout_layer:
+            meta["readout_norms"] = write_readout_norms(matrix, model_readout(store, model_name, layer, loaded))
         put_artifact(store, model_name, layer, ARTIFACT, folder, meta, run_id)
+
+
+def readout_layer_of(loaded) -> str | None:
+    from worker.compute.layers import layer_spec
+
+    return None if loaded is None else layer_spec(loaded).name
+
+
+def model_readout(store, model_name: str, layer: str, loaded) -> np.ndarray:
+    """The read-out the app will divide by: the stored one (the attribution stage's), else the model's own
+    (what that stage stores by default; `refresh_readout_norms` redoes the sidecar when it stores another)."""
+    from worker.analyses.artifacts import artifact
+    from worker.compute.readout import readout_matrix
+
+    stored = artifact(store, model_name, layer, "readout")
+    path = stored and store.cache.resolve(stored.path)
+    return np.load(path) if path else readout_matrix(loaded)
+
+
+def write_readout_norms(matrix: ActivationMatrix, readout: np.ndarray) -> dict:
+    """|Wᵀa| per row beside the matrix (app.activations.NORMS; the direction query's divisor, by the app's
+    own function, so the values are the ones it would compute); its record for the matrix's artifact."""
+    from app.directions import readout_norms
+
+    rectified = matrix.meta[0].get("signal") == "pre-relu"
+    values = readout_norms(matrix, readout, rectified).astype(np.float32)
+    tmp = matrix.folder / f".{NORMS}.{os.getpid()}.tmp"
+    tmp.write_bytes(values.tobytes())
+    os.replace(tmp, matrix.folder / f"{NORMS}.f32")
+    record = {"file": f"{NORMS}.f32", "readout": readout_digest(readout), "rows": matrix.rows,
+              "rectified": rectified}
+    write_json(matrix.folder / f"{NORMS}.json", record)
+    return record
+
+
+def refresh_readout_norms(store, model_name: str, layer: str, readout: np.ndarray, run_id: int | None) -> bool:
+    """After a new read-out is stored: rewrite the layer's norms sidecar if it was made for another one."""
+    from worker.analyses.artifacts import artifact, put_artifact
+
+    row = artifact(store, model_name, layer, ARTIFACT)
+    if row is None:
+        return False
+    try:
+        matrix = ActivationMatrix(Path(store.settings.data_dir) / row.path)
+    except MatrixError:
+        return False
+    if (row.meta or {}).get("readout_norms", {}).get("readout") == readout_digest(readout):
+        return False
+    put_artifact(store, model_name, layer, ARTIFACT, row.path,
+                 {**(row.meta or {}), "readout_norms": write_readout_norms(matrix, readout)}, row.run_id or run_id)
+    return True
 
 
 def stored_matrix(store, model_name: str, layer: str) -> ActivationMatrix:

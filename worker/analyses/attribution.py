@@ -12,6 +12,7 @@ from sqlalchemy import select
 from store.paths import ROOT
 from store.schema import Artifact, Layer, Model
 from store.writes import Store, finish_run, start_run
+from worker.analyses.activations import refresh_readout_norms
 from worker.compute.layers import layer_spec
 from worker.compute.models import LoadedModel
 from worker.compute.readout import readout_with_agreement
@@ -56,6 +57,7 @@ def store_readout(store: Store, model_name: str, loaded: LoadedModel, config_dir
         finish_run(session, run, {"units": int(w.shape[0]), "path": path, "agreement": computed["agreement"]})
         session.flush()
         session.expunge(art)
+    refresh_readout_norms(store, model_name, spec.name, w, art.run_id)  # the direction query's divisor
     return art
 
 

@@ -288,7 +288,7 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
     report = make_report(job, progress, opts, timing)
     writing = time.monotonic()
     report["vanished"] = write_results(store, job, specs, progress, opts, run_id, signal)
-    register_matrices(store, job.model, folders, run_id)
+    register_matrices(store, job.model, folders, run_id, loaded)
     timing["write_seconds"] = round(time.monotonic() - writing, 3)
     close_run(store, run_id, report)
     checkpoint.unlink(missing_ok=True)

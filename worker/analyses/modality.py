@@ -131,10 +131,9 @@ def groups_from_folders(sources: list[str], min_images: int = MIN_IMAGES, most: 
     return _keep(rows, min_images, most) if len(rows) > 1 else {}
 
 
-def groups_from_similarity(similarity: np.ndarray, names: list[str], min_images: int = MIN_IMAGES,
-                           most: int = MAX_CONCEPTS) -> dict[str, np.ndarray]:
-    """{concept: rows the model puts nearest that concept's text} from (rows × concepts) similarities."""
-    nearest = similarity.argmax(axis=1)
+def groups_from_nearest(nearest: np.ndarray, names: list[str], min_images: int = MIN_IMAGES,
+                        most: int = MAX_CONCEPTS) -> dict[str, np.ndarray]:
+    """{concept: rows the model puts nearest that concept's text} from each row's nearest concept (index)."""
     rows = {names[c]: np.flatnonzero(nearest == c).tolist() for c in np.unique(nearest)}
     return _keep(rows, min_images, most)
 
@@ -175,10 +174,11 @@ def concept_groups(store, loaded, matrix, concept_set: str, min_images: int = MI
     if concept_set not in CONCEPT_SETS:
         raise ValueError(f"--concepts must be one of {', '.join(CONCEPT_SETS)}, got {concept_set!r}")
     if concept_set == "imagenet":
-        from worker.compute.image_text import imagenet_names, similarity
+        from worker.compute.image_text import imagenet_names, nearest_concepts
 
         names = imagenet_names()
-        return concept_set, groups_from_similarity(similarity(store, loaded, matrix, names), names, min_images, most)
+        return concept_set, groups_from_nearest(nearest_concepts(store, loaded, matrix, names), names, min_images,
+                                                most)
     entries = entries_at(matrix.corpus, matrix.entries.tolist())
     order = [None if e is None or e.source in exclude else e for e in (entries.get(int(x)) for x in matrix.entries)]
     if concept_set in ("auto", "folders"):
@@ -239,11 +239,9 @@ def write_profile(store, model_name: str, layer: str, profile: Profile, scored: 
     return meta
 
 
-def run_modality(store, loaded, model_name: str, layer: str | None = None, concept_set: str = "auto",
-                 min_images: int = MIN_IMAGES, most: int = MAX_CONCEPTS, permutations: int = PERMUTATIONS,
-                 device: str = "cpu", exclude: frozenset[str] = frozenset()) -> dict:
-    """The modality stage: profiles and scores of every unit of `layer` over a concept set, from the matrix."""
-    from store.writes import recorded_run
+def plan_modality(store, loaded, model_name: str, layer: str | None, concept_set: str, min_images: int, most: int,
+                  permutations: int, exclude: frozenset[str]) -> tuple:
+    """(the layer's matrix, its concept groups, the run's settings), or ValueError when under two concepts."""
     from worker.analyses.activations import stored_matrix
     from worker.compute.layers import layer_spec
 
@@ -255,10 +253,42 @@ def run_modality(store, loaded, model_name: str, layer: str | None = None, conce
                          f"{min_images} images; a profile needs two or more (try --concepts captions|folders|imagenet)")
     settings = {"layer": spec.name, "concepts": used, "min_images": min_images, "most": most,
                 "permutations": permutations, "rows": matrix.rows, "excluded_sources": len(exclude)}
-    with recorded_run(store, ARTIFACT, model_name, settings, layer=spec.name) as report:
-        profile = build_profile(loaded, matrix, spec.name, groups, device)
-        scored = score_profile(profile, permutations)
-        meta = write_profile(store, model_name, spec.name, profile, scored, {"concept_set": used, **settings},
-                             report["run_id"])
-        report.update(concepts=len(profile.concepts), **{k: meta["summary"][k] for k in ("p99", "above", "units")})
+    return matrix, groups, settings
+
+
+def profile_and_scores(loaded, matrix, groups: dict[str, np.ndarray], settings: dict, device: str) -> dict:
+    """What `write_modality` stores: the profile (a scan of the matrix) and its scores with the null."""
+    profile = build_profile(loaded, matrix, settings["layer"], groups, device)
+    return {"layer": settings["layer"], "settings": settings, "profile": profile,
+            "scored": score_profile(profile, settings["permutations"])}
+
+
+def compute_modality(store, loaded, model_name: str, layer: str | None = None, concept_set: str = "auto",
+                     min_images: int = MIN_IMAGES, most: int = MAX_CONCEPTS, permutations: int = PERMUTATIONS,
+                     device: str = "cpu", exclude: frozenset[str] = frozenset()) -> dict:
+    """Profiles and scores of every unit of `layer` over a concept set, from the matrix; writes nothing."""
+    matrix, groups, settings = plan_modality(store, loaded, model_name, layer, concept_set, min_images, most,
+                                             permutations, exclude)
+    return profile_and_scores(loaded, matrix, groups, settings, device)
+
+
+def write_modality(store, model_name: str, computed: dict, run_id: int | None) -> dict:
+    """Store `compute_modality`'s profile and scores (files and the layer's artifact); the layer's report."""
+    settings = computed["settings"]
+    meta = write_profile(store, model_name, computed["layer"], computed["profile"], computed["scored"],
+                         {"concept_set": settings["concepts"], **settings}, run_id)
+    return {"concepts": len(computed["profile"].concepts), **{k: meta["summary"][k] for k in ("p99", "above", "units")}}
+
+
+def run_modality(store, loaded, model_name: str, layer: str | None = None, concept_set: str = "auto",
+                 min_images: int = MIN_IMAGES, most: int = MAX_CONCEPTS, permutations: int = PERMUTATIONS,
+                 device: str = "cpu", exclude: frozenset[str] = frozenset()) -> dict:
+    """The modality stage outside the pipeline, for one layer: compute and write in one recorded run."""
+    from store.writes import recorded_run
+
+    matrix, groups, settings = plan_modality(store, loaded, model_name, layer, concept_set, min_images, most,
+                                             permutations, exclude)
+    with recorded_run(store, ARTIFACT, model_name, settings, layer=settings["layer"]) as report:
+        computed = profile_and_scores(loaded, matrix, groups, settings, device)
+        report.update(write_modality(store, model_name, computed, report["run_id"]))
     return report

@@ -38,6 +38,8 @@ SOFTNESS = 10.0  # a in p(c | x) = softmax(a · cosine)
 WEIGHTS = (0.998, 0.97)  # p(x in D_u) of the first and the last of the top rows
 COMMON_WORDS = 2000  # common words added to ImageNet's classes in the default vocabulary
 STAGE = "selflabels"
+BLOCK_VALUES = 1 << 22  # values per block of a scan (16 MB as float32; the keys of `top_rows` take 2x more)
+AUC_UNITS = 256  # units ranked at a time for the AUC
 
 
 def vocabulary(name: str) -> list[str]:
@@ -69,17 +71,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def wpmi_of(top_probs: np.ndarray, log_prior: np.ndarray, lam: float = LAMBDA) -> np.ndarray:
+    """(units × concepts) soft-WPMI from p(c | x) of each unit's top rows, best first (top × units × concepts)."""
+    weights = np.linspace(*WEIGHTS, len(top_probs))[:, None, None]
+    miss = np.log1p(-np.clip(weights * top_probs, 0, 1 - 1e-9)).sum(axis=0)
+    return np.log(-np.expm1(miss) + 1e-12) - lam * log_prior
+
+
 def soft_wpmi(acts: np.ndarray, probs: np.ndarray, top: int = TOP, lam: float = LAMBDA) -> np.ndarray:
     """(units × concepts) soft-WPMI from fitting rows' activations (rows × units) and p(c | x) (rows × concepts)."""
     top = max(1, min(top, len(acts)))
-    weights = np.linspace(*WEIGHTS, top)[:, None]
-    log_prior = np.log(probs.mean(axis=0) + 1e-12)
-    out = np.empty((acts.shape[1], probs.shape[1]))
     order = np.argsort(-acts, axis=0, kind="stable")[:top]  # (top, units)
-    for u in range(acts.shape[1]):
-        miss = np.log1p(-np.clip(weights * probs[order[:, u]], 0, 1 - 1e-9)).sum(axis=0)
-        out[u] = np.log(-np.expm1(miss) + 1e-12) - lam * log_prior
-    return out
+    return wpmi_of(probs[order], np.log(probs.mean(axis=0, dtype=np.float64) + 1e-12), lam)
 
 
 def auc(values: np.ndarray, positives: np.ndarray) -> np.ndarray:
@@ -99,41 +102,154 @@ def split(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(~held), np.flatnonzero(held)[:MAX_HELDOUT]
 
 
+def checked_split(hashes: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(fitting rows, held-out rows, the size of D_u) or ValueError when too few rows are left to hold some out."""
+    fit, held = split(hashes)
+    if len(fit) < 2 or len(held) < 2:
+        raise ValueError(f"{len(hashes)} images are too few to hold some out (need at least 2 fitting, 2 held out)")
+    return fit, held, max(1, min(top, max(5, len(fit) // 20), len(fit)))
+
+
 def label_units(acts: np.ndarray, sims: np.ndarray, hashes: np.ndarray, scale: float = SOFTNESS,
                 top: int = TOP) -> dict:
     """Every unit's best concept (index), its soft-WPMI, runners-up and held-out AUC, from the matrix
-    activations (rows × units) and the image–concept cosines (rows × concepts)."""
-    fit, held = split(hashes)
-    if len(fit) < 2 or len(held) < 2:
-        raise ValueError(f"{len(acts)} images are too few to hold some out (need at least 2 fitting, 2 held out)")
-    top = min(top, max(5, len(fit) // 20))
+    activations (rows × units) and the image–concept cosines (rows × concepts), all in memory: the statement
+    of what `label_matrix` computes over a matrix of any size."""
+    fit, held, top = checked_split(hashes, top)
     wpmi = soft_wpmi(acts[fit], softmax(scale * sims[fit]), top)
     ranked = np.argsort(-wpmi, axis=1, kind="stable")[:, :3]
-    zero_shot = sims[held].argmax(axis=1)
+    return scored_labels(ranked, np.take_along_axis(wpmi, ranked, axis=1), acts[held], sims[held].argmax(axis=1),
+                         sims.shape[1], top)
+
+
+def scored_labels(ranked: np.ndarray, wpmi: np.ndarray, held_acts: np.ndarray, zero_shot: np.ndarray,
+                  concepts: int, top: int) -> dict:
+    """The result of `label_units` / `label_matrix` from each unit's three best concepts and the held-out rows."""
     best = ranked[:, 0]
-    scores = np.full(acts.shape[1], np.nan)
+    scores = np.full(len(best), np.nan)
     for c in np.unique(best):
         units = np.flatnonzero(best == c)
-        scores[units] = auc(acts[np.ix_(held, units)], zero_shot == c)
-    return {"best": best, "runners_up": ranked, "wpmi": np.take_along_axis(wpmi, ranked, axis=1), "auc": scores,
-            "heldout": len(held), "top": top, "positives": np.bincount(zero_shot, minlength=sims.shape[1])}
+        for i in range(0, len(units), AUC_UNITS):  # bounded: rankdata holds float64 ranks of the columns it gets
+            chunk = units[i:i + AUC_UNITS]
+            scores[chunk] = auc(np.asarray(held_acts[:, chunk], dtype=np.float32), zero_shot == c)
+    return {"best": best, "runners_up": ranked, "wpmi": wpmi, "auc": scores, "heldout": len(zero_shot), "top": top,
+            "positives": np.bincount(zero_shot, minlength=concepts)}
 
 
-def text_auc(acts_held: np.ndarray, sims_held: np.ndarray, text_sims: np.ndarray) -> np.ndarray:
+def text_auc(acts_held: np.ndarray, best_vocab: np.ndarray, text_sims: np.ndarray) -> np.ndarray:
     """AUC per (text, its unit) of a label text not (necessarily) in the vocabulary: its images are the held-out
-    rows where it beats every vocabulary concept. acts_held (rows × n) is each text's unit's column."""
-    best_vocab = sims_held.max(axis=1)
+    rows where it beats every vocabulary concept (`best_vocab`: each row's highest vocabulary cosine).
+    acts_held (rows × n) is each text's unit's column."""
+    acts_held = np.asarray(acts_held, dtype=np.float32)
     return np.array([auc(acts_held[:, [i]], text_sims[:, i] > best_vocab)[0] for i in range(text_sims.shape[1])])
 
 
-# -- model-side inputs ---------------------------------------------------------------------------
+# -- the same over a matrix of any size, in blocks of rows ---------------------------------------------
+
+def block_rows(width: int) -> int:
+    """Rows per block so that a block holds about BLOCK_VALUES values."""
+    return max(16, BLOCK_VALUES // max(1, width))
+
+
+def order_keys(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """int64 keys that sort like (value, then lower row first): value's order-preserving float32 bits high, the
+    row's complement low. Distinct per row, so a partition picks exactly the rows a stable argsort would."""
+    bits = (np.asarray(block, dtype=np.float32) + np.float32(0)).view(np.int32)  # + 0: -0.0 becomes 0.0
+    ordered = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64)
+    return (ordered << 32) | (np.int64(0xFFFFFFFF) - rows.astype(np.int64))[:, None]
+
+
+def largest(keys: np.ndarray, k: int) -> np.ndarray:
+    """The k largest keys per column (unordered)."""
+    return keys if len(keys) <= k else np.partition(keys, len(keys) - k, axis=0)[len(keys) - k:]
+
+
+def top_rows(matrix, fit: np.ndarray, top: int, block: int | None = None) -> np.ndarray:
+    """(top × units) each unit's `top` highest fitting rows, best first, ties to the lower row (as a stable
+    argsort of the whole column); one sequential scan holding a block and `top` keys per unit."""
+    if matrix.rows >= 2**32:
+        raise ValueError(f"{matrix.rows} rows: the ranking keys hold row numbers below 2**32")
+    fitting = np.zeros(matrix.rows, dtype=bool)
+    fitting[fit] = True
+    best = np.zeros((0, matrix.units), dtype=np.int64)
+    for start, values in matrix.blocks(block or block_rows(matrix.units)):
+        mask = fitting[start:start + len(values)]
+        keys = order_keys(values[mask], start + np.flatnonzero(mask))
+        best = largest(np.concatenate([best, largest(keys, top)]), top)
+    best = np.sort(best, axis=0)[::-1]
+    return np.int64(0xFFFFFFFF) - (best & np.int64(0xFFFFFFFF))
+
+
+def blocked(embeddings: np.ndarray, rows: np.ndarray, texts: np.ndarray, block: int):
+    """(rows of a block, their image–concept cosines) over `rows` of the embeddings, in blocks."""
+    for i in range(0, len(rows), block):
+        chunk = rows[i:i + block]
+        yield chunk, np.asarray(embeddings[chunk]) @ texts.T
+
+
+def concept_prior(embeddings: np.ndarray, texts: np.ndarray, fit: np.ndarray, scale: float,
+                  block: int) -> np.ndarray:
+    """log p(c): the mean over the fitting rows of p(c | x), accumulated in float64 block by block."""
+    total = np.zeros(len(texts))
+    for _, sims in blocked(embeddings, fit, texts, block):
+        total += softmax(scale * sims).sum(axis=0, dtype=np.float64)
+    return np.log(total / max(1, len(fit)) + 1e-12)
+
+
+def best_concepts(embeddings: np.ndarray, texts: np.ndarray, rows: np.ndarray, log_prior: np.ndarray,
+                  scale: float, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(units × 3 best concepts, their soft-WPMI) from each unit's top rows (`rows`, top × units), a block of
+    units at a time: p(c | x) of their top rows only."""
+    top, units = rows.shape
+    ranked = np.empty((units, 3), dtype=np.int64)
+    wpmi = np.empty((units, 3))
+    step = max(1, block // max(1, top))
+    for u in range(0, units, step):
+        mine = rows[:, u:u + step]
+        probs = softmax(scale * (np.asarray(embeddings[mine.ravel()]) @ texts.T)).reshape(*mine.shape, len(texts))
+        scores = wpmi_of(probs, log_prior)
+        ranked[u:u + step] = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+        wpmi[u:u + step] = np.take_along_axis(scores, ranked[u:u + step], axis=1)
+    return ranked, wpmi
+
+
+def held_out(embeddings: np.ndarray, texts: np.ndarray, held: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(each held-out row's zero-shot concept, its highest cosine)."""
+    zero_shot, best = np.empty(len(held), dtype=np.int64), np.empty(len(held), dtype=np.float32)
+    done = 0
+    for chunk, sims in blocked(embeddings, held, texts, block):
+        zero_shot[done:done + len(chunk)] = sims.argmax(axis=1)
+        best[done:done + len(chunk)] = sims.max(axis=1)
+        done += len(chunk)
+    return zero_shot, best
+
+
+def label_matrix(matrix, embeddings: np.ndarray, texts: np.ndarray, hashes: np.ndarray, scale: float = SOFTNESS,
+                 top: int = TOP, block: int | None = None) -> dict:
+    """`label_units` over an activation matrix (app.activations.ActivationMatrix) and the rows' image
+    embeddings (rows × dim, e.g. memory-mapped) against the concepts' text embeddings (concepts × dim), never
+    holding more than a block of rows, `top` rows per unit and the held-out rows (at most MAX_HELDOUT, fp16).
+    Equal to `label_units` on the same inputs up to float rounding of p(c) (a float64 sum by blocks): every
+    ranking, the top rows and the AUCs are the same computation on the same values."""
+    fit, held, top = checked_split(hashes, top)
+    rows = block or block_rows(max(matrix.units, len(texts)))
+    log_prior = concept_prior(embeddings, texts, fit, scale, rows)
+    ranked, wpmi = best_concepts(embeddings, texts, top_rows(matrix, fit, top, block), log_prior, scale, rows)
+    zero_shot, _ = held_out(embeddings, texts, held, rows)
+    return scored_labels(ranked, wpmi, matrix.take(held), zero_shot, len(texts), top)
+
 
 # -- the stage -------------------------------------------------------------------------------------
 
-def run_selflabels(store, loaded, model_name: str, layer: str | None = None, vocab: str = "default",
-                   template: str = "{}") -> dict:
-    """Label every unit of `layer` from the matrix and the text tower, score the labels, write them."""
-    from store.writes import recorded_run
+def selflabels_settings(layer: str, vocab: str, concepts: int, template: str, rows: int) -> dict:
+    return {"layer": layer, "vocabulary": vocab, "concepts": concepts, "template": template, "rows": rows,
+            "heldout": f"hash % {HELDOUT} == 0", "top": TOP, "lambda": LAMBDA}
+
+
+def compute_selflabels(store, loaded, model_name: str, layer: str | None = None, vocab: str = "default",
+                       template: str = "{}") -> dict:
+    """Every unit's label and score, and each current human label's score, from the matrix and the text tower
+    (reads the store, writes nothing but the image-embedding cache): what `write_selflabels` stores."""
     from worker.analyses.activations import stored_matrix
     from worker.compute.layers import layer_spec
     from worker.compute.readout import embed_texts
@@ -141,24 +257,48 @@ def run_selflabels(store, loaded, model_name: str, layer: str | None = None, voc
     spec = layer_spec(loaded, layer)
     matrix = stored_matrix(store, model_name, spec.name)
     names = vocabulary(vocab)
-    settings = {"layer": spec.name, "vocabulary": vocab, "concepts": len(names), "template": template,
-                "rows": matrix.rows, "heldout": f"hash % {HELDOUT} == 0", "top": TOP, "lambda": LAMBDA}
-    with recorded_run(store, STAGE, model_name, settings, layer=spec.name) as report:
-        acts, hashes = matrix.dense(), matrix.hashes
-        emb = image_embeddings(store, loaded, matrix)
-        sims = emb @ embed_texts(loaded, [template.format(n) for n in names]).T
-        result = label_units(acts, sims, hashes)
-        report["labels_changed"] = write_labels(store, model_name, spec.name, names, result, report["run_id"])
-        humans = current_human_labels(store, model_name, spec.name)
+    hashes = matrix.hashes
+    emb = image_embeddings(store, loaded, matrix)
+    texts = embed_texts(loaded, [template.format(n) for n in names])
+    result = label_matrix(matrix, emb, texts, hashes)
+    humans = current_human_labels(store, model_name, spec.name)
+    human_scores = []
+    if humans:
         _, held = split(hashes)
-        if humans:
-            text_sims = emb[held] @ embed_texts(loaded, [template.format(t) for _, _, t in humans]).T
-            scores = text_auc(acts[np.ix_(held, [u for _, u, _ in humans])], sims[held], text_sims)
-            write_scores(store, [(lid, "heldout-auc", s, {"heldout": len(held)}) for (lid, _, _), s in
-                                 zip(humans, scores, strict=True)], report["run_id"])
-        finite = result["auc"][np.isfinite(result["auc"])]
-        report.update(units=int(acts.shape[1]), human_scored=len(humans), heldout=result["heldout"],
-                      median_auc=round(float(np.median(finite)), 4) if len(finite) else None)  # JSON: no NaN
+        _, best_vocab = held_out(emb, texts, held, block_rows(len(texts)))
+        text_sims = np.asarray(emb[held]) @ embed_texts(loaded, [template.format(t) for _, _, t in humans]).T
+        scores = text_auc(matrix.take(held)[:, [u for _, u, _ in humans]], best_vocab, text_sims)
+        human_scores = [(lid, float(s)) for (lid, _, _), s in zip(humans, scores, strict=True)]
+    return {"layer": spec.name, "names": names, "result": result, "human_scores": human_scores,
+            "settings": selflabels_settings(spec.name, vocab, len(names), template, matrix.rows)}
+
+
+def write_selflabels(store, model_name: str, computed: dict, run_id: int) -> dict:
+    """Store `compute_selflabels`' labels and scores; the layer's report."""
+    result = computed["result"]
+    changed = write_labels(store, model_name, computed["layer"], computed["names"], result, run_id)
+    write_scores(store, [(lid, "heldout-auc", s, {"heldout": result["heldout"]})
+                         for lid, s in computed["human_scores"]], run_id)
+    finite = result["auc"][np.isfinite(result["auc"])]
+    return {"labels_changed": changed, "units": len(result["best"]), "human_scored": len(computed["human_scores"]),
+            "heldout": result["heldout"],
+            "median_auc": round(float(np.median(finite)), 4) if len(finite) else None}  # JSON: no NaN
+
+
+def run_selflabels(store, loaded, model_name: str, layer: str | None = None, vocab: str = "default",
+                   template: str = "{}") -> dict:
+    """Label every unit of `layer` from the matrix and the text tower, score the labels, write them."""
+    from store.writes import recorded_run
+    from worker.analyses.activations import stored_matrix
+    from worker.compute.layers import layer_spec
+
+    spec = layer_spec(loaded, layer)
+    rows = stored_matrix(store, model_name, spec.name).rows
+    settings = selflabels_settings(spec.name, vocab, len(vocabulary(vocab)), template, rows)
+    with recorded_run(store, STAGE, model_name, settings, layer=spec.name) as report:
+        report.update(write_selflabels(store, model_name,
+                                       compute_selflabels(store, loaded, model_name, spec.name, vocab, template),
+                                       report["run_id"]))
     return report
 
 

@@ -103,7 +103,8 @@ class Examples(Stage):
 
         entries = sum(len(r.entries) for r in plan.ranges)
         if plan.ranges:
-            register_matrices(ctx.store, ctx.model_name, matrix_folders(ctx.data_dir, plan, ctx.model_name), run_id)
+            register_matrices(ctx.store, ctx.model_name, matrix_folders(ctx.data_dir, plan, ctx.model_name), run_id,
+                              ctx.loaded)
         partials.drop(ctx.data_dir, plan.fingerprint)
         return report_of(plan, pieces, entries, options(ctx)) | signal_of(ctx)
 

@@ -1,5 +1,6 @@
 """The modality stage: per unit, its response over a concept set to pictures (the examples stage's activation
-matrix), rendered names and the text read-out; multimodality against a permuted-labels null."""
+matrix), rendered names and the text read-out; multimodality against a permuted-labels null. One item per
+layer: compute profiles and scores it (one scan of the matrix), write stores them."""
 from worker.pipeline.contract import BuildContext, Item, Stage
 
 
@@ -7,7 +8,7 @@ class Modality(Stage):
     name = "modality"
     needs = ("examples",)
     produces = "modality profiles and multimodality scores per unit (reads the examples stage's activation matrix)"
-    code = ("worker.analyses.modality", "worker.analyses.activations")
+    code = ("worker.analyses.modality", "worker.analyses.activations", "worker.compute.image_text")
     reads_corpus = True
 
     def settings(self, ctx: BuildContext) -> dict:
@@ -16,14 +17,22 @@ class Modality(Stage):
         return {"layers": ctx.layer_names(), "concept_set": ctx.option("modality", "concept_set", "auto"),
                 "exclude": settings_hash({"paths": sorted(ctx.option("modality", "exclude", frozenset()))})}
 
-    def compute(self, ctx: BuildContext, item: Item) -> None:
-        """Reads the stored matrix as it writes each layer's profiles (`run_modality`)."""
+    def items(self, ctx: BuildContext) -> list[Item]:
+        return [Item(layer, layer) for layer in ctx.layer_names()]
 
-    def write(self, ctx: BuildContext, merged, run_id: int) -> dict:
-        from worker.analyses.modality import run_modality
+    def compute(self, ctx: BuildContext, item: Item) -> dict:
+        """The layer's profile (pictures, rendered names, read-out) and scores (`compute_modality`)."""
+        from worker.analyses.modality import compute_modality
 
-        layers = {layer: run_modality(ctx.store, ctx.loaded, ctx.model_name, layer,
-                                      concept_set=ctx.option("modality", "concept_set", "auto"),
-                                      exclude=frozenset(ctx.option("modality", "exclude", frozenset())))
-                  for layer in ctx.layer_names()}
-        return {"layers": layers, "units": sum(r.get("units", 0) for r in layers.values())}
+        return compute_modality(ctx.store, ctx.loaded, ctx.model_name, item.payload,
+                                concept_set=ctx.option("modality", "concept_set", "auto"),
+                                exclude=frozenset(ctx.option("modality", "exclude", frozenset())))
+
+    def merge(self, ctx: BuildContext, parts: list) -> list:
+        return parts
+
+    def write(self, ctx: BuildContext, merged: list, run_id: int) -> dict:
+        from worker.analyses.modality import write_modality
+
+        layers = {part["layer"]: write_modality(ctx.store, ctx.model_name, part, run_id) for part in merged}
+        return {"layers": layers, "units": sum(r["units"] for r in layers.values())}

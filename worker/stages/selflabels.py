@@ -1,5 +1,6 @@
 """The selflabels stage: caption-free labels from the model's own text tower against the activation matrix,
-each scored by its held-out AUC."""
+each scored by its held-out AUC. One item per layer: compute labels and scores it (reading the matrix in
+blocks), write stores them."""
 from worker.pipeline.contract import BuildContext, Item, Stage
 
 
@@ -7,19 +8,27 @@ class SelfLabels(Stage):
     name = "selflabels"
     needs = ("examples",)
     produces = 'self-labels per unit (source "auto", with a held-out AUC), from the activation matrix'
-    code = ("worker.analyses.selflabels", "worker.analyses.activations")
+    code = ("worker.analyses.selflabels", "worker.analyses.activations", "worker.compute.image_text")
     reads_corpus = True
 
     def settings(self, ctx: BuildContext) -> dict:
         return {"layers": ctx.layer_names(), "vocab": ctx.option("selflabels", "vocab", "default")}
 
-    def compute(self, ctx: BuildContext, item: Item) -> None:
-        """Reads the stored matrix as it labels and writes each layer (`run_selflabels`)."""
+    def items(self, ctx: BuildContext) -> list[Item]:
+        return [Item(layer, layer) for layer in ctx.layer_names()]
 
-    def write(self, ctx: BuildContext, merged, run_id: int) -> dict:
-        from worker.analyses.selflabels import run_selflabels
+    def compute(self, ctx: BuildContext, item: Item) -> dict:
+        """The layer's labels, their soft-WPMI and AUCs, and the human labels' AUCs (`compute_selflabels`)."""
+        from worker.analyses.selflabels import compute_selflabels
 
-        layers = {layer: run_selflabels(ctx.store, ctx.loaded, ctx.model_name, layer,
-                                        vocab=ctx.option("selflabels", "vocab", "default"))
-                  for layer in ctx.layer_names()}
-        return {"layers": layers, "units": sum(r.get("units", 0) for r in layers.values())}
+        return compute_selflabels(ctx.store, ctx.loaded, ctx.model_name, item.payload,
+                                  vocab=ctx.option("selflabels", "vocab", "default"))
+
+    def merge(self, ctx: BuildContext, parts: list) -> list:
+        return parts
+
+    def write(self, ctx: BuildContext, merged: list, run_id: int) -> dict:
+        from worker.analyses.selflabels import write_selflabels
+
+        layers = {part["layer"]: write_selflabels(ctx.store, ctx.model_name, part, run_id) for part in merged}
+        return {"layers": layers, "units": sum(r["units"] for r in layers.values())}
