@@ -163,5 +163,9 @@ class Projections:
                 self._items.popitem(last=False)
         return value
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
 
 PROJECTIONS = Projections()

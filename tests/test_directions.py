@@ -82,3 +82,43 @@ def test_a_saved_direction_gets_a_feature_visualization(direction_store, probe_m
     assert data["this_saved"]["name"] == "Dog" and data["featurevis"].startswith("/cache/")
     assert client.get(data["featurevis"]).status_code == 200
     assert data["saved"] == [{"name": "Dog", "q": "dog", "url": "/models/tiny/layer4/direction?q=dog"}]
+
+
+def test_the_query_divides_by_the_norms_the_worker_wrote_and_falls_back_without_them(direction_store, probe_model,
+                                                                                      client, tmp_path):
+    """The examples stage leaves |Wᵀa| per row beside the matrix (recorded in its artifact); the app divides by
+    that file (planted values show in its scores), and a store without it still gets brute-force scores, from
+    one scan of the app's own that it never writes back."""
+    import torch
+
+    from app.activations import readout_digest
+    from app.directions import PROJECTIONS
+    from tests.conftest import CONFIG_DIR
+    from worker.analyses.artifacts import artifact
+    from worker.analyses.attribution import store_readout
+
+    matrix = stored_matrix(direction_store, "tiny", "layer4")
+    sidecar = matrix.folder / "readout-norms.f32"
+    rectified = np.maximum(matrix.dense(), 0)
+    w = readout_matrix(probe_model)
+    record = artifact(direction_store, "tiny", "layer4", "activations").meta["readout_norms"]
+    assert record["readout"] == readout_digest(w) and record["rows"] == matrix.rows and record["rectified"]
+    assert np.allclose(np.fromfile(sidecar, np.float32), np.linalg.norm(rectified @ w, axis=1), rtol=1e-5)
+
+    sidecar.write_bytes(np.full(matrix.rows, 2.0, np.float32).tobytes())
+    values, d, _ = brute_force(probe_model, direction_store, [(1, "dog")])
+    top = client.get("/models/tiny/layer4/direction.json", params={"q": "dog", "k": 5}).json()["examples"]["top"]
+    assert np.allclose([e["score"] for e in top], np.sort(rectified @ d)[::-1][:5] / 2, rtol=1e-3, atol=1e-3)
+
+    sidecar.unlink()
+    PROJECTIONS.clear()
+    top = client.get("/models/tiny/layer4/direction.json", params={"q": "dog", "k": 5}).json()["examples"]["top"]
+    assert [e["row"] for e in top] == list(np.argsort(-values, kind="stable")[:5]) and not sidecar.exists()
+
+    size = probe_model.image_size
+    other = store_readout(direction_store, "tiny", probe_model, [CONFIG_DIR], torch.rand(2, 3, size, size), "autograd")
+    new_w = np.load(direction_store.cache.resolve(other.path))
+    assert readout_digest(new_w) != readout_digest(w)  # another read-out: the sidecar is redone for it
+    assert artifact(direction_store, "tiny", "layer4", "activations").meta["readout_norms"]["readout"] == \
+        readout_digest(new_w)
+    assert np.allclose(np.fromfile(sidecar, np.float32), np.linalg.norm(rectified @ new_w, axis=1), rtol=1e-5)

@@ -163,3 +163,30 @@ def test_the_stage_reads_the_matrix_a_ranged_examples_build_leaves(store, probe_
     report = run_modality(store, probe_model, "tiny", concept_set="captions", permutations=10)
     assert report["concepts"] == len(names) and report["units"] == 512
     assert report["above"] > 0.2 * 512
+
+
+def test_the_stage_computes_in_compute_and_only_stores_in_write(store, probe_model, word_corpus, monkeypatch):
+    """Stage contract: compute returns the profile and scores and writes nothing; write stores them; the
+    matrix is scanned in blocks, never loaded whole."""
+    from app.activations import ActivationMatrix
+    from store.writes import recorded_run
+    from worker.analyses.artifacts import artifact
+    from worker.analyses.examples import ExampleOptions, run_examples
+    from worker.pipeline.contract import BuildContext
+    from worker.stages.modality import Modality
+
+    root, names = word_corpus
+    run_examples(store, probe_model, "tiny", root, ["layer4"], ExampleOptions(k=4, workers=0, progress=False,
+                                                                              samples=0))
+    monkeypatch.setattr(ActivationMatrix, "dense", lambda self: pytest.fail("the stage loaded the whole matrix"))
+    ctx = BuildContext(store, probe_model, "tiny", root, ("layer4",), {"modality": {"concept_set": "captions"}}, (),
+                       progress=False)
+    stage = Modality()
+    parts = [stage.compute(ctx, item) for item in stage.items(ctx)]
+    assert artifact(store, "tiny", "layer4", "modality") is None
+    assert parts[0]["scored"]["score"].shape == (512,) and len(parts[0]["profile"].concepts) == len(names)
+    with recorded_run(store, "modality", "tiny", {}) as run:
+        report = stage.write(ctx, stage.merge(ctx, parts), run["run_id"])
+    stored = artifact(store, "tiny", "layer4", "modality")
+    assert report["units"] == 512 and stored.meta["summary"]["above"] == report["layers"]["layer4"]["above"]
+    assert report["layers"]["layer4"]["above"] > 0.2 * 512

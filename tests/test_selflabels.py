@@ -165,3 +165,26 @@ def test_the_scan_allocates_a_block_not_the_matrix(tmp_path, monkeypatch):
     whole = matrix.rows * matrix.units * 4
     assert result["heldout"] == 500 and result["best"][:7].tolist() == [2 * u + 1 for u in range(7)]
     assert peak < 4e6 < whole / 5, f"peak {peak / 1e6:.1f} MB for a {whole / 1e6:.0f} MB matrix"
+
+
+def test_the_stage_computes_in_compute_and_only_stores_in_write(store, probe_model, labelled, monkeypatch):
+    """Stage contract: compute returns labels and scores (arrays) and writes nothing; write stores them; the
+    matrix is read in blocks and by rows, never whole."""
+    from app.activations import ActivationMatrix
+    from store.writes import recorded_run
+    from worker.pipeline.contract import BuildContext
+    from worker.stages.selflabels import SelfLabels
+
+    monkeypatch.setattr(ActivationMatrix, "dense", lambda self: pytest.fail("the stage loaded the whole matrix"))
+    ctx = BuildContext(store, probe_model, "tiny", None, ("layer4",), {"selflabels": {"vocab": str(labelled)}}, (),
+                       progress=False)
+    stage = SelfLabels()
+    parts = [stage.compute(ctx, item) for item in stage.items(ctx)]
+    with store.sessions() as s:
+        assert s.scalars(select(Label).where(Label.source == "auto")).first() is None
+    assert parts[0]["layer"] == "layer4" and parts[0]["result"]["best"].shape == (512,)
+    with recorded_run(store, "selflabels", "tiny", {}) as run:
+        report = stage.write(ctx, stage.merge(ctx, parts), run["run_id"])
+    assert report["units"] == 512 and report["layers"]["layer4"]["labels_changed"] == 512
+    with store.sessions() as s:
+        assert len(s.scalars(select(LabelScore)).all()) == 512
