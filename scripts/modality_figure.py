@@ -44,7 +44,7 @@ def draw(meta: dict, score: np.ndarray, title: str, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.2, 3.6), dpi=150)
     ax.bar(edges[:-1], s["counts"], widths, align="edge", color="#e07b39", alpha=0.85, label="units")
     ax.stairs(s["null_share"], edges, color="#3b6ea8", linewidth=1.6,
-              label=f"shuffled-concept null ({meta.get('permutations', 20)} permutations, scaled to the units)")
+              label=f"null: concepts shuffled ({meta.get('permutations', 20)}×, per unit count)")
     ax.axvline(s["p99"], color="black", linestyle="--", linewidth=1)
     ax.text(s["p99"], ax.get_ylim()[1] * 0.95, f"  null p99 = {s['p99']:.3f}\n  {s['above']} of {s['units']} "
             "units above", va="top", fontsize=9)
@@ -65,8 +65,9 @@ def main() -> None:
     args = parser.parse_args()
     meta, score = stored_summary(args.model, args.layer)
     s = meta["summary"]
-    title = (f"{args.model} {args.layer}: {s['units']} units over {meta['n_concepts']} {meta['concept_set']} "
-             f"concepts; {s['above']} above the null's 99th percentile")
+    kind = {"captions": "caption", "folders": "class", "words": "common-word", "imagenet": "ImageNet"}
+    title = (f"{args.model} {args.layer}: {s['units']} units over {meta['n_concepts']} "
+             f"{kind.get(meta['concept_set'], meta['concept_set'])} concepts; {s['above']} above the null's p99")
     draw(meta, score, title, args.out)
     print(f"{args.out}: {s['above']} of {s['units']} units above the null's p99 {s['p99']:.4f} "
           f"({meta['n_concepts']} concepts, scores {score.min():.3f} to {score.max():.3f})")

@@ -190,3 +190,7 @@ def test_the_stage_computes_in_compute_and_only_stores_in_write(store, probe_mod
     stored = artifact(store, "tiny", "layer4", "modality")
     assert report["units"] == 512 and stored.meta["summary"]["above"] == report["layers"]["layer4"]["above"]
     assert report["layers"]["layer4"]["above"] > 0.2 * 512
+    pngs = sorted(p.name for p in root.glob("*.png"))  # captions given beside the listing (the demo's manifest)
+    given = {name: ("alpha" if i % 2 else "beta") for i, name in enumerate(pngs)}
+    ctx.options["modality"]["captions"] = given
+    assert stage.compute(ctx, stage.items(ctx)[0])["profile"].concepts == ["alpha", "beta"]

@@ -165,10 +165,12 @@ CONCEPT_SETS = ("auto", "captions", "folders", "words", "imagenet")
 
 def concept_groups(store, loaded, matrix, concept_set: str, min_images: int = MIN_IMAGES,
                    most: int = MAX_CONCEPTS,
-                   exclude: frozenset[str] = frozenset()) -> tuple[str, dict[str, np.ndarray]]:
+                   exclude: frozenset[str] = frozenset(),
+                   captions: dict[str, str] | None = None) -> tuple[str, dict[str, np.ndarray]]:
     """(the set used, its groups) for the matrix's corpus; "auto" = class folders if any, else captions.
     Rows whose corpus source is in `exclude` show no concept (e.g. the demo's rendered words: as pictures
-    they would make every reading unit look multimodal)."""
+    they would make every reading unit look multimodal). `captions` ({source: caption}) replaces the
+    listing's captions (the demo's folder corpus keeps them in its manifest)."""
     from worker.compute.corpus import entries_at
 
     if concept_set not in CONCEPT_SETS:
@@ -190,7 +192,7 @@ def concept_groups(store, loaded, matrix, concept_set: str, min_images: int = MI
         from worker.compute.text_scores import common_words
 
         vocabulary = set(common_words())
-    captions = [e.caption if e else "" for e in order]
+    captions = [(captions or {}).get(e.source, e.caption) if e else "" for e in order]
     return ("words" if vocabulary else "captions"), groups_from_captions(captions, vocabulary, min_images, most)
 
 
@@ -240,14 +242,14 @@ def write_profile(store, model_name: str, layer: str, profile: Profile, scored: 
 
 
 def plan_modality(store, loaded, model_name: str, layer: str | None, concept_set: str, min_images: int, most: int,
-                  permutations: int, exclude: frozenset[str]) -> tuple:
+                  permutations: int, exclude: frozenset[str], captions: dict[str, str] | None = None) -> tuple:
     """(the layer's matrix, its concept groups, the run's settings), or ValueError when under two concepts."""
     from worker.analyses.activations import stored_matrix
     from worker.compute.layers import layer_spec
 
     spec = layer_spec(loaded, layer)
     matrix = stored_matrix(store, model_name, spec.name)
-    used, groups = concept_groups(store, loaded, matrix, concept_set, min_images, most, exclude)
+    used, groups = concept_groups(store, loaded, matrix, concept_set, min_images, most, exclude, captions)
     if len(groups) < 2:
         raise ValueError(f"the {used} concept set of {matrix.corpus} has {len(groups)} concept(s) with at least "
                          f"{min_images} images; a profile needs two or more (try --concepts captions|folders|imagenet)")
@@ -265,10 +267,11 @@ def profile_and_scores(loaded, matrix, groups: dict[str, np.ndarray], settings: 
 
 def compute_modality(store, loaded, model_name: str, layer: str | None = None, concept_set: str = "auto",
                      min_images: int = MIN_IMAGES, most: int = MAX_CONCEPTS, permutations: int = PERMUTATIONS,
-                     device: str = "cpu", exclude: frozenset[str] = frozenset()) -> dict:
+                     device: str = "cpu", exclude: frozenset[str] = frozenset(),
+                     captions: dict[str, str] | None = None) -> dict:
     """Profiles and scores of every unit of `layer` over a concept set, from the matrix; writes nothing."""
     matrix, groups, settings = plan_modality(store, loaded, model_name, layer, concept_set, min_images, most,
-                                             permutations, exclude)
+                                             permutations, exclude, captions)
     return profile_and_scores(loaded, matrix, groups, settings, device)
 
 

@@ -55,7 +55,15 @@ def demo_options(data_dir: Path, corpus: Path) -> dict:
     images = attack_set(data_dir, corpus)
     labels = list(dict.fromkeys(label for _, label in labelled_images(images)))
     return {"featurevis": FEATUREVIS, "typographic": {"images": images, "attacks": pick_attacks(labels)},
-            "modality": {"concept_set": "captions", "exclude": demo_non_text(corpus)}}
+            "modality": {"concept_set": "captions", "exclude": demo_non_text(corpus),
+                         "captions": demo_captions(corpus)}}
+
+
+def demo_captions(corpus: Path) -> dict[str, str]:
+    """{image path: caption} from the probe corpus's manifest: the folder listing has no captions of its own."""
+    from worker.demo.corpus import read_manifest
+
+    return {r["path"]: r["caption"] for r in read_manifest(corpus)}
 
 
 def demo_non_text(corpus: Path) -> frozenset[str]:

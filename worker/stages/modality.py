@@ -15,7 +15,8 @@ class Modality(Stage):
         from worker.pipeline.contract import settings_hash
 
         return {"layers": ctx.layer_names(), "concept_set": ctx.option("modality", "concept_set", "auto"),
-                "exclude": settings_hash({"paths": sorted(ctx.option("modality", "exclude", frozenset()))})}
+                "exclude": settings_hash({"paths": sorted(ctx.option("modality", "exclude", frozenset()))}),
+                "captions": settings_hash({"captions": ctx.option("modality", "captions")})}
 
     def items(self, ctx: BuildContext) -> list[Item]:
         return [Item(layer, layer) for layer in ctx.layer_names()]
@@ -26,7 +27,8 @@ class Modality(Stage):
 
         return compute_modality(ctx.store, ctx.loaded, ctx.model_name, item.payload,
                                 concept_set=ctx.option("modality", "concept_set", "auto"),
-                                exclude=frozenset(ctx.option("modality", "exclude", frozenset())))
+                                exclude=frozenset(ctx.option("modality", "exclude", frozenset())),
+                                captions=ctx.option("modality", "captions"))
 
     def merge(self, ctx: BuildContext, parts: list) -> list:
         return parts
