@@ -204,22 +204,24 @@ def command_group(help: str, commands: Sequence[tuple[str, Callable | typer.Type
 
 # -- one stage through the pipeline: the same skipping as `microscope build --only STAGE`
 def run_stage(stage: str, source: ModelSource, name: str | None, device: str, options: dict | Callable,
-              force: bool, layers: Sequence[str | None] = (), precision: str = "fp32") -> tuple[str, dict]:
-    """Load the model, run `stage` alone through the pipeline (skipped while up to date unless `force`);
-    (model name, the report of its last finished run). A failure or a reason it does not apply: one line.
-    `options` may be a function of the loaded model (a render plan needs its image size)."""
+              force: bool, layers: Sequence[str | None] = (), precision: str = "fp32", corpus: Path | None = None,
+              executor=None, progress: bool = True) -> tuple[str, dict]:
+    """Load the model, run `stage` alone through the pipeline (skipped while up to date unless `force`), on
+    `executor` (default: this process); (model name, the report of its last finished run). A failure or a
+    reason it does not apply: one line. `options` may be a function of the loaded model (a render plan
+    needs its image size)."""
     from store.settings import Settings
     from store.writes import open_store
     from worker.pipeline.contract import BuildContext
     from worker.pipeline.runner import last_done, run_pipeline
 
     loaded = open_model(source, device, precision)
-    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights), None,
+    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights), corpus,
                        tuple(x for x in layers if x), {stage: options(loaded) if callable(options) else options},
-                       tuple(source.config_dirs))
+                       tuple(source.config_dirs), progress)
     with clean_errors():
         ctx.layer_names()
-    (got,) = run_pipeline(ctx, only=[stage], force=[stage] if force else [], echo=lambda _: None)
+    (got,) = run_pipeline(ctx, only=[stage], force=[stage] if force else [], executor=executor, echo=lambda _: None)
     if got.status == "failed" or (got.status == "skipped" and got.fingerprint is None):
         fail(got.reason)
     if got.status == "skipped":
