@@ -327,3 +327,18 @@ def test_jpeg_decode_auto_picks_the_device_where_the_images_are_computed(tiny_rn
     assert jpeg_mode("workers", tiny_rn, gpus) == "workers" and jpeg_mode("device", tiny_rn) == "device"
     with pytest.raises(typer.Exit):
         jpeg_mode("nvjpeg", tiny_rn)
+
+
+def test_precision_auto_is_bf16_where_a_ray_build_computes_on_gpus():
+    """The driver of a --ray build sits on a CPU, where auto is fp32; the images are computed on the
+    workers' GPUs, so auto resolves for them (the issue's default: bf16 on GPUs that have it). An explicit
+    choice stands."""
+    from worker.cli.options import open_model
+    from worker.compute.load_settings import ModelSource
+
+    source = ModelSource("tiny-rn", None, (str(CONFIG_DIR),))
+    gpus, cpus = FakeRay({"num_gpus": 1, "num_cpus": 4}), FakeRay({"num_cpus": 1})
+    assert open_model(source, "cpu", "auto").precision == "fp32"
+    assert open_model(source, "cpu", "auto", cpus).precision == "fp32"
+    assert open_model(source, "cpu", "auto", gpus).precision == "bf16"
+    assert open_model(source, "cpu", "fp32", gpus).precision == "fp32"

@@ -195,12 +195,11 @@ def jpeg_mode(asked: str, loaded, executor=None) -> str:
     only PIL images: one line."""
     import torch
 
-    from worker.cli.options import clean_errors
+    from worker.cli.options import clean_errors, on_gpus
     from worker.compute.device_decode import resolve_mode
 
-    on_gpus = executor is not None and "num_gpus" in executor.resources()
     with clean_errors(ValueError):
-        return resolve_mode(asked, torch.device("cuda") if on_gpus else loaded.device, loaded.preprocess)
+        return resolve_mode(asked, torch.device("cuda") if on_gpus(executor) else loaded.device, loaded.preprocess)
 
 
 def suggest_cmd(model: str = typer.Argument(..., help="model name in the store"),
@@ -298,7 +297,7 @@ def build_cmd(source: ModelSource,
     if corpus is not None and not Path(corpus).expanduser().exists():
         fail(f"--corpus {corpus}: no such file or folder")
     executor = ray_executor(ray)
-    loaded = open_model(source, driver_device(ray, device), precision)
+    loaded = open_model(source, driver_device(ray, device), precision, executor)
     examples = {"precision": loaded.precision, "jpeg_decode": jpeg_mode(jpeg_decode, loaded, executor)}
     ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights),
                        Path(corpus).expanduser() if corpus else None, tuple(layers),
