@@ -44,13 +44,13 @@ def pack(folder: Path, data: Path = Path("data")) -> None:
     from PIL import Image
 
     from worker.compute import render_text
+    from worker.compute.text_scores import common_words
     from worker.demo import model as demo_model
     from worker.demo import sources
     from worker.demo.corpus import read_manifest
     from worker.demo.evaluate import NON_TEXT_EXCLUDED, embed_texts, heldout
     from worker.demo.items import captions, load_pools, training_items
     from worker.demo.train import caption_bank, committed_config
-    from worker.compute.text_scores import common_words
 
     cfg = committed_config()
     pools = load_pools(data, 64, cfg.n_words, cfg.npm, cfg.limit)
@@ -147,9 +147,9 @@ def evaluate(model, b: dict, device: str, limit: int | None = None) -> dict:
     import torch
     from open_clip.transform import image_transform
 
-    from worker.demo.evaluate import MIN_SHARED, multimodal_units, top1, unit_activations, word_scores
     from worker.compute.layers import layer_spec
     from worker.compute.models import LoadedModel
+    from worker.demo.evaluate import MIN_SHARED, multimodal_units, top1, unit_activations, word_scores
 
     mean, std, size = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"], model.visual.image_size
     loaded = LoadedModel("sweep", None, model.to(device).eval(), image_transform(size, False, mean=mean, std=std),
