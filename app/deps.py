@@ -3,7 +3,6 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from store.cache import Cache
@@ -22,7 +21,7 @@ def read_snapshot(session: Session) -> None:
     neuron from before a worker's commit and part from after it (reads only: SQLite takes no write lock)."""
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
-        session.execute(text("BEGIN"))  # pysqlite itself would run each SELECT in its own snapshot
+        session.connection().exec_driver_sql("BEGIN")  # pysqlite itself would run each SELECT in its own snapshot
     elif dialect == "postgresql":
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 

@@ -39,7 +39,11 @@ def get_layer(session: Session, model_name: str, layer_name: str) -> Layer:
 
 
 def unit_range_text(layer: Layer) -> str:
-    return f"{layer.model.name} {layer.name} has units 0–{layer.n_units - 1}"
+    return range_text(layer.model.name, layer.name, layer.n_units)
+
+
+def range_text(model_name: str, layer_name: str, n_units: int) -> str:
+    return f"{model_name} {layer_name} has units 0–{n_units - 1}"
 
 
 def get_unit(session: Session, model_name: str, layer_name: str, unit_text: str) -> tuple[Layer, Unit]:

@@ -56,9 +56,9 @@ def modality_artifact(session: Session, layer: Layer) -> Artifact | None:
                                                  Artifact.name == ARTIFACT))
 
 
-def load_profiles(cache: Cache, art: Artifact) -> Profiles | None:
-    """The artifact's files (None if a file is missing), loaded once per score file."""
-    paths = (art.meta or {}).get("paths", {})
+def load_profiles(cache: Cache, meta: dict | None) -> Profiles | None:
+    """The files named by the modality artifact's `meta` (None if a file is missing), loaded once per score file."""
+    paths = (meta or {}).get("paths", {})
     key = paths.get("score", "")
     with _LOCK:
         if key in _LOADED:
@@ -68,7 +68,7 @@ def load_profiles(cache: Cache, art: Artifact) -> Profiles | None:
         return None
     concepts = json.loads(Path(files.pop("concepts")).read_text())
     arrays = {k: np.load(f, mmap_mode="r", allow_pickle=False) for k, f in files.items()}
-    profiles = Profiles(concepts["concepts"], concepts["n_images"], arrays, art.meta)
+    profiles = Profiles(concepts["concepts"], concepts["n_images"], arrays, meta)
     with _LOCK:
         if len(_LOADED) >= 16:
             _LOADED.pop(next(iter(_LOADED)))
@@ -78,7 +78,7 @@ def load_profiles(cache: Cache, art: Artifact) -> Profiles | None:
 
 def layer_profiles(session: Session, cache: Cache, layer: Layer) -> Profiles | None:
     art = modality_artifact(session, layer)
-    return load_profiles(cache, art) if art is not None else None
+    return load_profiles(cache, art.meta) if art is not None else None
 
 
 def heat(z: float, scale: float = 3.0) -> str:

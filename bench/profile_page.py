@@ -23,7 +23,7 @@ from starlette.requests import Request
 from app import urls
 from app.deps import read_snapshot
 from app.main import create_app
-from app.views.browse import neuron_page
+from app.views.browse import neuron_response
 from bench.load import MODEL, temp_store
 from store.migrate import upgrade
 from store.writes import open_store
@@ -41,7 +41,7 @@ def render(app, unit: int, json: bool) -> None:
     with app.state.sessions() as session:
         read_snapshot(session)
         request = fake_request(app, f"/models/{MODEL}/layer4/{unit}", json)
-        neuron_page(request, session, app.state.settings, MODEL, "layer4", str(unit))
+        neuron_response(request, session, app.state.settings, MODEL, "layer4", str(unit))
 
 
 async def inline(func, *args, **kwargs):

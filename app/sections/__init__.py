@@ -2,26 +2,57 @@
 
 A section is `columns(dialect)`: the subqueries it adds to the page's one statement (app.sections.rows),
 `build(values, ctx) -> dict | None`: its data from their values, plus a template under templates/sections/.
-A section whose data lives in cached files (modality) gives `load(session, ctx)` instead, called after.
+A section whose data lives in cached files (modality) reads the row naming them in the statement, and the
+files through `ctx.cache`.
 Add a stage's section by appending it to all_sections().
 """
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.orm import Session
 
 from store.keys import UnitKey
-from store.schema import Layer, Model, Unit, UnitStats
+
+
+class ModelRef(NamedTuple):
+    id: int
+    name: str
+
+
+class LayerRef(NamedTuple):
+    id: int
+    name: str
+    n_units: int
+    model_id: int
+
+
+class UnitRef(NamedTuple):
+    id: int
+    index: int
+
+
+class Stats(NamedTuple):
+    """A unit's unit_stats row."""
+
+    n: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    quantiles: dict
+    histogram: dict
 
 
 @dataclass
 class UnitContext:
-    model: Model
-    layer: Layer
-    unit: Unit
+    """The unit a page is about, as plain rows read with one Core statement (app.views.browse.unit_context)."""
+
+    model: ModelRef
+    layer: LayerRef
+    unit: UnitRef
     key: UnitKey
-    stats: UnitStats | None
+    stats: Stats | None
     cache: Any = None  # store.cache.Cache: for sections whose data lives in cached files
 
     def sigma(self, value: float) -> float | None:
@@ -38,7 +69,6 @@ class Section:
     columns: Callable[[str], dict[str, Any]]  # by dialect, over rows.UNIT_ID, MODEL_ID, LAYER
     build: Callable[[dict[str, Any], UnitContext], dict[str, Any] | None]
     empty: str  # what to say (and which command fills it) when there is no data yet
-    load: Callable[[Session, UnitContext], dict[str, Any] | None] | None = None  # data beyond the one statement
 
     @property
     def template(self) -> str:
@@ -66,4 +96,4 @@ def load_sections(session: Session, ctx: UnitContext, sections: list[Section]) -
 
     params = {"unit_id": ctx.unit.id, "model_id": ctx.model.id, "layer": ctx.layer.name}
     values = fetch(session, tuple(sections), params)
-    return {sec.name: sec.load(session, ctx) if sec.load else sec.build(values[sec.name], ctx) for sec in sections}
+    return {sec.name: sec.build(values[sec.name], ctx) for sec in sections}

@@ -1,13 +1,24 @@
 """The neuron card's modality profile: its best concepts × (pictures, rendered name, read-out of the text),
 as z-scores across the concept set, with its multimodality score against the layer's null
 (filled by `microscope worker modality`; definitions in worker/analyses/modality.py and docs/concepts.md)."""
+from sqlalchemy import select
+
 from app import urls
-from app.modality import MODALITIES, heat, layer_profiles
+from app.modality import ARTIFACT, MODALITIES, heat, load_profiles
 from app.sections import Section, UnitContext
+from app.sections.rows import LAYER, MODEL_ID, json_rows
+from store.schema import Artifact
 
 
-def load(session, ctx: UnitContext):
-    profiles = ctx.cache and layer_profiles(session, ctx.cache, ctx.layer)
+def columns(dialect: str) -> dict:
+    """The layer's modality artifact (its files' paths and summary), as a column of the page's one statement."""
+    art = select(Artifact.meta).where(Artifact.model_id == MODEL_ID, Artifact.layer == LAYER, Artifact.name == ARTIFACT)
+    return {"artifact": json_rows(art, dialect)}
+
+
+def build(values: dict, ctx: UnitContext):
+    found = values["artifact"]
+    profiles = ctx.cache and found and load_profiles(ctx.cache, found[0]["meta"])
     if not profiles or ctx.unit.index >= profiles.score.shape[0]:
         return None
     summary = profiles.meta.get("summary", {})
@@ -27,6 +38,6 @@ def load(session, ctx: UnitContext):
             "direction_url": urls.direction(ctx.key.model, ctx.key.layer, best)}
 
 
-SECTION = Section("modality", "Modality profile", lambda _dialect: {}, lambda _values, _ctx: None,
+SECTION = Section("modality", "Modality profile", columns, build,
                   "No modality profile yet: run `microscope worker modality ARCH --name MODEL` "
-                  "(after `worker examples`).", load=load)
+                  "(after `worker examples`).")

@@ -59,7 +59,7 @@ def statement(dialect: str, sections: tuple) -> tuple[Select, dict[str, tuple[st
 def fetch(session: Session, sections: tuple, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Run the sections' subqueries as one SELECT with the unit's `params`; the values by section."""
     stmt, names = statement(dialect_of(session), sections)
-    row = session.execute(stmt, params).one()._mapping if any(names.values()) else {}
+    row = session.connection().execute(stmt, params).one()._mapping if any(names.values()) else {}  # Core
     return {sec: {name: row[f"{sec}__{name}"] for name in cols} for sec, cols in names.items()}
 
 

@@ -3,12 +3,13 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import bindparam, func, select
+from starlette.concurrency import run_in_threadpool
 
 from app import urls
-from app.deps import SessionDep, SettingsDep
-from app.lookup import NotFound, get_layer, get_model, get_unit, unit_range_text
+from app.deps import SessionDep, SettingsDep, read_snapshot
+from app.lookup import NotFound, get_layer, get_model, get_unit, range_text
 from app.pagecache import CacheableDep
-from app.sections import UnitContext, all_sections, load_sections
+from app.sections import LayerRef, ModelRef, Stats, UnitContext, UnitRef, all_sections, load_sections
 from app.web import respond
 from store.keys import KeyError_, UnitKey, parse_unit
 from store.schema import FeatureVis, Label, Layer, Model, Unit, UnitStats
@@ -114,7 +115,9 @@ def page_units(session, cache, la, sort: str, page: int, size: int):
 
 
 UNIT_CONTEXT = (  # built once: the neuron page's first statement, with its unit as bound parameters
-    select(Model, Layer, Unit, UnitStats).join(Layer, Layer.model_id == Model.id)
+    select(Model.id, Model.name, Layer.id, Layer.name, Layer.n_units, Unit.id, Unit.index, UnitStats.unit_id,
+           *(getattr(UnitStats, f) for f in Stats._fields))
+    .join(Layer, Layer.model_id == Model.id)
     .join(Unit, Unit.layer_id == Layer.id).outerjoin(UnitStats, UnitStats.unit_id == Unit.id)
     .where(Model.name == bindparam("model"), Layer.name == bindparam("layer"), Unit.index == bindparam("index"),
            Unit.index < Layer.n_units)
@@ -122,21 +125,35 @@ UNIT_CONTEXT = (  # built once: the neuron page's first statement, with its unit
 
 
 def unit_context(session, cache, model: str, layer: str, unit: str) -> UnitContext:
-    """Model, layer, unit and statistics in one joined SELECT; a miss goes through get_unit for its 404/422."""
+    """Model, layer, unit and statistics in one joined Core SELECT (plain rows: no ORM objects to build); a
+    miss goes through get_unit for its 404/422."""
     try:
         index = parse_unit(unit)
     except KeyError_:
         index = None
-    row = None if index is None or index >= 2**31 else session.execute(  # beyond INTEGER: get_unit's 404
+    row = None if index is None or index >= 2**31 else session.connection().execute(  # beyond INTEGER: a 404
         UNIT_CONTEXT, {"model": model, "layer": layer, "index": index}).first()
     if row is None:
         get_unit(session, model, layer, unit)  # raises, naming what exists
-    m, la, u, stats = row
+    m, la, u = ModelRef(*row[0:2]), LayerRef(*row[2:5], model_id=row[0]), UnitRef(*row[5:7])
+    stats = Stats(*row[8:]) if row[7] is not None else None
     return UnitContext(m, la, u, UnitKey(m.name, la.name, u.index), stats, cache)
 
 
 @router.get("/models/{model}/{layer}/{unit}", name="neuron")
-def neuron_page(request: Request, session: SessionDep, settings: SettingsDep, model: str, layer: str, unit: str):
+async def neuron_page(request: Request, model: str, layer: str, unit: str):
+    """The neuron card, afresh: session, reads and rendering in one thread-pool call (a `def` route with the
+    session dependency costs three hops to the pool and back, each more than this page's SQL on SQLite)."""
+    return await run_in_threadpool(render_neuron, request, model, layer, unit)
+
+
+def render_neuron(request: Request, model: str, layer: str, unit: str):
+    with request.app.state.sessions() as session:
+        read_snapshot(session)
+        return neuron_response(request, session, request.app.state.settings, model, layer, unit)
+
+
+def neuron_response(request: Request, session, settings, model: str, layer: str, unit: str):
     ctx = unit_context(session, request.app.state.cache, model, layer, unit)
     la, u, key = ctx.layer, ctx.unit, ctx.key
     loaded = load_sections(session, ctx, all_sections())
@@ -150,7 +167,7 @@ def neuron_page(request: Request, session: SessionDep, settings: SettingsDep, mo
         "prev": urls.neuron(UnitKey(model, layer, u.index - 1)) if u.index > 0 else None,
         "next": urls.neuron(UnitKey(model, layer, u.index + 1)) if u.index + 1 < la.n_units else None,
         "layer_url": urls.layer(model, layer, page=u.index // settings.page_size + 1),
-        "range": unit_range_text(la),
+        "range": range_text(key.model, la.name, la.n_units),
         "og_image": og_image(base, loaded),
         "sections": loaded,
     }
