@@ -21,9 +21,8 @@ from sqlalchemy import event
 from starlette.requests import Request
 
 from app import urls
-from app.deps import read_snapshot
 from app.main import create_app
-from app.views.browse import neuron_response
+from app.views.browse import render_neuron
 from bench.load import MODEL, temp_store
 from store.migrate import upgrade
 from store.writes import open_store
@@ -38,10 +37,7 @@ def fake_request(app, path: str, json: bool) -> Request:
 
 
 def render(app, unit: int, json: bool) -> None:
-    with app.state.sessions() as session:
-        read_snapshot(session)
-        request = fake_request(app, f"/models/{MODEL}/layer4/{unit}", json)
-        neuron_response(request, session, app.state.settings, MODEL, "layer4", str(unit))
+    render_neuron(fake_request(app, f"/models/{MODEL}/layer4/{unit}", json), MODEL, "layer4", str(unit))
 
 
 async def inline(func, *args, **kwargs):

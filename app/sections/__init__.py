@@ -8,11 +8,16 @@ Add a stage's section by appending it to all_sections().
 """
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, NamedTuple
 
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from app.sections.rows import PAGE_UNIT, UNIT_ID, fetch
 from store.keys import UnitKey
+from store.schema import UnitStats
 
 
 class ModelRef(NamedTuple):
@@ -66,7 +71,7 @@ class UnitContext:
 class Section:
     name: str
     title: str
-    columns: Callable[[str], dict[str, Any]]  # by dialect, over rows.UNIT_ID, MODEL_ID, LAYER
+    columns: Callable[[str], dict[str, Any]]  # by dialect, over rows.UNIT_ID, MODEL_ID, LAYER (the page's unit)
     build: Callable[[dict[str, Any], UnitContext], dict[str, Any] | None]
     empty: str  # what to say (and which command fills it) when there is no data yet
 
@@ -75,10 +80,11 @@ class Section:
         return f"sections/{self.name}.html"
 
 
-def all_sections() -> list[Section]:
+@cache
+def all_sections() -> tuple[Section, ...]:
     from app.sections import examples, featurevis, labels, modality, places, stats, studies, words
 
-    return [
+    return (
         labels.SECTION,
         featurevis.SECTION,
         stats.SECTION,
@@ -87,13 +93,32 @@ def all_sections() -> list[Section]:
         modality.SECTION,
         places.SECTION,
         studies.SECTION,
-    ]
+    )
 
 
-def load_sections(session: Session, ctx: UnitContext, sections: list[Section]) -> dict[str, dict[str, Any] | None]:
-    """Every section's data, read with one SELECT (in the session's snapshot)."""
-    from app.sections.rows import fetch
+def context_columns(_dialect: str) -> dict:
+    """The unit's ids and names (all None when the URL names no unit) and its statistics (None without)."""
+    unit = {c.key: select(c).scalar_subquery() for c in PAGE_UNIT.c}
+    stats = {f"stats_{f}": select(getattr(UnitStats, f)).where(UnitStats.unit_id == UNIT_ID).scalar_subquery()
+             for f in Stats._fields}
+    return {**unit, **stats}
 
-    params = {"unit_id": ctx.unit.id, "model_id": ctx.model.id, "layer": ctx.layer.name}
-    values = fetch(session, tuple(sections), params)
-    return {sec.name: sec.build(values[sec.name], ctx) for sec in sections}
+
+CONTEXT = Section("unit", "", context_columns, lambda values, _ctx: values, "")  # read, never shown
+
+
+def read_page(db: Session | Connection, key: UnitKey, cache: Any = None,
+              ) -> tuple[UnitContext, dict[str, dict[str, Any] | None]] | None:
+    """The unit named by `key` and every section's data, read with one SELECT (so from one snapshot of the
+    store); None if the store has no such unit."""
+    sections = all_sections()
+    values = fetch(db, (CONTEXT, *sections), {"model": key.model, "layer": key.layer, "index": key.unit})
+    u = values[CONTEXT.name]
+    if u["unit_id"] is None:
+        return None
+    stats = Stats(*(u[f"stats_{f}"] for f in Stats._fields)) if u["stats_n"] is not None else None
+    ctx = UnitContext(ModelRef(u["model_id"], u["model_name"]),
+                      LayerRef(u["layer_id"], u["layer_name"], u["n_units"], u["model_id"]),
+                      UnitRef(u["unit_id"], u["unit_index"]),
+                      UnitKey(u["model_name"], u["layer_name"], u["unit_index"]), stats, cache)
+    return ctx, {sec.name: sec.build(values[sec.name], ctx) for sec in sections}

@@ -64,9 +64,10 @@ def build_labels(values: dict, key: UnitKey) -> dict:
     }
 
 
-def label_data(session: Session, unit_id: int, key: UnitKey) -> dict:
+def label_data(session: Session, key: UnitKey) -> dict:
     """The labels section alone (the label and family edit pages), in one SELECT."""
-    return build_labels(fetch(session, (SECTION,), {"unit_id": unit_id})["labels"], key)
+    return build_labels(fetch(session, (SECTION,), {"model": key.model, "layer": key.layer, "index": key.unit})
+                        ["labels"], key)
 
 
 def label_scores(session: Session, label_ids: list[int]) -> dict[int, LabelScore]:

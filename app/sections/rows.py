@@ -3,9 +3,15 @@ JSON inside the database (`json_rows`), and `fetch` runs them all as the columns
 
 Why: a fresh neuron page used to cost ~18 statements and as many ORM result sets; on Postgres each is a round
 trip. Aggregating in SQL (SQLite's json_group_array, Postgres's json_agg) makes it one round trip and one
-small result row, read in the page's snapshot like before. Row order is not guaranteed by either aggregate,
-so sections sort in Python. The statement is built once per dialect and set of sections (`statement`) and
-takes the unit as bound parameters (UNIT_ID, MODEL_ID, LAYER), so SQLAlchemy compiles it once too.
+small result row. Row order is not guaranteed by either aggregate, so sections sort in Python. The statement is
+built once per dialect and set of sections (`statement`) and takes the unit as bound parameters (`model`,
+`layer`, `index`: its URL), so SQLAlchemy compiles it once too.
+
+The unit itself is found inside the statement: the CTE `page_unit` joins model, layer and unit by name and
+index, and UNIT_ID, MODEL_ID, LAYER (what the sections' subqueries compare with) are scalar subqueries of it,
+each evaluated once. `app.sections.CONTEXT` adds the unit's ids, names and statistics as columns, so the
+neuron page is a single statement, and one statement reads one snapshot of the store on either backend
+without a transaction around it (on Postgres it runs in autocommit: no BEGIN and ROLLBACK round trips).
 """
 from datetime import datetime
 from functools import lru_cache
@@ -23,11 +29,23 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-UNIT_ID = bindparam("unit_id", type_=Integer)
-MODEL_ID = bindparam("model_id", type_=Integer)
-LAYER = bindparam("layer", type_=String)
+from store.schema import Layer, Model, Unit
+
+PAGE_UNIT = (
+    select(Model.id.label("model_id"), Model.name.label("model_name"), Layer.id.label("layer_id"),
+           Layer.name.label("layer_name"), Layer.n_units.label("n_units"), Unit.id.label("unit_id"),
+           Unit.index.label("unit_index"))
+    .join(Layer, Layer.model_id == Model.id).join(Unit, Unit.layer_id == Layer.id)
+    .where(Model.name == bindparam("model", type_=String), Layer.name == bindparam("layer", type_=String),
+           Unit.index == bindparam("index", type_=Integer), Unit.index < Layer.n_units)
+    .cte("page_unit")
+)
+UNIT_ID = select(PAGE_UNIT.c.unit_id).scalar_subquery()
+MODEL_ID = select(PAGE_UNIT.c.model_id).scalar_subquery()
+LAYER = select(PAGE_UNIT.c.layer_name).scalar_subquery()
 
 
 def _value(column, dialect: str):
@@ -56,10 +74,11 @@ def statement(dialect: str, sections: tuple) -> tuple[Select, dict[str, tuple[st
     return select(*labeled), {sec: tuple(cols) for sec, cols in columns.items()}
 
 
-def fetch(session: Session, sections: tuple, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Run the sections' subqueries as one SELECT with the unit's `params`; the values by section."""
-    stmt, names = statement(dialect_of(session), sections)
-    row = session.connection().execute(stmt, params).one()._mapping if any(names.values()) else {}  # Core
+def fetch(db: Session | Connection, sections: tuple, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Run the sections' subqueries as one SELECT with the unit's `params` (model, layer, index); the values by
+    section. `db`: a Session (ORM execution, autoflush) or a Connection (Core only: the neuron page)."""
+    stmt, names = statement(dialect_of(db), sections)
+    row = db.execute(stmt, params).one()._mapping if any(names.values()) else {}
     return {sec: {name: row[f"{sec}__{name}"] for name in cols} for sec, cols in names.items()}
 
 
@@ -68,5 +87,5 @@ def when(value: str | datetime | None) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
-def dialect_of(session: Session) -> str:
-    return session.get_bind().dialect.name
+def dialect_of(db: Session | Connection) -> str:
+    return db.dialect.name if isinstance(db, Connection) else db.get_bind().dialect.name

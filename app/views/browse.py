@@ -2,17 +2,18 @@
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
 from app import urls
-from app.deps import SessionDep, SettingsDep, read_snapshot
+from app.deps import SessionDep, SettingsDep
 from app.lookup import NotFound, get_layer, get_model, get_unit, range_text
 from app.pagecache import CacheableDep
-from app.sections import LayerRef, ModelRef, Stats, UnitContext, UnitRef, all_sections, load_sections
+from app.sections import UnitContext, all_sections, read_page
 from app.web import respond
 from store.keys import KeyError_, UnitKey, parse_unit
-from store.schema import FeatureVis, Label, Layer, Model, Unit, UnitStats
+from store.schema import FeatureVis, Label, Model, Unit
 
 router = APIRouter(dependencies=[CacheableDep])  # pure functions of the store: app.pagecache keeps them
 
@@ -114,49 +115,39 @@ def page_units(session, cache, la, sort: str, page: int, size: int):
     return [found[i] for i in order if i in found], scores
 
 
-UNIT_CONTEXT = (  # built once: the neuron page's first statement, with its unit as bound parameters
-    select(Model.id, Model.name, Layer.id, Layer.name, Layer.n_units, Unit.id, Unit.index, UnitStats.unit_id,
-           *(getattr(UnitStats, f) for f in Stats._fields))
-    .join(Layer, Layer.model_id == Model.id)
-    .join(Unit, Unit.layer_id == Layer.id).outerjoin(UnitStats, UnitStats.unit_id == Unit.id)
-    .where(Model.name == bindparam("model"), Layer.name == bindparam("layer"), Unit.index == bindparam("index"),
-           Unit.index < Layer.n_units)
-)
-
-
-def unit_context(session, cache, model: str, layer: str, unit: str) -> UnitContext:
-    """Model, layer, unit and statistics in one joined Core SELECT (plain rows: no ORM objects to build); a
-    miss goes through get_unit for its 404/422."""
-    try:
-        index = parse_unit(unit)
-    except KeyError_:
-        index = None
-    row = None if index is None or index >= 2**31 else session.connection().execute(  # beyond INTEGER: a 404
-        UNIT_CONTEXT, {"model": model, "layer": layer, "index": index}).first()
-    if row is None:
-        get_unit(session, model, layer, unit)  # raises, naming what exists
-    m, la, u = ModelRef(*row[0:2]), LayerRef(*row[2:5], model_id=row[0]), UnitRef(*row[5:7])
-    stats = Stats(*row[8:]) if row[7] is not None else None
-    return UnitContext(m, la, u, UnitKey(m.name, la.name, u.index), stats, cache)
-
-
 @router.get("/models/{model}/{layer}/{unit}", name="neuron")
 async def neuron_page(request: Request, model: str, layer: str, unit: str):
-    """The neuron card, afresh: session, reads and rendering in one thread-pool call (a `def` route with the
-    session dependency costs three hops to the pool and back, each more than this page's SQL on SQLite)."""
+    """The neuron card, afresh: its one statement and the rendering in one thread-pool call (a `def` route with
+    the session dependency costs three hops to the pool and back, each more than this page's SQL on SQLite)."""
     return await run_in_threadpool(render_neuron, request, model, layer, unit)
 
 
 def render_neuron(request: Request, model: str, layer: str, unit: str):
-    with request.app.state.sessions() as session:
-        read_snapshot(session)
-        return neuron_response(request, session, request.app.state.settings, model, layer, unit)
+    app = request.app
+    try:
+        index = parse_unit(unit)
+    except KeyError_:
+        index = None
+    found = None
+    if index is not None and index < 2**31:  # beyond INTEGER: get_unit's 404
+        with one_statement(app.state.engine) as conn:
+            found = read_page(conn, UnitKey(model, layer, index), app.state.cache)
+    if found is None:
+        with app.state.sessions() as session:
+            get_unit(session, model, layer, unit)  # raises, naming what exists
+    return neuron_response(request, app.state.settings, *found)
 
 
-def neuron_response(request: Request, session, settings, model: str, layer: str, unit: str):
-    ctx = unit_context(session, request.app.state.cache, model, layer, unit)
+def one_statement(engine) -> Connection:
+    """A connection for a page that is one SELECT, which sees one snapshot of the store by itself. On Postgres in
+    autocommit, so no BEGIN and ROLLBACK round trips around it; pysqlite begins no transaction for a SELECT
+    anyway (and switching its isolation level would make it prepare the statement anew each time)."""
+    conn = engine.connect()
+    return conn.execution_options(isolation_level="AUTOCOMMIT") if conn.dialect.name == "postgresql" else conn
+
+
+def neuron_response(request: Request, settings, ctx: UnitContext, loaded: dict):
     la, u, key = ctx.layer, ctx.unit, ctx.key
-    loaded = load_sections(session, ctx, all_sections())
     sections = [{"name": sec.name, "title": sec.title, "template": sec.template, "empty": sec.empty,
                  "data": loaded[sec.name]} for sec in all_sections()]
     base = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
@@ -164,9 +155,9 @@ def neuron_response(request: Request, session, settings, model: str, layer: str,
         "key": key.path, "model": key.model, "layer": key.layer, "unit": key.unit,
         "title": neuron_title(key, loaded.get("labels")),
         "url": urls.neuron(key), "share_url": base + urls.neuron(key),
-        "prev": urls.neuron(UnitKey(model, layer, u.index - 1)) if u.index > 0 else None,
-        "next": urls.neuron(UnitKey(model, layer, u.index + 1)) if u.index + 1 < la.n_units else None,
-        "layer_url": urls.layer(model, layer, page=u.index // settings.page_size + 1),
+        "prev": urls.neuron(UnitKey(key.model, key.layer, u.index - 1)) if u.index > 0 else None,
+        "next": urls.neuron(UnitKey(key.model, key.layer, u.index + 1)) if u.index + 1 < la.n_units else None,
+        "layer_url": urls.layer(key.model, key.layer, page=u.index // settings.page_size + 1),
         "range": range_text(key.model, la.name, la.n_units),
         "og_image": og_image(base, loaded),
         "sections": loaded,

@@ -44,7 +44,7 @@ class MembershipIn(BaseModel):
 def labels_page(request: Request, session: SessionDep, model: str, layer: str, unit: str):
     la, u = get_unit(session, model, layer, unit)
     key = key_of(la, u)
-    data = {"key": key.path, "url": urls.neuron(key), **label_data(session, u.id, key)}
+    data = {"key": key.path, "url": urls.neuron(key), **label_data(session, key)}
     return respond(request, "labels.html", data)
 
 
@@ -76,5 +76,5 @@ def post_membership(request: Request, editor: EditorDep, session: SessionDep, mo
     else:
         remove_member(session, u.id, family, author)
     data = {"key": key.path, "family": family.name, "action": body.action, "changed": changed,
-            "families": label_data(session, u.id, key)["families"]}
+            "families": label_data(session, key)["families"]}
     return done(request, data, urls.neuron(key) + "#labels")
