@@ -59,6 +59,7 @@ class UnitContext:
     key: UnitKey
     stats: Stats | None
     cache: Any = None  # store.cache.Cache: for sections whose data lives in cached files
+    twin: bool = True  # for the JSON twin: also the numbers no picture of the HTML page shows (maps as floats)
 
     def sigma(self, value: float) -> float | None:
         """An activation in standard deviations from zero (the paper's unit)."""
@@ -107,10 +108,11 @@ def context_columns(_dialect: str) -> dict:
 CONTEXT = Section("unit", "", context_columns, lambda values, _ctx: values, "")  # read, never shown
 
 
-def read_page(db: Session | Connection, key: UnitKey, cache: Any = None,
+def read_page(db: Session | Connection, key: UnitKey, cache: Any = None, twin: bool = True,
               ) -> tuple[UnitContext, dict[str, dict[str, Any] | None]] | None:
     """The unit named by `key` and every section's data, read with one SELECT (so from one snapshot of the
-    store); None if the store has no such unit."""
+    store); None if the store has no such unit. `twin`: for the JSON twin (else for the HTML page, which
+    shows the maps as pictures and needs no float lists of them)."""
     sections = all_sections()
     values = fetch(db, (CONTEXT, *sections), {"model": key.model, "layer": key.layer, "index": key.unit})
     u = values[CONTEXT.name]
@@ -120,5 +122,5 @@ def read_page(db: Session | Connection, key: UnitKey, cache: Any = None,
     ctx = UnitContext(ModelRef(u["model_id"], u["model_name"]),
                       LayerRef(u["layer_id"], u["layer_name"], u["n_units"], u["model_id"]),
                       UnitRef(u["unit_id"], u["unit_index"]),
-                      UnitKey(u["model_name"], u["layer_name"], u["unit_index"]), stats, cache)
+                      UnitKey(u["model_name"], u["layer_name"], u["unit_index"]), stats, cache, twin)
     return ctx, {sec.name: sec.build(values[sec.name], ctx) for sec in sections}

@@ -39,8 +39,8 @@ def example(r: dict, ctx: UnitContext, heat: Heatmaps | None) -> dict:
            "caption": r["caption"], "source": r["source"], "heatmap": None, "heat": None, "heatmap_image": None}
     i = heat.row(r["sign"], r["rank"]) if heat else None
     if i is not None:
-        values = heat.values(i)
-        out["heatmap"] = [[float(f"{v:.4g}") for v in line] for line in values.tolist()]
+        if ctx.twin:  # the page draws the quantized bytes; only the twin lists the map's numbers
+            out["heatmap"] = [[float(f"{v:.4g}") for v in line] for line in heat.values(i).tolist()]
         out["heat"] = {"q": heat.b64(i), "lo": float(heat.lo[i]), "hi": float(heat.hi[i])}
         out["heatmap_image"] = urls.example_heatmap(ctx.key, r["sign"], r["rank"])
     return out

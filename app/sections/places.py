@@ -61,7 +61,8 @@ def build(values: dict, ctx: UnitContext):
         "countries": countries[:TOP],
         "cities": cities[:TOP],
         "region": region,
-        "data": {"countries": countries, "cities": cities, "grid": map_grid(m, values["heat"])},
+        "data": {"countries": countries, "cities": cities,
+                 "grid": map_grid(m, values["heat"]) if ctx.twin else None},  # the page shows it as a picture
     }
 
 

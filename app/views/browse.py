@@ -11,7 +11,7 @@ from app.deps import SessionDep, SettingsDep
 from app.lookup import NotFound, get_layer, get_model, get_unit, range_text
 from app.pagecache import CacheableDep
 from app.sections import UnitContext, all_sections, read_page
-from app.web import respond
+from app.web import respond, wants_json
 from store.keys import KeyError_, UnitKey, parse_unit
 from store.schema import FeatureVis, Label, Model, Unit
 
@@ -131,7 +131,7 @@ def render_neuron(request: Request, model: str, layer: str, unit: str):
     found = None
     if index is not None and index < 2**31:  # beyond INTEGER: get_unit's 404
         with one_statement(app.state.engine) as conn:
-            found = read_page(conn, UnitKey(model, layer, index), app.state.cache)
+            found = read_page(conn, UnitKey(model, layer, index), app.state.cache, twin=wants_json(request))
     if found is None:
         with app.state.sessions() as session:
             get_unit(session, model, layer, unit)  # raises, naming what exists
