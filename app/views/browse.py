@@ -1,10 +1,12 @@
 """Home, model, layer grid and neuron pages: the hierarchy that stable URLs mirror."""
+from functools import partial
+
 import numpy as np
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
-from starlette.concurrency import run_in_threadpool
 
 from app import urls
 from app.deps import SessionDep, SettingsDep
@@ -119,7 +121,19 @@ def page_units(session, cache, la, sort: str, page: int, size: int):
 async def neuron_page(request: Request, model: str, layer: str, unit: str):
     """The neuron card, afresh: its one statement and the rendering in one thread-pool call (a `def` route with
     the session dependency costs three hops to the pool and back, each more than this page's SQL on SQLite)."""
-    return await run_in_threadpool(render_neuron, request, model, layer, unit)
+    render = partial(render_neuron, request, model, layer, unit)
+    return await to_thread.run_sync(render, limiter=page_limiter(request.app))
+
+
+def page_limiter(app) -> CapacityLimiter:
+    """At most as many neuron pages in the thread pool at once as the engine's pool keeps connections: more would
+    make the pool open and close overflow connections under load (on Postgres a new backend each time, whose
+    statements are not prepared yet), and more threads would only contend for the GIL."""
+    limiter = getattr(app.state, "page_limiter", None)
+    if limiter is None:
+        pool_size = getattr(app.state.engine.pool, "size", lambda: 10)()
+        limiter = app.state.page_limiter = CapacityLimiter(max(1, pool_size))
+    return limiter
 
 
 def render_neuron(request: Request, model: str, layer: str, unit: str):
