@@ -41,6 +41,16 @@ def test_a_fresh_neuron_page_takes_at_most_four_statements(fresh, suffix):
     assert all(sections[name] is not None for name in set(sections) - unfilled), sections
 
 
+@pytest.mark.parametrize("suffix", ["", ".json"])
+def test_a_fresh_neuron_page_is_one_statement_so_it_reads_one_snapshot(fresh, suffix):
+    """The page runs without a transaction around it (Postgres: autocommit), so its consistency rests on its
+    being a single SELECT: a second statement could see a worker's commit the first did not."""
+    fresh.get("/models/synth/layer4/1" + suffix)
+    fresh.statements.clear()
+    assert fresh.get("/models/synth/layer4/2" + suffix).status_code == 200
+    assert len(fresh.statements) == 1 and fresh.statements[0].lstrip().upper().startswith("WITH"), fresh.statements
+
+
 def test_every_section_of_a_rich_neuron_shows_what_the_store_holds(fresh, store):
     with store.sessions() as db:
         seed = list(db.scalars(select(Family.name).where(Family.name != "Geography").order_by(Family.position)))
