@@ -13,6 +13,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench.load and the test fixtures (tests/synthetic.py)
 
@@ -22,6 +23,7 @@ from starlette.requests import Request
 
 from app import urls
 from app.main import create_app
+from app.views import browse
 from app.views.browse import render_neuron
 from bench.load import MODEL, temp_store
 from store.migrate import upgrade
@@ -51,6 +53,7 @@ def http_profile(app, paths: list[str], top: int) -> None:
     import httpx
 
     fastapi.routing.run_in_threadpool = inline  # sync endpoints and dependencies run in this thread
+    browse.to_thread = SimpleNamespace(run_sync=lambda func, limiter=None: inline(func))  # the neuron page too
 
     async def get_all(urls_: list[str]) -> float:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://bench") as client:
