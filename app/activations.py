@@ -16,15 +16,15 @@ class MatrixError(ValueError):
 
 
 class ActivationMatrix:
-    """A layer's matrix, read lazily (np.memmap) over its complete parts in shard order."""
+    """A layer's matrix, read lazily (np.memmap) over its complete parts in part order."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        sidecars = sorted(self.folder.glob("part-*.json"), key=_shard_order)
+        sidecars = sorted(self.folder.glob("part-*.json"), key=_part_order)
         if not sidecars:
             raise MatrixError(f"no activation matrix in {self.folder}")
         self.meta = [json.loads(p.read_text()) for p in sidecars]
-        if not all(m["complete"] for m in self.meta) or len(self.meta) != _shard_count(sidecars[0]):
+        if not all(m["complete"] for m in self.meta) or len(self.meta) != _part_count(sidecars[0]):
             raise MatrixError(f"the activation matrix in {self.folder} is incomplete (a run is still writing it)")
         self.units = self.meta[0]["units"]
         self._parts = [_open_part(p.with_suffix(""), m["rows"], self.units) for p, m in zip(sidecars, self.meta,
@@ -77,11 +77,11 @@ class ActivationMatrix:
         return self.meta[0].get("corpus", "")
 
 
-def _shard_order(path: Path) -> int:
+def _part_order(path: Path) -> int:
     return int(path.name.split("-", 1)[1].split("of")[0])
 
 
-def _shard_count(path: Path) -> int:
+def _part_count(path: Path) -> int:
     return int(path.name.split("of", 1)[1].split(".")[0])
 
 

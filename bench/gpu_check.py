@@ -10,8 +10,9 @@ Sections, each timed in this one process, side by side:
   agreement   per unit, the fraction of the fp32 run's top-64 (and bottom-64) that bf16 / fp16 also keep;
               non-finite activations (fp16 overflow) dropped at each precision
   featurevis  seconds per neuron-step of `worker.compute.featurevis.render` at batch 32 (fp32, bf16)
-  ray         two Ray actors sharing the one GPU (num_gpus=0.5 each) over --shard 0/2 and 1/2, merged,
-              against the single-process run; skipped with a message where ray is not importable
+  ray         two Ray actors sharing the one GPU (num_gpus=0.5 each), each computing every other listing
+              range of the corpus (`worker.analyses.example_parts.compute_range`, as `--ray` tasks do),
+              merged in range order, against the single-process run; skipped where ray is not importable
   state       the size of one layer's checkpoint (torch.save of the examples state)
 
 Prints a compact table and writes OUT/gpu_check.json. Each section is skipped (and says so) once the
@@ -111,17 +112,13 @@ def bare_forward(loaded, layer: str, batch: int, iters: int, precision: str) -> 
     return batch * iters / (time.perf_counter() - t)
 
 
-def pipeline(loaded, corpus: Path, n: int, layer: str, p: dict, precision: str, decode: str,
-             shard: str | None = None, workers: int | None = None):
+def pipeline(loaded, corpus: Path, n: int, layer: str, p: dict, precision: str, decode: str):
     """`worker.analyses.examples.stream` as `microscope worker examples` runs it, minus the store: (progress, img/s)."""
-    from worker.analyses.examples import ExampleOptions, LayerState, Progress, probe_grids, stream
-    from worker.compute.corpus import Shard
+    from worker.analyses.examples import LayerState, Progress, probe_grids, stream
     from worker.compute.layers import layer_spec
 
     spec = layer_spec(loaded, layer)
-    opts = ExampleOptions(k=p["k"], batch_size=p["batch"], workers=p["workers"] if workers is None else workers,
-                          checkpoint_seconds=1e9, samples=64, progress=False, precision=precision,
-                          jpeg_decode=decode, shard=Shard.parse(shard))
+    opts = bench_options(p, precision, decode)
     grid = probe_grids(loaded, [spec])[0]
     progress = Progress({layer: LayerState(spec.n_units, p["k"], grid, loaded.device)})
     sync(loaded.device.type)
@@ -129,6 +126,13 @@ def pipeline(loaded, corpus: Path, n: int, layer: str, p: dict, precision: str, 
     stream(loaded, str(corpus), n, progress, opts, lambda _: None)
     sync(loaded.device.type)
     return progress, progress.counts["images"] / (time.perf_counter() - t)
+
+
+def bench_options(p: dict, precision: str, decode: str, workers: int | None = None):
+    from worker.analyses.examples import ExampleOptions
+
+    return ExampleOptions(k=p["k"], batch_size=p["batch"], workers=p["workers"] if workers is None else workers,
+                          checkpoint_seconds=1e9, samples=64, progress=False, precision=precision, jpeg_decode=decode)
 
 
 def overlap(a, b) -> dict:
@@ -162,41 +166,53 @@ def state_size(progress) -> int:
 # -- ray -----------------------------------------------------------------------------------------------
 
 def ray_section(loaded_args: tuple[str, str], corpus: Path, n: int, layer: str, p: dict, single) -> dict:
-    """Two actors on the one GPU, one shard each, merged; against the single-process bf16/fp32 run."""
+    """Two actors on the one GPU, every other listing range each, merged in range order; against the
+    single-process bf16/fp32 run."""
     try:
         import ray
     except ImportError:
         return {"skipped": "ray is not importable here (pip install 'clip-microscope[ray]'; too big to carry)"}
     precision = "bf16" if p["device"] == "cuda" else "fp32"
 
+    from worker.analyses.example_parts import plan_ranges
+    from worker.analyses.examples import Progress
+
+    ranges = plan_ranges(corpus, size=max(1, -(-n // 4)))  # four ranges: two per actor
+
     @ray.remote(num_gpus=p["actor_gpus"], num_cpus=1)
-    class Shard:
+    class RangeWorker:
         def __init__(self):
             sys.path.insert(0, str(ROOT))
             self.loaded = load(*loaded_args)  # before the clock starts: the same random weights in each
 
-        def run(self, index: int) -> tuple[bytes, float]:
-            progress, rate = pipeline(self.loaded, corpus, n, layer, p, precision, "workers", shard=f"{index}/2",
-                                      workers=max(1, p["workers"] // 2))
+        def run(self, piece) -> tuple[bytes, float]:
+            from worker.analyses.example_parts import compute_range
+
+            opts = bench_options(p, precision, "workers", workers=max(1, p["workers"] // 2))
+            sync(self.loaded.device.type)
+            t = time.perf_counter()
+            progress = compute_range(self.loaded, [layer], piece, opts)
+            sync(self.loaded.device.type)
+            rate = progress.counts["images"] / (time.perf_counter() - t)
             buf = io.BytesIO()
             torch.save(progress.state_dict(), buf)
             return buf.getvalue(), rate
 
-    from worker.analyses.examples import Progress
-
     ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
-        actors = [Shard.remote() for _ in range(2)]
+        actors = [RangeWorker.remote() for _ in range(2)]
         ray.get([a.__ray_ready__.remote() for a in actors])
         t = time.perf_counter()
-        parts = ray.get([a.run.remote(i) for i, a in enumerate(actors)])
+        parts = ray.get([actors[i % 2].run.remote(piece) for i, piece in enumerate(ranges)])
         seconds = time.perf_counter() - t
     finally:
         ray.shutdown()
-    merged, other = (Progress.from_state(torch.load(io.BytesIO(blob), weights_only=True)) for blob, _ in parts)
-    merged.merge(other)
+    states = [Progress.from_state(torch.load(io.BytesIO(blob), weights_only=True)) for blob, _ in parts]
+    merged = states[0]
+    for other in states[1:]:  # in range order, as the stage's merge
+        merged.merge(other)
     return {"precision": precision, "images_per_s": round(merged.counts["images"] / seconds, 1),
-            "per_actor_images_per_s": [round(r, 1) for _, r in parts],
+            "per_range_images_per_s": [round(r, 1) for _, r in parts],
             "top_overlap_vs_single": overlap(merged.layers[layer].top, single.layers[layer].top)}
 
 

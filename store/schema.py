@@ -363,15 +363,6 @@ class ActivationSample(Base):
     activation: Mapped[float] = mapped_column(Float)
 
 
-class Blob(Base):
-    """Small binary side-data (e.g. worker checkpoints kept transactionally with the results)."""
-
-    __tablename__ = "blobs"
-    key: Mapped[str] = mapped_column(String(256), primary_key=True)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
-
-
 class StoreVersion(Base):
     """One counter that every committed writing transaction bumps (see `track_writes`): a page rendered
     at version n is still right while the counter reads n, which is what app.pagecache relies on."""

@@ -1,5 +1,5 @@
 """The activation matrix the examples stage writes in its pass: every unit's pooled activation on every
-image, equal to a brute-force forward; shards add up to one run; rows written after the last checkpoint
+image, equal to a brute-force forward; listing ranges add up to one run; rows written after the last checkpoint
 of a killed run are cut away on resume."""
 import json
 
@@ -11,7 +11,6 @@ from store.writes import open_store
 from tests.test_examples import brute_force, hash64, make_corpus, settings_at
 from worker.analyses.activations import stored_matrix
 from worker.analyses.examples import ExampleOptions, Progress, load_checkpoint, run_examples
-from worker.compute.corpus import Shard
 
 
 def by_hash(matrix: ActivationMatrix) -> dict[int, np.ndarray]:
@@ -36,18 +35,27 @@ def test_matrix_equals_the_brute_force_pooled_activations(store, tiny_rn, tmp_pa
     assert np.allclose(matrix.project(direction), matrix.dense() @ direction, rtol=1e-4, atol=1e-4)
 
 
-def test_shards_together_hold_the_single_run_matrix(store, tiny_rn, tmp_path):
-    corpus = make_corpus(tmp_path / "corpus", n=24)
+def test_listing_ranges_together_hold_the_single_run_matrix(store, tiny_rn, tmp_path):
+    """The examples stage (ranges of 8 entries: 34 entries, five parts) against one stream of the corpus."""
+    from pathlib import Path
+
+    from worker.pipeline.contract import BuildContext
+    from worker.pipeline.runner import run_pipeline
+    from worker.stages.examples import Examples
+
+    corpus = make_corpus(tmp_path / "corpus", n=30)
     common = {"k": 4, "batch_size": 5, "workers": 0, "progress": False, "samples": 0}
-    run_examples(store, tiny_rn, "tiny", corpus, ["layer1"], ExampleOptions(shard=Shard(0, 2), **common))
-    with pytest.raises(MatrixError, match="no activation matrix"):
-        stored_matrix(store, "tiny", "layer1")  # not registered while a shard is missing
-    run_examples(store, tiny_rn, "tiny", corpus, ["layer1"], ExampleOptions(shard=Shard(1, 2), **common))
+    ctx = BuildContext(store, tiny_rn, "tiny", corpus, ("layer1",), {"examples": {**common, "range_entries": 8}},
+                       (Path(__file__).parent / "model_configs",), progress=False)
+    (got,) = run_pipeline(ctx, stages=[Examples()], echo=lambda _: None)
+    assert got.status == "done", got
     single = open_store(settings_at(tmp_path / "single"))
     run_examples(single, tiny_rn, "tiny", corpus, ["layer1"], ExampleOptions(**common))
-    sharded, whole = by_hash(stored_matrix(store, "tiny", "layer1")), by_hash(stored_matrix(single, "tiny", "layer1"))
-    assert sharded.keys() == whole.keys() and len(whole) == 24
-    assert all(np.array_equal(sharded[h], whole[h]) for h in whole)
+    ranged, whole = stored_matrix(store, "tiny", "layer1"), stored_matrix(single, "tiny", "layer1")
+    assert len(list(ranged.folder.glob("part-*of5.json"))) == 5
+    assert ranged.shape[0] == whole.shape[0] + 1 == 31  # the copy in a later range has a row of its own there
+    assert by_hash(ranged).keys() == by_hash(whole).keys() and len(by_hash(whole)) == 30
+    assert all(np.array_equal(by_hash(ranged)[h], v) for h, v in by_hash(whole).items())
 
 
 def test_rows_after_the_last_checkpoint_of_a_killed_run_are_not_trusted(tmp_path, tiny_rn, monkeypatch):

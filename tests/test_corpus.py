@@ -1,5 +1,5 @@
 """Corpora: folders, tar shards and manifests listed in a fixed order; bad files skipped with a reason;
-shards partition images by content; batches are the same with or without loader workers."""
+batches are the same with or without loader workers."""
 import io
 import json
 import struct
@@ -18,7 +18,6 @@ from worker.compute.corpus import (
     CorpusError,
     Entry,
     SeenHashes,
-    Shard,
     Skip,
     content_hash,
     decode,
@@ -140,17 +139,6 @@ def test_size_limits_and_transparency(tmp_path):
     assert decode(buf.getvalue()).getpixel((0, 0)) == (255, 255, 255)  # flattened on white, not black
 
 
-def test_shards_partition_images_by_content_hash():
-    with pytest.raises(CorpusError):
-        Shard.parse("3/3")
-    with pytest.raises(CorpusError):
-        Shard.parse("one of two")
-    assert Shard.parse("1/3") == Shard(1, 3) and Shard.parse(None) == Shard(0, 1)
-    hashes = [content_hash(image_bytes(i))[1] for i in range(30)]
-    owners = [[s for s in range(3) if Shard(s, 3).owns(h)] for h in hashes]
-    assert all(len(o) == 1 for o in owners) and {o[0] for o in owners} == {0, 1, 2}
-
-
 def test_seen_hashes_drop_repeats_within_and_across_batches():
     seen = SeenHashes()
     assert seen.first_seen(torch.tensor([5, 3, 5])).tolist() == [True, True, False]
@@ -186,16 +174,6 @@ def test_batches_are_numbered_and_identical_with_or_without_workers(tmp_path):
     assert sum(len(b[1]) for b in alone) == 10  # 12 files - 2 bad (the duplicate is dropped later, by hash)
     resumed = collect(CorpusBatches(tmp_path, transform, 4, start=1), 0)
     assert [b[0] for b in resumed] == [1, 2] and resumed[0][1] == alone[1][1]
-
-
-def test_shard_batches_split_images_and_skips_without_overlap(tmp_path):
-    corpus_with_bad_files(tmp_path)
-    transform = lambda img: torch.zeros(1)  # noqa: E731
-    whole = collect(CorpusBatches(tmp_path, transform, 4), 0)
-    parts = [collect(CorpusBatches(tmp_path, transform, 4, shard=Shard(i, 2)), 0) for i in range(2)]
-    entries = [e for part in parts for b in part for e in b[1]]
-    assert sorted(entries) == sorted(e for b in whole for e in b[1])
-    assert sum((b[4] for part in parts for b in part), Counter()) == Counter({"not-image": 1, "empty": 1})
 
 
 def test_big_jpegs_decode_at_a_reduced_scale_that_still_covers_the_model_input():

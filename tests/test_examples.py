@@ -1,6 +1,7 @@
 """Dataset examples end to end on tiny random-init open_clip models (ResNet and ViT):
-top/bottom-K and statistics equal a brute-force computation; shard merge equals one run; a run killed
-with SIGKILL and restarted leaves the same store as an uninterrupted one; bad files are counted."""
+top/bottom-K and statistics equal a brute-force computation; `microscope worker examples` killed with
+SIGKILL and restarted computes only the listing ranges it had not finished and leaves the same store as an
+uninterrupted run; bad files are counted."""
 import hashlib
 import json
 import math
@@ -19,13 +20,13 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from app.heatmaps import unpack
-from store.schema import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitHeatmaps, UnitStats
+from store.schema import ActivationSample, DatasetExample, Layer, Model, Run, Unit, UnitHeatmaps, UnitStats
 from store.schema import Image as ImageRow
 from store.settings import Settings
 from store.writes import open_store
-from worker.analyses.examples import ExampleOptions, load_checkpoint, run_examples
+from worker.analyses.examples import ExampleOptions, run_examples
 from worker.cli.stages import worker_cli
-from worker.compute.corpus import Shard, Skip, content_hash, decode, iter_entries, read_bytes
+from worker.compute.corpus import Skip, content_hash, decode, iter_entries, read_bytes
 from worker.compute.layers import readings
 from worker.compute.models import load_model, save_checkpoint
 from worker.compute.stats import QUANTILES, Moments, Sketch, spread
@@ -204,21 +205,15 @@ def cache_files(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def wait_for_checkpoint(folder: Path, cursor: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    """Until the worker has checkpointed `cursor` batches (it then blocks on the FIFO)."""
+def wait_for_partials(folder: Path, keys: list[str], proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until the worker has saved the partial files of the listing ranges `keys` (it then blocks on the FIFO)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read().decode()
-        for path in folder.glob("*.pt") if folder.is_dir() else []:
-            try:
-                state = load_checkpoint(path)
-            except Exception:  # noqa: BLE001 — replaced while we read it; read again
-                continue
-            assert state.cursor <= cursor
-            if state.cursor == cursor:
-                return
+        if sorted(p.stem for p in folder.glob("*/range-*.pt")) == keys:
+            return
         time.sleep(0.2)
-    pytest.fail(f"no checkpoint at batch {cursor} within {timeout} s")
+    pytest.fail(f"no partials {keys} within {timeout} s")
 
 
 # -- the tests ---------------------------------------------------------------------------------------
@@ -326,44 +321,27 @@ def test_vit_examples_rank_by_what_the_pooling_passes_on_and_bottoms_by_pre_gelu
     assert settings["signal"] == {"tok": "cls", "avg": "patches"}[pool]
 
 
-def test_shard_merge_equals_a_single_run(store, tiny_rn, tmp_path):
-    corpus = make_corpus(tmp_path / "corpus", n=24)
-    common = {"k": 4, "batch_size": 5, "workers": 0, "progress": False, "samples": 8}
-    first = run_examples(store, tiny_rn, "tiny", corpus, ["layer1"], ExampleOptions(shard=Shard(0, 2), **common))
-    assert first["waiting_for_shards"] and snapshot(store, runs=False)["examples"] == []
-    second = run_examples(store, tiny_rn, "tiny", corpus, ["layer1"], ExampleOptions(shard=Shard(1, 2), **common))
-    single_store = open_store(settings_at(tmp_path / "single"))
-    single = run_examples(single_store, tiny_rn, "tiny", corpus, ["layer1"], ExampleOptions(**common))
-    assert 0 < first["images"] < 24 and single["images"] == 24
-    for key in ("images", "duplicates", "skipped", "entries"):
-        assert second[key] == single[key], key
-    same(snapshot(store, runs=False), snapshot(single_store, runs=False))
-    with store.sessions() as s:
-        assert s.scalars(select(Blob.key)).all() == []  # shard states are dropped once written
-        assert sorted(r.settings["shard"] for r in s.scalars(select(Run))) == ["0/2", "1/2"]
-
-
 def test_a_run_killed_with_sigkill_resumes_to_the_same_store(tmp_path, tiny_rn, monkeypatch):
+    """Ranges of 4 entries; the run blocks in range 8 and is killed: the rerun computes ranges 8-20 only."""
+    from worker.analyses import example_parts
+
     weights = save_checkpoint(tiny_rn.model, tmp_path / "tiny.safetensors")
-    loaded = load_model("tiny-rn", str(weights), config_dirs=(CONFIG_DIR,))
     images = make_corpus(tmp_path / "images", n=20, bad=False)
     blocker = images / "blocker.png"
     os.mkfifo(blocker)  # reading it blocks: the run stops there, deterministically, until it is killed
     names = sorted(p.name for p in images.iterdir() if p != blocker)
-    names.insert(9, blocker.name)  # in batch 2 (batches of 4)
+    names.insert(9, blocker.name)  # in range 8 (ranges of 4)
     manifest = tmp_path / "corpus.jsonl"
     manifest.write_text("".join(json.dumps({"path": f"images/{n}", "caption": f"picture {n}"}) + "\n" for n in names))
     killed = settings_at(tmp_path / "killed")
-    args = ["worker", "examples", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--weights", str(weights),
-            "--name", "tiny", "--corpus", str(manifest), "--layer", "layer1", "--k", "4", "--batch-size", "4",
-            "--samples", "8", "--workers", "1", "--checkpoint-every", "0", "--no-progress", "--device", "cpu"]
-    store_env = {"MICROSCOPE_DATA_DIR": str(killed.data_dir), "MICROSCOPE_CACHE_DIR": str(killed.cache_dir),
-                 "MICROSCOPE_DATABASE_URL": killed.db_url}
-    proc = subprocess.Popen([sys.executable, "-c", "from worker.cli.root import main; main()", *args], cwd=ROOT,
-                            env={**os.environ, **store_env}, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    args = ["examples", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--weights", str(weights), "--name", "tiny",
+            "--corpus", str(manifest), "--layer", "layer1", "--k", "4", "--batch-size", "4", "--samples", "8",
+            "--range-entries", "4", "--no-progress", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-c", "from worker.cli.root import main; main()", "worker", *args,
+                             "--workers", "1"], cwd=ROOT, env={**os.environ, **store_env(killed)},
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        wait_for_checkpoint(killed.data_dir / "checkpoints", cursor=2, proc=proc)
+        wait_for_partials(killed.data_dir / "partials", ["range-000000000", "range-000000004"], proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -375,17 +353,56 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_store(tmp_path, tiny_rn, 
         assert s.scalars(select(DatasetExample.id)).first() is None
     blocker.unlink()
     pattern(99).save(blocker, "PNG")
-    for name, value in store_env.items():
+    computed, compute_range = [], example_parts.compute_range
+    monkeypatch.setattr(example_parts, "compute_range",
+                        lambda loaded, layers, piece, *a: computed.append(piece.start) or compute_range(loaded, layers,
+                                                                                                      piece, *a))
+    resumed = invoke(monkeypatch, killed, [*args, "--workers", "0"])
+    assert "tiny: 21 images (0 duplicates, skipped: none) in 6 ranges" in resumed.stdout
+    assert computed == [8, 12, 16, 20]
+    reference = settings_at(tmp_path / "reference")
+    invoke(monkeypatch, reference, [*args, "--workers", "0"])
+    same(snapshot(store), snapshot(open_store(reference)))
+    with store.sessions() as s:
+        assert [r.status for r in s.scalars(select(Run))] == ["done"]  # the killed run's row, taken over
+    assert cache_files(killed.cache_dir) == cache_files(reference.cache_dir)
+    assert list((killed.data_dir / "partials").iterdir()) == []
+
+
+def store_env(settings: Settings) -> dict[str, str]:
+    return {"MICROSCOPE_DATA_DIR": str(settings.data_dir), "MICROSCOPE_CACHE_DIR": str(settings.cache_dir),
+            "MICROSCOPE_DATABASE_URL": settings.db_url}
+
+
+def invoke(monkeypatch, settings: Settings, args: list[str]):
+    """`microscope worker …` in this process, on the store at `settings`; exit code 0 asserted."""
+    for name, value in store_env(settings).items():
         monkeypatch.setenv(name, value)
-    resumed = CliRunner().invoke(worker_cli, [*args[1:-7], "--workers", "0", "--no-progress", "--device", "cpu"])
-    assert resumed.exit_code == 0, resumed.output
-    assert "tiny: 21 images (0 duplicates, skipped: none)" in resumed.stdout
-    opts = ExampleOptions(k=4, batch_size=4, samples=8, workers=0, progress=False)
-    reference = open_store(settings_at(tmp_path / "reference"))
-    run_examples(reference, loaded, "tiny", manifest, ["layer1"], opts)
-    same(snapshot(store), snapshot(reference))
-    assert cache_files(killed.cache_dir) == cache_files(reference.settings.cache_dir)
-    assert list((killed.data_dir / "checkpoints").iterdir()) == []
+    got = CliRunner().invoke(worker_cli, args)
+    assert got.exit_code == 0, got.output
+    return got
+
+
+def test_worker_examples_skips_while_up_to_date_reruns_with_force_and_retires_shard(tmp_path, tiny_rn,
+                                                                                      monkeypatch):
+    corpus = make_corpus(tmp_path / "corpus", n=6, bad=False)
+    settings = settings_at(tmp_path / "store")
+    weights = save_checkpoint(tiny_rn.model, tmp_path / "tiny.safetensors")
+    args = ["examples", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--weights", str(weights), "--corpus", str(corpus),
+            "--layer", "layer1",
+            "--k", "2", "--batch-size", "4", "--samples", "0", "--workers", "0", "--no-progress", "--device", "cpu"]
+    first = invoke(monkeypatch, settings, args)
+    assert "6 images (0 duplicates, skipped: none) in 1 ranges" in first.stdout and "up to date" not in first.stdout
+    again = invoke(monkeypatch, settings, args)
+    assert "examples is up to date" in again.stdout and "6 images" in again.stdout
+    invoke(monkeypatch, settings, [*args, "--force"])
+    with open_store(settings).sessions() as s:
+        assert [r.status for r in s.scalars(select(Run).where(Run.stage == "examples"))] == ["done", "done"]
+    for bad, says in (([*args, "--shard", "0/2"], "--shard is retired: use every GPU with --ray"),
+                      ([*args, "--jpeg-decode", "gpu"], "--jpeg-decode must be one of"),
+                      ([*args[:7], str(tmp_path / "nowhere"), *args[8:]], "no such file or folder")):
+        got = CliRunner().invoke(worker_cli, bad)
+        assert got.exit_code == 2 and says in got.stderr and got.stderr.count("\n") == 1, got.output
 
 
 def test_topk_is_independent_of_batching_and_merges_exactly():

@@ -13,12 +13,13 @@ from sqlalchemy import select
 from test_examples import CONFIG_DIR, make_corpus, pattern, same, settings_at, snapshot, stored_examples, stored_stats
 from typer.testing import CliRunner
 
-from store.schema import Blob, Run
+from store.schema import Run
 from store.writes import open_store
 from worker.analyses import examples
 from worker.analyses.examples import ExampleOptions, run_examples
 from worker.cli.stages import worker_cli
-from worker.compute.corpus import MAX_PIXELS, CorpusBatches, Shard, content_hash, decode, device_decodable
+from worker.compute import partials
+from worker.compute.corpus import MAX_PIXELS, CorpusBatches, content_hash, decode, device_decodable
 from worker.compute.device_decode import DeviceDecoder
 from worker.compute.precision import PrecisionMismatch
 
@@ -146,32 +147,54 @@ def test_a_checkpoint_at_another_precision_is_one_clear_line_and_stays(tmp_path,
         with pytest.raises(Interrupted):
             run_examples(open_store(settings), tiny_rn, "tiny-rn", corpus, ["layer1"], opts)
     saved = list((settings.data_dir / "checkpoints").iterdir())
-    monkeypatch.setenv("MICROSCOPE_DATA_DIR", str(settings.data_dir))
-    monkeypatch.setenv("MICROSCOPE_CACHE_DIR", str(settings.cache_dir))
-    monkeypatch.setenv("MICROSCOPE_DATABASE_URL", settings.db_url)
-    args = ["examples", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--corpus", str(corpus), "--layer", "layer1",
-            "--k", "3", "--batch-size", "4", "--samples", "0", "--workers", "0", "--no-progress", "--device", "cpu"]
-    result = CliRunner().invoke(worker_cli, [*args, "--precision", "bf16"])
-    assert result.exit_code == 2, result.output
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
-    assert "at --precision fp32 exists" in result.stderr and "resume it with --precision fp32" in result.stderr
+    with pytest.raises(PrecisionMismatch, match="at --precision fp32 exists.*resume it with --precision fp32"):
+        run_examples(open_store(settings), tiny_rn, "tiny-rn", corpus, ["layer1"],
+                     dataclasses.replace(opts, precision="bf16"))
     assert list((settings.data_dir / "checkpoints").iterdir()) == saved
-    other_decoder = CliRunner().invoke(worker_cli, [*args, "--precision", "fp32", "--jpeg-decode", "device"])
-    assert other_decoder.exit_code == 2 and "at --jpeg-decode workers exists" in other_decoder.stderr
-    bad = CliRunner().invoke(worker_cli, [*args, "--precision", "fp64"])
+    with pytest.raises(PrecisionMismatch, match="at --jpeg-decode workers exists"):
+        run_examples(open_store(settings), tiny_rn, "tiny-rn", corpus, ["layer1"],
+                     dataclasses.replace(opts, jpeg_decode="device"))
+    monkeypatch.setenv("MICROSCOPE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("MICROSCOPE_DATABASE_URL", settings.db_url)
+    bad = CliRunner().invoke(worker_cli, ["examples", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--corpus",
+                                          str(corpus), "--device", "cpu", "--precision", "fp64"])
     assert bad.exit_code == 2 and "--precision must be one of fp32, bf16, fp16, auto" in bad.stderr
 
 
-def test_shards_of_mixed_precision_do_not_merge(store, tiny_rn, tmp_path):
+def stage_context(store, loaded, corpus, **options):
+    from worker.pipeline.contract import BuildContext
+
+    examples = {"k": 2, "batch_size": 4, "samples": 0, "workers": 0, "range_entries": 4, **options}
+    return BuildContext(store, loaded, "tiny", corpus, ("layer1",), {"examples": examples}, (CONFIG_DIR,),
+                        progress=False)
+
+
+def test_range_partials_at_another_precision_or_decoder_never_mix(store, tiny_rn, tmp_path, monkeypatch):
+    """A killed fp32 build left range 0's partial: a bf16 (or device-decoded) build computes every range
+    in a folder of its own, and the fp32 partial stays for an fp32 rerun to resume."""
+    from worker.analyses import example_parts
+    from worker.pipeline.runner import run_pipeline
+    from worker.stages.examples import Examples
+
     corpus = make_corpus(tmp_path / "corpus", n=10, bad=False)
-    common = {"k": 2, "batch_size": 4, "samples": 0, "workers": 0, "progress": False}
-    first = run_examples(store, tiny_rn, "tiny", corpus, ["layer1"], ExampleOptions(shard=Shard(0, 2), **common))
-    assert first["waiting_for_shards"]
-    with pytest.raises(PrecisionMismatch, match="shards of mixed precision do not merge.*with --precision fp32"):
-        run_examples(store, tiny_rn, "tiny", corpus, ["layer1"],
-                     ExampleOptions(shard=Shard(1, 2), precision="bf16", **common))
-    with store.sessions() as s:
-        assert len(s.scalars(select(Blob.key)).all()) == 1  # shard 0's state is kept
+    fp32 = stage_context(store, tiny_rn, corpus)
+    first = Examples().items(fp32)[0]
+    Examples().compute(fp32, first)
+    kept = partials.path_of(fp32.data_dir, first.payload[0], first.key)
+    computed, compute_range = [], example_parts.compute_range
+    monkeypatch.setattr(example_parts, "compute_range",
+                        lambda loaded, layers, piece, *a: computed.append(piece.start) or compute_range(loaded, layers,
+                                                                                                      piece, *a))
+    for other in (stage_context(store, dataclasses.replace(tiny_rn, precision="bf16"), corpus),
+                  stage_context(store, tiny_rn, corpus, jpeg_decode="device")):
+        assert Examples().items(other)[0].payload[0] != first.payload[0]  # another fingerprint: another folder
+        computed.clear()
+        (got,) = run_pipeline(other, stages=[Examples()], echo=lambda _: None)
+        assert got.status == "done" and computed == [0, 4, 8], (got, computed)
+        assert kept.is_file()
+    computed.clear()
+    (got,) = run_pipeline(fp32, stages=[Examples()], echo=lambda _: None)
+    assert got.status == "done" and computed == [4, 8]  # range 0 resumed from its partial
 
 
 def test_feature_vis_renders_in_bf16_under_its_own_settings_hash(tiny_rn):
@@ -258,3 +281,64 @@ def test_words_and_maps_read_the_model_at_its_precision_under_their_own_hash(sto
             for a, b in zip(*(r if isinstance(r, tuple) else (r,) for r in (full, low)), strict=True):
                 assert b.dtype == torch.float32 and not torch.equal(a, b)
                 assert torch.allclose(a, b, rtol=0.05, atol=0.05 * float(a.abs().max()))
+
+
+def test_listing_ranges_decode_jpegs_on_the_device_when_asked(tiny_rn, tmp_path, monkeypatch):
+    """The examples stage (the pipeline's and Ray's path) with jpeg_decode "device" hands its JPEGs to
+    DeviceDecoder (run here with device="cpu") and stores what the single stream stores in that mode."""
+    from worker.pipeline.runner import run_pipeline
+    from worker.stages.examples import Examples
+
+    corpus = make_corpus(tmp_path / "corpus", n=12, bad=False)  # JPEGs and PNGs
+    decoded, finish = [], DeviceDecoder.finish
+    monkeypatch.setattr(DeviceDecoder, "finish", lambda self, batch: decoded.append(len(batch.jpegs)) or
+                        finish(self, batch))
+    ranged = open_store(settings_at(tmp_path / "ranged"))
+    ctx = stage_context(ranged, tiny_rn, corpus, jpeg_decode="device", range_entries=6, batch_size=6, k=4)
+    (got,) = run_pipeline(ctx, stages=[Examples()], echo=lambda _: None)
+    assert got.status == "done" and sum(decoded) == 6  # the six JPEGs came to the device decoder as bytes
+    stream = open_store(settings_at(tmp_path / "stream"))
+    run_examples(stream, tiny_rn, "tiny", corpus, ["layer1"],
+                 ExampleOptions(k=4, batch_size=6, samples=0, workers=0, progress=False, jpeg_decode="device"))
+    same(snapshot(ranged, runs=False), snapshot(stream, runs=False))
+    with ranged.sessions() as s:
+        assert s.scalars(select(Run)).one().settings["jpeg_decode"] == "device"
+
+
+class FakeRay:
+    def __init__(self, resources: dict):
+        self._resources = resources
+
+    def resources(self) -> dict:
+        return self._resources
+
+
+def test_jpeg_decode_auto_picks_the_device_where_the_images_are_computed(tiny_rn):
+    """auto: PIL workers on a CPU; the device decoder where the stage's tasks get GPUs (the driver of a
+    --ray build sits on a CPU, its workers on GPUs); an explicit choice stands, a bad one is one line."""
+    import typer
+
+    from worker.cli.stages import jpeg_mode
+
+    gpus, cpus = FakeRay({"num_gpus": 1, "num_cpus": 4}), FakeRay({"num_cpus": 1})
+    assert jpeg_mode("auto", tiny_rn) == "workers"
+    assert jpeg_mode("auto", tiny_rn, cpus) == "workers"
+    assert jpeg_mode("auto", tiny_rn, gpus) == "device"
+    assert jpeg_mode("workers", tiny_rn, gpus) == "workers" and jpeg_mode("device", tiny_rn) == "device"
+    with pytest.raises(typer.Exit):
+        jpeg_mode("nvjpeg", tiny_rn)
+
+
+def test_precision_auto_is_bf16_where_a_ray_build_computes_on_gpus():
+    """The driver of a --ray build sits on a CPU, where auto is fp32; the images are computed on the
+    workers' GPUs, so auto resolves for them (the issue's default: bf16 on GPUs that have it). An explicit
+    choice stands."""
+    from worker.cli.options import open_model
+    from worker.compute.load_settings import ModelSource
+
+    source = ModelSource("tiny-rn", None, (str(CONFIG_DIR),))
+    gpus, cpus = FakeRay({"num_gpus": 1, "num_cpus": 4}), FakeRay({"num_cpus": 1})
+    assert open_model(source, "cpu", "auto").precision == "fp32"
+    assert open_model(source, "cpu", "auto", cpus).precision == "fp32"
+    assert open_model(source, "cpu", "auto", gpus).precision == "bf16"
+    assert open_model(source, "cpu", "fp32", gpus).precision == "fp32"

@@ -1,6 +1,7 @@
 """`microscope build --ray` on a local Ray cluster (2 CPUs): the same store as the single-process build, bit
 for bit; a Ray worker killed mid-run changes nothing; a killed driver's rerun computes only the missing
-ranges; a partial state lives in a file of a stated, bounded size."""
+ranges; a partial state lives in a file of a stated, bounded size; the maps stage's grids and place scores
+bit for bit too; `microscope worker examples --ray auto` runs the examples stage on the cluster."""
 import os
 from pathlib import Path
 
@@ -8,7 +9,17 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from store.schema import ActivationSample, DatasetExample, Layer, Unit, UnitHeatmaps, UnitStats, WordScore
+from store.schema import (
+    ActivationSample,
+    DatasetExample,
+    Layer,
+    MapActivation,
+    PlaceScore,
+    Unit,
+    UnitHeatmaps,
+    UnitStats,
+    WordScore,
+)
 from store.schema import FeatureVis as FeatureVisRow
 from store.schema import Image as ImageRow
 from store.settings import Settings
@@ -179,6 +190,30 @@ def test_featurevis_unit_ranges_on_ray_render_what_one_process_renders(ray_clust
     assert got["outcomes"][0].units == 64
 
 
+def test_maps_on_ray_store_the_single_process_grids_and_place_scores_bit_for_bit(ray_cluster, tiny_rn, tmp_path):
+    """layer1's world-map grid and rendered place names computed as two Ray tasks: every unit's quantized
+    grid, its range, its choropleth file and every country and city score as the single-process build."""
+    from worker.pipeline.ray_executor import RayExecutor
+    from worker.stages.maps import Maps
+
+    def stored(store) -> dict:
+        with store.sessions() as s:
+            index = dict(s.execute(select(Unit.id, Unit.index)).all())
+            return {"grids": sorted((index[m.unit_id], m.rows, m.cols, m.heat, m.lo, m.hi, m.choropleth)
+                                    for m in s.scalars(select(MapActivation))),
+                    "places": sorted((index[p.unit_id], p.kind, p.name, p.code, p.lat, p.lon, p.score)
+                                     for p in s.scalars(select(PlaceScore)))}
+
+    options = {"maps": {"crops": 8, "cities": 8, "batch_size": 64}}
+    with one_thread():
+        serial = build(tmp_path / "serial", tiny_rn, None, None, [Maps()], options, ("layer1",))
+    got = build(tmp_path / "ray", tiny_rn, None, RayExecutor(), [Maps()], options, ("layer1",))
+    want = stored(serial["store"])
+    assert len(want["grids"]) == 64 and {p[1] for p in want["places"]} == {"country", "city"}
+    assert stored(got["store"]) == want  # exact: no tolerance
+    assert got["outcomes"][0].units == 64
+
+
 def test_a_range_reads_its_own_images_once_and_no_other(tiny_rn, corpus, tmp_path, monkeypatch):
     """What `--shard i/N` could not do: the task of range 8 reads (and hashes) entries 8-15 only."""
     import worker.compute.corpus
@@ -250,3 +285,20 @@ def test_microscope_build_ray_auto_joins_the_running_cluster(ray_cluster, corpus
     assert "examples" in got.output and "done" in got.output
     with open_store(settings_at(tmp_path)).sessions() as s:
         assert s.scalar(select(UnitStats.n).limit(1)) == 22  # one range (4096 entries): the copy meets its original
+
+
+def test_microscope_worker_examples_ray_auto_runs_the_stage_on_the_cluster(ray_cluster, corpus, tmp_path,
+                                                                          monkeypatch):
+    from typer.testing import CliRunner
+
+    from worker.cli.root import cli
+
+    monkeypatch.setenv("MICROSCOPE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MICROSCOPE_DATABASE_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    got = CliRunner().invoke(cli, ["worker", "examples", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--corpus",
+                                   str(corpus), "--k", "2", "--samples", "0", "--range-entries", "12", "--ray", "auto",
+                                   "--no-progress"])
+    assert got.exit_code == 0, got.output
+    assert "tiny-rn: 22 images (1 duplicates, skipped: 1 not-image) in 2 ranges" in got.output
+    with open_store(settings_at(tmp_path)).sessions() as s:
+        assert s.scalar(select(UnitStats.n).limit(1)) == 23  # the copy in the second range counts in the moments

@@ -2,9 +2,10 @@
 model, layer and examples job, written by the examples stage in the same pass (`MatrixSink`).
 
 Layout under the data folder: `activations/{model}/{layer}/{job fingerprint}/part-{i}of{N}.*`, one part
-per shard: `.f16` (rows × units, float16, row-major: an analysis scans it sequentially, the layout saev
-found 10x faster than random access), `.hash.i64` (each row's content hash, the first 63 bits of the
-image's SHA-256: `images.sha256` finds its stored picture) and `.entry.i64` (its corpus stream position),
+per listing range of the corpus (`worker.analyses.example_parts`; a single-stream run writes one part):
+`.f16` (rows × units, float16, row-major: an analysis scans it sequentially, the layout saev found 10x
+faster than random access), `.hash.i64` (each row's content hash, the first 63 bits of the image's
+SHA-256: `images.sha256` finds its stored picture) and `.entry.i64` (its corpus stream position),
 plus a JSON sidecar. Rows follow the stage's image order (first sighting of each content hash).
 
 Partial rows after a kill are never trusted: the sidecar's `rows` is written at checkpoint time, after
@@ -32,7 +33,7 @@ def part_name(index: int, count: int) -> str:
 
 @dataclass
 class PartWriter:
-    """Appends rows of one layer for one shard; `commit` makes them durable and records the count."""
+    """Appends rows of one layer for one part; `commit` makes them durable and records the count."""
 
     folder: Path
     name: str
@@ -85,11 +86,13 @@ class MatrixSink:
     The stage calls `add` per batch and layer with the pooled (images, units) values, `commit` when it
     saves its checkpoint, and `finish` when its pass is complete."""
 
-    def __init__(self, data_dir: Path, model: str, layers: dict[str, int], fingerprint: str, shard, meta: dict):
+    def __init__(self, data_dir: Path, model: str, layers: dict[str, int], fingerprint: str,
+                 part: tuple[int, int], meta: dict):
+        """`part`: (index, count), this sink's part of each layer's matrix."""
         self.folders = {name: matrix_folder(data_dir, model, name, fingerprint) for name in layers}
-        name = part_name(shard.index, shard.count)
+        name = part_name(*part)
         self.parts = {layer: PartWriter(self.folders[layer], name, units, {**meta, "layer": layer,
-                                                                           "shard": str(shard)})
+                                                                           "part": "{}/{}".format(*part)})
                       for layer, units in layers.items()}
         self.data_dir = Path(data_dir)
 
@@ -129,13 +132,13 @@ def matrix_folder(data_dir: Path, model: str, layer: str, fingerprint: str) -> P
 
 
 
-def matrix_sink(data_dir: Path, job, shard, specs, signal: str) -> MatrixSink:
+def matrix_sink(data_dir: Path, job, specs, signal: str) -> MatrixSink:
     """The sink of an examples job (worker.analyses.examples.Job): one matrix per layer, named by the job's
     fingerprint, so a resumed run appends to its own files and another corpus or setting never mixes in."""
     meta = {"model": job.model, "corpus": job.corpus, "corpus_digest": job.corpus_digest, "entries": job.entries,
             "reduce": job.reduce, "signal": signal, "fingerprint": job.fingerprint,
             "layout": "rows x units, row-major, float16; rows in the stage's image order"}
-    return MatrixSink(Path(data_dir), job.model, {s.name: s.n_units for s in specs}, job.fingerprint, shard, meta)
+    return MatrixSink(Path(data_dir), job.model, {s.name: s.n_units for s in specs}, job.fingerprint, (0, 1), meta)
 
 
 def register_matrices(store, model_name: str, folders: dict[str, str], run_id: int | None) -> None:

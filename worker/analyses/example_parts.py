@@ -40,7 +40,8 @@ from worker.analyses.examples import (
     write_layer,
 )
 from worker.compute import partials
-from worker.compute.corpus import CorpusBatches, Entry, Shard, batched, iter_entries
+from worker.compute.corpus import CorpusBatches, Entry, batched, iter_entries
+from worker.compute.device_decode import DeviceDecoder
 from worker.compute.layers import Reading, layer_spec, readings
 from worker.compute.precision import autocast
 from worker.compute.topk import EMPTY_KEY
@@ -76,8 +77,9 @@ def plan_ranges(corpus: str | Path, size: int | None = None) -> list[Range]:
 class RangeBatches(CorpusBatches):
     """One range as numbered batches; positions are the corpus's stream positions."""
 
-    def __init__(self, piece: Range, transform, batch_entries: int, max_pixels: int, draft: int | None):
-        super().__init__("", transform, batch_entries, 0, max_pixels=max_pixels, draft=draft)
+    def __init__(self, piece: Range, transform, batch_entries: int, max_pixels: int, draft: int | None,
+                 jpeg_on_device: bool = False):
+        super().__init__("", transform, batch_entries, 0, max_pixels, draft, jpeg_on_device)
         self.piece = piece
 
     def __iter__(self):
@@ -95,21 +97,25 @@ class RangeBatches(CorpusBatches):
 def compute_range(loaded, layers: list[str], piece: Range, opts: ExampleOptions, sink: MatrixSink | None = None
                   ) -> Progress:
     """Stream one range through the model into a fresh state (and its activation matrix rows into `sink`),
-    as `worker.analyses.examples.run_examples` streams the whole corpus."""
+    as `worker.analyses.examples.run_examples` streams the whole corpus. With `jpeg_decode` "device" the
+    loader workers hand JPEGs on as bytes and `worker.compute.device_decode.DeviceDecoder` decodes them on
+    the model's device, as in the single stream."""
     device = loaded.device
     specs = [layer_spec(loaded, n) for n in layers]
     one = one_scalar(loaded) and opts.reduce == "mean"
     progress = Progress({s.name: LayerState(s.n_units, opts.k, grid, device, one)
                          for s, grid in zip(specs, probe_grids(loaded, specs), strict=True)})
     loaded.model.to(memory_format=torch.channels_last)
-    dataset = RangeBatches(piece, loaded.preprocess, opts.batch_size, opts.max_pixels, loaded.image_size)
+    on_device = opts.jpeg_decode == "device"
+    dataset = RangeBatches(piece, loaded.preprocess, opts.batch_size, opts.max_pixels, loaded.image_size, on_device)
+    decoder = DeviceDecoder(loaded.preprocess, device, opts.max_pixels) if on_device else None
     workers = loader_workers(opts.workers, device)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None)
     forward = forward_of(loaded, layers, opts.precision)
     with torch.inference_mode():
         for batch in loader:
-            progress.absorb(batch, forward, opts.reduce, device, sink)
+            progress.absorb(decoder.finish(batch) if decoder else batch, forward, opts.reduce, device, sink)
     return progress
 
 
@@ -243,7 +249,7 @@ def range_sink(data_dir: Path, model_name: str, units: dict[str, int], fingerpri
                meta: dict) -> MatrixSink:
     """The range's part of each layer's activation matrix (`worker.analyses.activations`), in the folder named by the
     stage's fingerprint: part i of N for range i of N, so the matrix is complete when every range is."""
-    return MatrixSink(Path(data_dir), model_name, units, fingerprint, Shard(piece.index, piece.count),
+    return MatrixSink(Path(data_dir), model_name, units, fingerprint, (piece.index, piece.count),
                       {**meta, "fingerprint": fingerprint, "range_start": piece.start})
 
 

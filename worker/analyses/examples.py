@@ -18,17 +18,18 @@ Images are decoded as open_clip's preprocessing expects, except that a JPEG much
 input is decoded at a reduced DCT scale that still covers it (`corpus.decode(draft=…)`): the resize that
 follows makes the difference small, and a 12-megapixel JPEG decodes 5-10x faster (0.07-0.13 s -> 0.013 s).
 
-Compute streams the corpus once with memory O(units × K). `--shard i/N` takes the images whose content
-hash is i mod N. State is checkpointed to a file every `checkpoint_seconds`, so a killed run resumes
-where it stopped. Shard states go into `blobs`; the shard that finds all N there merges them and
-writes. Writing replaces whole units per transaction, and is idempotent.
+`run_examples` streams the corpus once in one process with memory O(units × K), checkpointing its
+state to a file every `checkpoint_seconds`, so a killed run resumes where it stopped; writing replaces
+whole units per transaction, and is idempotent. (The examples stage of the pipeline, what `microscope
+build` and `microscope worker examples` run, cuts the corpus into listing ranges instead, with one
+partial state file per range, on one process or a Ray cluster: `worker.analyses.example_parts`. Both
+share the states, the forward and the writer here.)
 
 The forward runs at `precision` (fp32, or bf16 / fp16 autocast: `worker.compute.precision`), and JPEGs may be
 decoded on the model's device (`worker.compute.device_decode`); both are part of the job's fingerprint, and a
-checkpoint or shard state made with another value stops the run with one line instead of mixing.
+checkpoint made with another value stops the run with one line instead of mixing.
 """
 import hashlib
-import io
 import json
 import os
 import time
@@ -47,12 +48,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from app.heatmaps import quantize
-from store.schema import ActivationSample, Blob, DatasetExample, Layer, Model, Run, Unit, UnitHeatmaps, UnitStats, now
+from store.schema import ActivationSample, DatasetExample, Layer, Model, Run, Unit, UnitHeatmaps, UnitStats
 from store.writes import Store, bulk_insert, finish_run, register_model, start_run
 from worker.analyses.activations import matrix_sink, register_matrices
 from worker.analyses.images import store_images
 from worker.compute.allocator import keep_freed_memory
-from worker.compute.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, Shard, survey
+from worker.compute.corpus import MAX_PIXELS, Batch, CorpusBatches, SeenHashes, survey
 from worker.compute.device_decode import DeviceDecoder
 from worker.compute.layers import (
     LayerSpec,
@@ -80,7 +81,6 @@ class ExampleOptions:
     reduce: str = "mean"
     batch_size: int = 64
     workers: int | None = None  # DataLoader decode processes; None: loader_workers() picks
-    shard: Shard = field(default_factory=Shard)
     checkpoint_seconds: float = 60.0
     samples: int = 256  # activation samples per unit (for conditional-probability studies)
     max_pixels: int = MAX_PIXELS
@@ -101,7 +101,7 @@ class ExampleOptions:
 
 @dataclass(frozen=True)
 class Job:
-    """What a run computes; its fingerprint names checkpoints and shard states."""
+    """What a run computes; its fingerprint names its checkpoint and activation matrix."""
 
     model: str
     arch: str
@@ -122,10 +122,10 @@ class Job:
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
 
-    def settings(self, shard: Shard, signal: str) -> dict:
+    def settings(self, signal: str) -> dict:
         return {"corpus": self.corpus, "entries": self.entries, "layers": list(self.layers), "k": self.k,
                 "reduce": self.reduce, "batch_size": self.batch_size, "samples": self.samples,
-                "shard": str(shard), "signal": signal, "signal_text": self.signal, "precision": self.precision,
+                "signal": signal, "signal_text": self.signal, "precision": self.precision,
                 "jpeg_decode": self.jpeg_decode, "fingerprint": self.fingerprint}
 
 
@@ -259,15 +259,15 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
               n_entries, tuple(s.name for s in specs), opts.k, opts.reduce, opts.batch_size, opts.samples,
               opts.precision, opts.jpeg_decode, signal_description(loaded))
     signal = signal_kind(loaded)
-    check_precision(store, job, opts.shard)
-    run_id = open_run(store, job, opts.shard, signal)
-    checkpoint = checkpoint_path(store, job, opts.shard)
-    progress = load_shard_state(store, job, opts.shard, loaded.device) or load_checkpoint(checkpoint, loaded.device)
+    check_precision(store, job)
+    run_id = open_run(store, job, signal)
+    checkpoint = checkpoint_path(store, job)
+    progress = load_checkpoint(checkpoint, loaded.device)
     if progress is None:
         one = one_scalar(loaded) and opts.reduce == "mean"
         progress = Progress({s.name: LayerState(s.n_units, opts.k, grid, loaded.device, one)
                              for s, grid in zip(specs, probe_grids(loaded, specs), strict=True)})
-    sink = matrix_sink(store.settings.data_dir, job, opts.shard, specs, signal).open(progress.counts["images"])
+    sink = matrix_sink(store.settings.data_dir, job, specs, signal).open(progress.counts["images"])
     started = time.monotonic()
     done_before = progress.counts["images"]
     stream(loaded, job.corpus, job.entries, progress, opts,
@@ -276,15 +276,6 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
     seconds = time.monotonic() - started
     timing = {"seconds": round(seconds, 3),
               "images_per_s": round((progress.counts["images"] - done_before) / max(seconds, 1e-9), 2)}
-    if opts.shard.count > 1:
-        save_shard_state(store, job, opts.shard, progress)
-        checkpoint.unlink(missing_ok=True)
-        merged = merged_shards(store, job, opts.shard.count, loaded.device)
-        if merged is None:
-            report = make_report(job, progress, opts, timing) | {"waiting_for_shards": True}
-            close_run(store, run_id, report)
-            return report
-        progress = merged
     report = make_report(job, progress, opts, timing)
     writing = time.monotonic()
     report["vanished"] = write_results(store, job, specs, progress, opts, run_id, signal)
@@ -292,8 +283,6 @@ def run_examples(store: Store, loaded: LoadedModel, model_name: str, corpus: str
     timing["write_seconds"] = round(time.monotonic() - writing, 3)
     close_run(store, run_id, report)
     checkpoint.unlink(missing_ok=True)
-    if opts.shard.count > 1:
-        drop_shard_states(store, job)
     return report
 
 
@@ -332,9 +321,8 @@ def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opt
     keep_freed_memory()
     loaded.model.to(memory_format=torch.channels_last)
     names = list(progress.layers)
-    per_batch = opts.batch_size * opts.shard.count  # each shard keeps about batch_size images per batch
     on_device = opts.jpeg_decode == "device"
-    dataset = CorpusBatches(corpus, loaded.preprocess, per_batch, progress.cursor, opts.shard, opts.max_pixels,
+    dataset = CorpusBatches(corpus, loaded.preprocess, opts.batch_size, progress.cursor, opts.max_pixels,
                             draft=loaded.image_size, jpeg_on_device=on_device)
     decoder = DeviceDecoder(loaded.preprocess, device, opts.max_pixels) if on_device else None
     workers = loader_workers(opts.workers, device)
@@ -346,7 +334,7 @@ def stream(loaded: LoadedModel, corpus: str, total: int, progress: Progress, opt
             return readings(loaded, to_device(pixels, fresh, device), names)
 
     last_save = time.monotonic()
-    with tqdm(total=total, initial=min(total, progress.cursor * per_batch), unit="img", desc="examples",
+    with tqdm(total=total, initial=min(total, progress.cursor * opts.batch_size), unit="img", desc="examples",
               disable=not opts.progress, smoothing=0.1) as bar, torch.inference_mode():
         for batch in loader:
             if batch.number != progress.cursor:
@@ -381,39 +369,23 @@ def loader_workers(requested: int | None, device: torch.device) -> int:
     return max(1, min(16, cores - 1))
 
 
-# -- checkpoints and shard states -------------------------------------------------------------------
+# -- checkpoints -------------------------------------------------------------------------------
 
-def check_precision(store: Store, job: Job, shard: Shard) -> None:
-    """PrecisionMismatch if this job's checkpoint or shard states exist at another precision or JPEG
-    decoder: resuming or merging them would mix two computations' top-K, so the user decides (one line
-    says how)."""
+def check_precision(store: Store, job: Job) -> None:
+    """PrecisionMismatch if this job's checkpoint exists at another precision or JPEG decoder: resuming
+    it would mix two computations' top-K, so the user decides (one line says how)."""
     others = [("precision", p) for p in DTYPES] + [("jpeg-decode", d) for d in ("workers", "device")]
     for option, value in others:
         other = replace(job, **{option.replace("-", "_"): value})
         mine = getattr(job, option.replace("-", "_"))
-        if value == mine:
-            continue
-        path = checkpoint_path(store, other, shard)
-        if path.is_file():
+        path = checkpoint_path(store, other)
+        if value != mine and path.is_file():
             raise PrecisionMismatch(f"a checkpoint of this run at --{option} {value} exists ({path}): resume it "
                                     f"with --{option} {value}, or delete it to start again at {mine}")
-        if shard.count > 1 and stored_shard_states(store, other):
-            raise PrecisionMismatch(f"other shards of this job ran at --{option} {value}: shards of mixed "
-                                    f"{option} do not merge; run shard {shard} with --{option} {value}")
 
 
-def checkpoint_path(store: Store, job: Job, shard: Shard) -> Path:
-    return store.settings.data_dir / "checkpoints" / f"{STAGE}-{job.fingerprint}-{shard.index}of{shard.count}.pt"
-
-
-def _dumps(progress: Progress) -> bytes:
-    buf = io.BytesIO()
-    torch.save(progress.state_dict(), buf)
-    return buf.getvalue()
-
-
-def _loads(data: bytes, device) -> Progress:
-    return Progress.from_state(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), device)
+def checkpoint_path(store: Store, job: Job) -> Path:
+    return store.settings.data_dir / "checkpoints" / f"{STAGE}-{job.fingerprint}.pt"
 
 
 def save_checkpoint(path: Path, progress: Progress) -> None:
@@ -427,69 +399,22 @@ def save_checkpoint(path: Path, progress: Progress) -> None:
 def load_checkpoint(path: Path, device="cpu") -> Progress | None:
     if not path.is_file():
         return None
-    return _loads(path.read_bytes(), device)
-
-
-def _shard_key(job: Job, shard: Shard) -> str:
-    return f"{STAGE}/{job.fingerprint}/shard-{shard.index}-of-{shard.count}"
-
-
-def save_shard_state(store: Store, job: Job, shard: Shard, progress: Progress) -> None:
-    with store.sessions.begin() as session:
-        session.merge(Blob(key=_shard_key(job, shard), data=_dumps(progress), updated_at=now()))
-
-
-def load_shard_state(store: Store, job: Job, shard: Shard, device) -> Progress | None:
-    if shard.count == 1:
-        return None
-    with store.sessions() as session:
-        blob = session.get(Blob, _shard_key(job, shard))
-        return _loads(blob.data, device) if blob else None
-
-
-def merged_shards(store: Store, job: Job, count: int, device) -> Progress | None:
-    """All N shard states merged, or None while some shard has not finished."""
-    keys = [_shard_key(job, Shard(i, count)) for i in range(count)]
-    with store.sessions() as session:
-        if len(session.scalars(select(Blob.key).where(Blob.key.in_(keys))).all()) < count:
-            return None
-        merged: Progress | None = None
-        for key in keys:  # one at a time: memory stays at two states whatever N is
-            blob = session.get(Blob, key)
-            if blob is None:  # another shard merged, wrote and cleaned up meanwhile
-                return None
-            part = _loads(blob.data, device)
-            session.expunge(blob)
-            if merged is None:
-                merged = part
-            else:
-                merged.merge(part)
-    return merged
-
-
-def stored_shard_states(store: Store, job: Job) -> list[str]:
-    with store.sessions() as session:
-        return session.scalars(select(Blob.key).where(Blob.key.like(f"{STAGE}/{job.fingerprint}/%"))).all()
-
-
-def drop_shard_states(store: Store, job: Job) -> None:
-    with store.sessions.begin() as session:
-        session.execute(delete(Blob).where(Blob.key.like(f"{STAGE}/{job.fingerprint}/%")))
+    return Progress.from_state(torch.load(path, map_location="cpu", weights_only=True), device)
 
 
 # -- runs and reports -------------------------------------------------------------------------------
 
-def open_run(store: Store, job: Job, shard: Shard, signal: str) -> int:
+def open_run(store: Store, job: Job, signal: str) -> int:
     """The `runs` row of this job: a killed run's row is taken over, so a resumed run leaves one row."""
     with store.sessions.begin() as session:
         model = session.scalar(select(Model).where(Model.name == job.model))
         running = session.scalars(select(Run).where(Run.stage == STAGE, Run.model_id == model.id,
                                                     Run.status == "running").order_by(Run.id))
         for run in running:
-            if run.settings.get("fingerprint") == job.fingerprint and run.settings.get("shard") == str(shard):
+            if run.settings.get("fingerprint") == job.fingerprint:
                 return run.id
         layer = job.layers[0] if len(job.layers) == 1 else None
-        return start_run(session, STAGE, model, job.settings(shard, signal), layer=layer).id
+        return start_run(session, STAGE, model, job.settings(signal), layer=layer).id
 
 
 def close_run(store: Store, run_id: int, report: dict) -> None:
@@ -505,7 +430,7 @@ def make_report(job: Job, progress: Progress, opts: ExampleOptions, timing: dict
             "duplicates": progress.counts["duplicates"], "skipped": skipped, "non_finite": non_finite,
             "precision": job.precision, "layers": list(job.layers),
             "units": sum(s.top.values.shape[0] for s in progress.layers.values()), "k": job.k,
-            "shard": str(opts.shard), "timing": timing}
+            "timing": timing}
 
 
 # -- writing ----------------------------------------------------------------------------------------

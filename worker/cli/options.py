@@ -141,20 +141,28 @@ def model_options(command: Callable) -> Callable:
     return run
 
 
-def open_model(source: ModelSource, device: str = "auto", precision: str = "fp32"):
+def open_model(source: ModelSource, device: str = "auto", precision: str = "fp32", executor=None):
     """`worker.compute.models.load_model` for a command: a bad name, missing or misfit weights, or an image tower
     outside the catalogue (`worker.compute.towers`) exit 2 with one line.
-    `precision` (fp32 | bf16 | fp16 | auto) is resolved for the device and kept on the model."""
+    `precision` (fp32 | bf16 | fp16 | auto) is resolved for the device the images are computed on (a Ray
+    executor's GPUs, else the model's) and kept on the model."""
     from worker.compute.layers import catalogue
     from worker.compute.models import load_model
 
     device = resolve_device(device)
-    resolved = precision_for(precision, device)
+    resolved = "bf16" if precision == "auto" and on_gpus(executor) else precision_for(precision, device)
     with clean_errors():
         loaded = load_model(source.arch, source.weights, device, source.config_dirs, source.overrides)
         catalogue(loaded)
     loaded.precision = resolved
     return loaded
+
+
+def on_gpus(executor) -> bool:
+    """Whether `executor` (None: this process) computes on a Ray cluster's GPUs. There `--precision auto` is
+    bf16 (every data-centre GPU since Ampere has it; a worker whose GPU lacks it stops with one line), since
+    the driver, on the CPU, cannot ask the GPUs itself."""
+    return executor is not None and "num_gpus" in executor.resources()
 
 
 def precision_for(asked: str, device) -> str:
@@ -204,20 +212,21 @@ def command_group(help: str, commands: Sequence[tuple[str, Callable | typer.Type
 
 # -- one stage through the pipeline: the same skipping as `microscope build --only STAGE`
 def run_stage(stage: str, source: ModelSource, name: str | None, device: str, options: dict | Callable,
-              force: bool, layers: Sequence[str | None] = (), precision: str = "fp32",
-              progress: bool = True) -> tuple[str, dict]:
-    """Load the model, run `stage` alone through the pipeline (skipped while up to date unless `force`);
-    (model name, the report of its last finished run). A failure or a reason it does not apply: one line.
-    `options` may be a function of the loaded model (a render plan needs its image size)."""
+              force: bool, layers: Sequence[str | None] = (), precision: str = "fp32", corpus: Path | None = None,
+              executor=None, progress: bool = True) -> tuple[str, dict]:
+    """Load the model, run `stage` alone through the pipeline (skipped while up to date unless `force`), on
+    `executor` (default: this process); (model name, the report of its last finished run). A failure or a
+    reason it does not apply: one line. `options` may be a function of the loaded model (a render plan
+    needs its image size)."""
     from store.settings import Settings
     from store.writes import open_store
     from worker.pipeline.contract import BuildContext
 
-    loaded = open_model(source, device, precision)
-    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights), None,
+    loaded = open_model(source, device, precision, executor)
+    ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights), corpus,
                        tuple(x for x in layers if x), {stage: options(loaded) if callable(options) else options},
                        tuple(source.config_dirs), progress)
-    return ctx.model_name, run_alone(ctx, stage, force)
+    return ctx.model_name, run_alone(ctx, stage, force, executor)
 
 
 def run_stored_stage(stage: str, model_name: str, options: dict, force: bool,
@@ -242,12 +251,12 @@ def run_stored_stage(stage: str, model_name: str, options: dict, force: bool,
     return run_alone(ctx, stage, force)
 
 
-def run_alone(ctx, stage: str, force: bool) -> dict:
+def run_alone(ctx, stage: str, force: bool, executor=None) -> dict:
     from worker.pipeline.runner import last_done, run_pipeline
 
     with clean_errors():
         ctx.layer_names()
-    (got,) = run_pipeline(ctx, only=[stage], force=[stage] if force else [], echo=lambda _: None)
+    (got,) = run_pipeline(ctx, only=[stage], force=[stage] if force else [], executor=executor, echo=lambda _: None)
     if got.status == "failed" or (got.status == "skipped" and got.fingerprint is None):
         fail(got.reason)
     if got.status == "skipped":

@@ -109,6 +109,13 @@ def register_cmd(source: ModelSource, name: ModelName = None,
                    f"{len(model.layers)} layers, {sum(la.n_units for la in model.layers)} units")
 
 
+Ray = typer.Option(None, "--ray", help="run the image- and unit-heavy stages on a Ray cluster: auto (the "
+                   "cluster this machine runs, else a new one over its GPUs) or its ADDRESS (docs/scale.md)")
+JpegDecode = typer.Option("auto", "--jpeg-decode", help="workers (PIL in the loader processes) | device "
+                          "(torchvision/nvJPEG on the model's device) | auto (device where the images are "
+                          "computed on CUDA); other formats always decode in the workers")
+
+
 @model_options
 def examples_cmd(
     source: ModelSource,
@@ -121,50 +128,64 @@ def examples_cmd(
     batch_size: int = typer.Option(64, min=1),
     workers: int = typer.Option(None, min=0, help="DataLoader processes decoding images [default: 1 on a CPU, "
                                                    "all cores but one with CUDA]"),
-    shard: str = typer.Option(None, help="i/N: process the images whose content hash is i mod N"),
+    range_entries: int = typer.Option(None, min=1, help="entries per listing range, the unit of work and of "
+                                                         "resuming [default: 4096, more past 64 ranges]"),
     samples: int = typer.Option(256, min=0, help="activation samples kept per unit (for studies)"),
-    checkpoint_every: float = typer.Option(60.0, min=0, help="seconds between checkpoints"),
     precision: Precision = "auto",
-    jpeg_decode: str = typer.Option("auto", help="workers (PIL in the loader processes) | device "
-                                                 "(torchvision/nvJPEG on the model's device) | auto (device "
-                                                 "with CUDA); other formats always decode in the workers"),
+    jpeg_decode: str = JpegDecode,
+    ray: str = Ray,
+    force: bool = Force,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    shard: str = typer.Option(None, hidden=True),
 ):
-    """Top-K and most-negative-K dataset examples with heatmaps, activation statistics and samples."""
-    from store.settings import Settings
-    from store.writes import open_store
-    from worker.analyses.examples import REDUCTIONS, ExampleOptions, run_examples
-    from worker.cli.options import clean_errors, fail, model_name_for, open_model, precision_for, resolve_device
-    from worker.compute.corpus import Shard
-    from worker.compute.device_decode import resolve_mode
+    """Top-K and most-negative-K dataset examples with heatmaps, activation statistics and samples: the
+    examples stage of `microscope build` (skipped while up to date; a killed run resumes by listing range)."""
+    from pathlib import Path
 
+    from worker.analyses.examples import REDUCTIONS
+    from worker.cli.options import fail
+
+    if shard is not None:
+        fail("--shard is retired: use every GPU with --ray auto|ADDRESS (or microscope build --ray; docs/scale.md)")
     if reduce not in REDUCTIONS:
         fail(f"--reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
-    device = resolve_device(device)
-    with clean_errors():
-        opts = ExampleOptions(k=k, reduce=reduce, batch_size=batch_size, workers=workers, shard=Shard.parse(shard),
-                              checkpoint_seconds=checkpoint_every, samples=samples, progress=progress,
-                              precision=precision_for(precision, device))
-    loaded = open_model(source, device, opts.precision)
-    model_name = name or model_name_for(source.arch, source.weights)
-    with clean_errors(ValueError):
-        opts.jpeg_decode = resolve_mode(jpeg_decode, loaded.device, loaded.preprocess)
-    from worker.analyses.activations import MatrixError
+    if not Path(corpus).expanduser().exists():
+        fail(f"--corpus {corpus}: no such file or folder")
+    executor = ray_executor(ray)
+    given = {"k": k, "reduce": reduce, "batch_size": batch_size, "samples": samples, "workers": workers,
+             "range_entries": range_entries}
 
-    with clean_errors(MatrixError):
-        report = run_examples(open_store(Settings()), loaded, model_name, corpus, layer or None, opts)
+    def options(loaded) -> dict:
+        return {key: v for key, v in given.items() if v is not None} | {
+            "jpeg_decode": jpeg_mode(jpeg_decode, loaded, executor)}
+
+    model_name, report = run_stage("examples", source, name, driver_device(ray, device), options, force, layer,
+                                   precision, Path(corpus).expanduser(), executor, progress)
     skipped = ", ".join(f"{n} {r}" for r, n in report["skipped"].items()) or "none"
     typer.echo(f"{model_name}: {report['images']} images ({report['duplicates']} duplicates, skipped: {skipped}) "
-               f"in {report['timing']['seconds']:.1f} s, {report['timing']['images_per_s']:.1f} img/s "
+               f"in {report['ranges']} ranges, {report['timing']['compute_seconds']:.1f} s of compute "
                f"at {report['precision']}")
     for layer_name, n in report["non_finite"].items():
         typer.echo(f"{layer_name}: {n} non-finite activations (overflow?) left out of their units' examples "
                    "and statistics; --precision bf16 or fp32 avoids fp16 overflow")
-    if report.get("waiting_for_shards"):
-        typer.echo(f"shard {report['shard']} saved; the last shard to finish writes the store")
 
 
+def driver_device(ray: str | None, device: str) -> str:
+    """With --ray the GPUs are the workers': the driver (merge, small stages) keeps to the CPU unless told."""
+    return "cpu" if ray and device == "auto" else device
 
+
+def jpeg_mode(asked: str, loaded, executor=None) -> str:
+    """--jpeg-decode resolved for the device the images are computed on: the model's, or a Ray executor's
+    workers' (CUDA where the cluster has GPUs). A bad value, or device for a model whose preprocessing takes
+    only PIL images: one line."""
+    import torch
+
+    from worker.cli.options import clean_errors, on_gpus
+    from worker.compute.device_decode import resolve_mode
+
+    with clean_errors(ValueError):
+        return resolve_mode(asked, torch.device("cuda") if on_gpus(executor) else loaded.device, loaded.preprocess)
 
 
 def suggest_cmd(model: str = typer.Argument(..., help="model name in the store"),
@@ -239,9 +260,8 @@ def build_cmd(source: ModelSource,
               force: list[str] = typer.Option([], help="rerun these stages even when up to date"),
               word_list: str = typer.Option("clean", help="words stage: clean (common words without profanity "
                                                           "and slurs) | common (the paper's 10,000)"),
-              ray: str = typer.Option(None, "--ray", help="run the image- and unit-heavy stages on a Ray cluster: "
-                                      "auto (the cluster this machine runs, else a new one over its GPUs) or "
-                                      "its ADDRESS (docs/scale.md)"),
+              ray: str = Ray,
+              jpeg_decode: str = JpegDecode,
               words: int = typer.Option(10_000, min=1, help="words stage: drawn from this many most common words"),
               precision: Precision = "auto",
               progress: bool = typer.Option(True, "--progress/--no-progress")):
@@ -261,11 +281,11 @@ def build_cmd(source: ModelSource,
     if corpus is not None and not Path(corpus).expanduser().exists():
         fail(f"--corpus {corpus}: no such file or folder")
     executor = ray_executor(ray)
-    # with --ray the GPUs are the workers': the driver (merge, small stages) keeps to the CPU unless told
-    loaded = open_model(source, "cpu" if ray and device == "auto" else device, precision)
+    loaded = open_model(source, driver_device(ray, device), precision, executor)
+    examples = {"precision": loaded.precision, "jpeg_decode": jpeg_mode(jpeg_decode, loaded, executor)}
     ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights),
                        Path(corpus).expanduser() if corpus else None, tuple(layers),
-                       {"words": {"list": word_list, "n": words}, "examples": {"precision": loaded.precision}},
+                       {"words": {"list": word_list, "n": words}, "examples": examples},
                        tuple(source.config_dirs), progress)
     with clean_errors():
         ctx.layer_names()

@@ -3,9 +3,9 @@
 A corpus is listed as a deterministic stream of `Entry`s, never held whole in memory, so a run's
 memory does not grow with the corpus. Reading, hashing and decoding happen in DataLoader workers
 (`CorpusBatches`). A bad file never stops a run: it becomes a skip with a reason (`SKIP_REASONS`)
-that the run's report counts. Images are identified by the SHA-256 of their bytes; `--shard i/N`
-takes the images whose content hash falls in bucket i, so copies of one image always meet in the
-same shard and shard results merge into exactly what one run computes.
+that the run's report counts. Images are identified by the SHA-256 of their bytes, so copies of one
+image are found wherever they sit; a listing is cut into ranges for parallel work by
+`worker.analyses.example_parts`, which reads each image of a range once.
 """
 import csv
 import hashlib
@@ -57,31 +57,6 @@ class Entry:
     offset: int = -1  # byte offset of a tar member's data; -1 for a plain file
     size: int = -1
     error: str = ""  # a problem found while listing (a skip reason)
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int = 0
-    count: int = 1
-
-    @classmethod
-    def parse(cls, text: str | None) -> "Shard":
-        """'i/N' with 0 <= i < N (None means the whole corpus)."""
-        if not text:
-            return cls()
-        try:
-            i, n = (int(p) for p in text.split("/"))
-        except ValueError:
-            raise CorpusError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
-        if n < 1 or not 0 <= i < n:
-            raise CorpusError(f"--shard {text}: need 0 <= i < N")
-        return cls(i, n)
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    def owns(self, hash64: int) -> bool:
-        return hash64 % self.count == self.index
 
 
 def _ext(name: str) -> str:
@@ -356,7 +331,7 @@ def batched(items: Iterable, n: int) -> Iterator[list]:
 
 @dataclass
 class Batch:
-    """One batch of the entry stream, decoded: the images this shard owns and the skips."""
+    """One batch of the entry stream, decoded: its images and the skips."""
 
     number: int
     pixels: torch.Tensor  # (n, 3, H, W), preprocessed
@@ -385,10 +360,9 @@ class CorpusBatches(IterableDataset):
     """
 
     def __init__(self, corpus: str | Path, transform: Callable, batch_entries: int, start: int = 0,
-                 shard: Shard = Shard(), max_pixels: int = MAX_PIXELS, draft: int | None = None,
-                 jpeg_on_device: bool = False):
+                 max_pixels: int = MAX_PIXELS, draft: int | None = None, jpeg_on_device: bool = False):
         self.corpus, self.transform, self.batch_entries = str(corpus), transform, batch_entries
-        self.start, self.shard, self.max_pixels, self.draft = start, shard, max_pixels, draft
+        self.start, self.max_pixels, self.draft = start, max_pixels, draft
         self.jpeg_on_device = jpeg_on_device
 
     def __iter__(self) -> Iterator[Batch]:
@@ -401,21 +375,17 @@ class CorpusBatches(IterableDataset):
     def load(self, number: int, chunk: list[Entry]) -> Batch:
         pixels, entries, hashes, skipped, jpegs, jpeg_rows = [], [], [], Counter(), [], []
         for i, entry in enumerate(chunk):
-            position, hash64 = number * self.batch_entries + i, None
+            position = number * self.batch_entries + i
             try:
                 data = read_bytes(entry)
                 _, hash64 = content_hash(data)
-                if not self.shard.owns(hash64):
-                    continue
                 if self.jpeg_on_device and device_decodable(data, self.max_pixels):
                     jpegs.append(data)
                     jpeg_rows.append(len(entries))
                 else:
                     pixels.append(self.pixels(data))
             except Skip as s:
-                # a file with no content hash is counted by the shard that owns its position
-                if self.shard.owns(position if hash64 is None else hash64):
-                    skipped[s.reason] += 1
+                skipped[s.reason] += 1
                 continue
             entries.append(position)
             hashes.append(hash64)

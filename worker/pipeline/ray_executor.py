@@ -76,13 +76,14 @@ def build_context(recipe: Recipe) -> BuildContext:
     from store.settings import Settings
     from store.writes import open_store
     from worker.compute.models import load_model
+    from worker.compute.precision import resolve_precision
 
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     loaded = load_model(recipe.arch, recipe.weights if recipe.state is None else None, device, recipe.config_dirs)
     if recipe.state is not None:
         loaded.model.load_state_dict(ray.get(recipe.state))
         loaded = replace(loaded, weights=recipe.weights)
-    loaded.precision = recipe.precision
+    loaded.precision = resolve_precision(recipe.precision, device)  # bf16 on a GPU without it: one line
     options = dict(recipe.options)
     if device == "cuda" and recipe.loader_workers is not None:
         options["examples"] = {"workers": recipe.loader_workers, **options.get("examples", {})}

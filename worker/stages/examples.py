@@ -1,8 +1,10 @@
 """The examples stage: top and most-negative dataset examples with heatmaps, statistics and samples.
 
-Items are listing ranges of the corpus (`worker.analyses.example_parts`): each range's state goes to a partial
-file; the merge sums the counts; the write is split by unit range (`write_items` / `write_item`), which a
-distributed executor runs on its workers and the serial one in turn."""
+Items are listing ranges of the corpus (`worker.analyses.example_parts`): each range's state goes to a
+partial file (JPEGs decoded by PIL in the loader workers, or on the model's device with `jpeg_decode`
+"device": part of the fingerprint, as the decoders round differently); the merge sums the counts; the
+write is split by unit range (`write_items` / `write_item`), which a distributed executor runs on its
+workers and the serial one in turn."""
 from worker.pipeline.contract import BuildContext, Item, Stage, fingerprint
 
 
@@ -56,7 +58,7 @@ class Examples(Stage):
         opts = options(ctx)
         return {"layers": ctx.layer_names(), "k": opts.k, "reduce": opts.reduce, "samples": opts.samples,
                 "batch_size": opts.batch_size, "range_entries": range_entries(ctx), "precision": opts.precision,
-                **signal_of(ctx)}
+                "jpeg_decode": opts.jpeg_decode, **signal_of(ctx)}
 
     def items(self, ctx: BuildContext) -> list[Item]:
         """One item per listing range; the payload carries the partials' folder name (the fingerprint)."""
