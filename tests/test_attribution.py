@@ -138,6 +138,16 @@ def test_worker_command_keeps_the_readout_for_the_server(settings, store, checkp
         assert len(s.scalars(select(Artifact).where(Artifact.name == "readout")).all()) == 1
 
 
+def test_worker_command_skips_until_a_setting_changes(settings, checkpoint):
+    """`worker attribution` runs its stage through the pipeline: up to date the second time, rerun with
+    another --readout and with --force."""
+    from tests.test_pipeline import skips_then_reruns
+
+    args = ["attribution", "tiny-rn", "--weights", str(checkpoint), "--config-dir", str(CONFIG_DIR), "--name", "tiny"]
+    first = skips_then_reruns(settings, args, "attribution", "tiny", lambda: [*args, "--readout", "autograd"])
+    assert "tiny: read-out 512 units" in first and "kept: linear read-out" in first
+
+
 def test_worker_command_refuses_random_weights(settings):
     result = CliRunner().invoke(worker_cli, ["attribution", "tiny-rn", "--config-dir", str(CONFIG_DIR)],
                                 env=cli_env(settings))

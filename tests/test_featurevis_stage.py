@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from store.schema import FacetProbe, FeatureVis, Run
-from store.writes import register_model
+from store.writes import open_store, register_model
 from worker.analyses.facets import ensure_probes, pooled_activations, read_images, train_probe
 from worker.analyses.featurevis import FeatureVisSettings, run_layer
 from worker.compute.featurevis.render import RenderSettings
@@ -133,11 +133,25 @@ def test_cli_renders_then_skips_what_is_done(sqlite_url, tmp_path, monkeypatch):
 
     with make_sessionmaker(make_engine(sqlite_url))() as s:
         runs = s.scalars(select(Run).where(Run.stage == "featurevis")).all()
-        assert [r.status for r in runs] == ["done", "done"] and runs[0].report["rendered"] == 2
+        assert [r.status for r in runs] == ["done", "done"] and runs[0].report["layers"]["layer4"]["rendered"] == 2
     bad = CliRunner().invoke(worker_cli, args[:-2] + ["--units", "5-2"])
     assert bad.exit_code == 2 and "runs backwards" in bad.output
     missing = CliRunner().invoke(worker_cli, args[:-2] + ["--facets", "nosuch"])
     assert missing.exit_code == 2 and "no stored probe for facets ['nosuch']" in missing.output
+
+
+def test_cli_skips_until_a_setting_changes(settings):
+    """`worker featurevis` runs its stage through the pipeline: up to date the second time (a random-init
+    model is seeded, so it is the same model), rerun with more --steps (rendered again) and with --force."""
+    from tests.test_pipeline import skips_then_reruns
+
+    args = ["featurevis", "tiny-rn", "--config-dir", str(CONFIG_DIR), "--name", "tiny", "--device", "cpu",
+            "--units", "0-1", "--steps", "1", "--batch", "2", "--no-progress"]
+    first = skips_then_reruns(settings, args, "featurevis", "tiny", lambda: [*args, "--steps", "2"])
+    assert "tiny/layer4: rendered 2 neurons (2 images), skipped 0 already done" in first
+    with open_store(settings).sessions() as s:
+        reports = s.scalars(select(Run.report).where(Run.stage == "featurevis").order_by(Run.id)).all()
+    assert [r["layers"]["layer4"]["rendered"] for r in reports] == [2, 2, 0]  # --force: nothing new to render
 
 
 def test_the_build_stage_renders_the_default_layer_and_the_corpus_facets(sqlite_url, tmp_path, tiny_vit):

@@ -89,6 +89,13 @@ def test_build_runs_every_stage_then_skips_them_all_then_reruns_what_a_setting_c
     table = summary(second)
     assert table.splitlines()[0].split() == ["stage", "units", "seconds", "outcome"]
     assert all("skipped: up to date" in line for line in table.splitlines()[1:])
+    # the stages that read only the store, run on the stored model with none loaded (`worker regions tiny`),
+    # make the build's fingerprints; a stage that reads the model does not run so
+    by_name = replace(ctx, loaded=None)
+    alone = run_pipeline(by_name, only=["regions", "suggest"], echo=lambda _: None)
+    assert [(o.status, o.reason) for o in alone] == [("skipped", "up to date")] * 2
+    (words,) = run_pipeline(by_name, only=["words"], echo=lambda _: None)
+    assert (words.status, words.reason) == ("skipped", "needs the model loaded")
 
     ctx.options["words"]["n"] = 30  # another word list: words, and the stages that read its scores, rerun
     third = by_stage(run_pipeline(ctx, echo=lambda _: None))
@@ -317,20 +324,32 @@ def test_help_lists_the_commands_in_pipeline_order():
     assert listed("worker") == ["layers", "register", *STAGE_NAMES, "directions"]
     assert listed("demo") == ["build", "train", "evaluate", "corpus"]
 
-def test_a_worker_command_skips_its_stage_like_the_build(settings, checkpoint):
-    """`microscope worker stroop` twice: the second run is up to date (one mechanism), --force reruns it.
-    (A random-init model is another model at every load, so its stages always rerun: weights here.)"""
+def skips_then_reruns(settings, args: list[str], stage: str, model: str, change=None) -> str:
+    """`microscope worker ARGS` twice: the second is up to date and prints the first's results (one
+    mechanism, the `runs` table); then `change()` (a setting or an input changed: it returns the arguments to
+    run) and `--force` each rerun the stage. Each run that was not skipped is one done `runs` row.
+    Returns the first run's output."""
     from app.liveserver import settings_env
     from worker.cli.stages import worker_cli
 
-    args = ["stroop", "tiny-rn", "--weights", checkpoint.weights, "--config-dir", str(CONFIG_DIR), "--name", "tiny",
-            "--device", "cpu"]
-    first = CliRunner().invoke(worker_cli, args, env=settings_env(settings))
-    again = CliRunner().invoke(worker_cli, args, env=settings_env(settings))
-    assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
-    assert "up to date" not in first.output and "tiny: stroop is up to date" in again.output
-    assert first.output.splitlines()[-1] == again.output.splitlines()[-1]  # the same results, read back
-    forced = CliRunner().invoke(worker_cli, [*args, "--force"], env=settings_env(settings))
-    assert forced.exit_code == 0 and "up to date" not in forced.output
+    def output(arguments: list[str]) -> str:
+        result = CliRunner().invoke(worker_cli, arguments, env=settings_env(settings))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    first, again = output(args), output(args)
+    assert "up to date" not in first and f"{model}: {stage} is up to date" in again, first + again
+    assert first.splitlines()[-1] == again.splitlines()[-1]  # the same results, read back
+    reruns = ([change()] if change else []) + [[*args, "--force"]]
+    for arguments in reruns:
+        assert "up to date" not in output(arguments)
     with open_store(settings).sessions() as s:
-        assert s.scalars(select(Run.status).where(Run.stage == "stroop")).all() == ["done", "done"]
+        assert s.scalars(select(Run.status).where(Run.stage == stage)).all() == ["done"] * (1 + len(reruns))
+    return first
+
+
+def test_a_worker_command_skips_its_stage_like_the_build(settings, checkpoint):
+    """`microscope worker stroop` twice: the second run is up to date (one mechanism), --force reruns it.
+    (A random-init model is another model at every load, so its stages always rerun: weights here.)"""
+    skips_then_reruns(settings, ["stroop", "tiny-rn", "--weights", checkpoint.weights, "--config-dir",
+                                 str(CONFIG_DIR), "--name", "tiny", "--device", "cpu"], "stroop", "tiny")

@@ -147,6 +147,20 @@ def test_cli(toy_model, settings, monkeypatch):
     assert bad_layer.exit_code == 2 and "layer4" in bad_layer.output
 
 
+def test_cli_skips_until_a_setting_changes(toy_model, settings):
+    """`worker suggest` runs its stage through the pipeline: up to date the second time, rerun with another
+    --threshold and with --force; no model is loaded (the stored one, a toy that no open_clip model matches)."""
+    from tests.test_pipeline import skips_then_reruns
+
+    put_words(toy_model)
+    first = skips_then_reruns(settings, ["suggest", "toy", "--threshold", "0.8"], "suggest", "toy",
+                              lambda: ["suggest", "toy", "--threshold", "0.6"])
+    assert "10 units" in first and "Colour" not in first
+    with toy_model.sessions() as s:
+        reports = s.scalars(select(Run.report).where(Run.stage == "suggest").order_by(Run.id)).all()
+    assert ["Colour" in r["layers"]["layer4"]["families"] for r in reports] == [False, True, False]
+
+
 def test_options_are_checked():
     with pytest.raises(ValueError):
         SuggestOptions(threshold=0).check()

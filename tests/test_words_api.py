@@ -117,6 +117,19 @@ def test_region_report_and_page(scored, client):
     assert client.get("/regions/tiny/layer2.json", params={"min_fraction": 2}).status_code == 422
 
 
+def test_regions_command_skips_until_the_words_change(scored, settings, tiny_rn):
+    """`worker regions MODEL` runs its stage through the pipeline on the stored model (none loaded): up to
+    date the second time; rerun after the words stage ran again (its fingerprint is an input) and with --force."""
+    from tests.test_pipeline import skips_then_reruns
+
+    def new_words() -> list[str]:
+        run_words(scored, tiny_rn, "tiny", "layer2", words=WORDS[:12], plan=RenderPlan(tiny_rn.image_size))
+        return ["regions", "tiny", "--layer", "layer2"]
+
+    first = skips_then_reruns(settings, ["regions", "tiny", "--layer", "layer2"], "regions", "tiny", new_words)
+    assert first.startswith("tiny layer2: {'units_scored': ")
+
+
 def test_expressions_parse_or_say_why():
     assert parse_expression("-a + b-c") == [(-1, "a"), (1, "b"), (-1, "c")]
     for bad in ("", "a b", "a + + b", "a -"):

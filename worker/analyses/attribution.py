@@ -28,33 +28,42 @@ def portable_path(path: str | Path) -> str:
 
 def store_readout(store: Store, model_name: str, loaded: LoadedModel, config_dirs: Sequence[str | Path] = (),
                   images: torch.Tensor | None = None, kind: str = "auto", evaluated_at: str = "") -> Artifact:
-    """Keep the model's read-out matrix as a cache .npy with an `artifacts` row (name "readout").
+    """Compute the model's read-out matrix and keep it (`compute_readout`, then `write_readout`)."""
+    w, meta = compute_readout(loaded, config_dirs, images, kind, evaluated_at)
+    return write_readout(store, model_name, layer_spec(loaded).name, w, meta)
 
-    The row's meta holds what the server needs to re-create the text tower (arch, weights, config dirs),
-    which read-out was kept, where the autograd one was evaluated, and the linear-vs-autograd agreement."""
+
+def compute_readout(loaded: LoadedModel, config_dirs: Sequence[str | Path] = (), images: torch.Tensor | None = None,
+                    kind: str = "auto", evaluated_at: str = "") -> tuple[np.ndarray, dict]:
+    """(W, meta), nothing written. The meta holds what the server needs to re-create the text tower (arch,
+    weights, config dirs), which read-out was kept, where the autograd one was evaluated, and the
+    linear-vs-autograd agreement."""
     if not loaded.weights:
-        raise ValueError(f"model {model_name} has no weights (random init): a server could not re-create "
-                         "the text tower that goes with its neurons. Pass --weights.")
-    spec = layer_spec(loaded)
+        raise ValueError(f"{loaded.arch} has no weights (random init): a server could not re-create the text tower "
+                         "that goes with its neurons. Pass --weights.")
     w, computed = readout_with_agreement(loaded, images, kind)
-    meta = {"arch": loaded.arch, "weights": str(loaded.weights), "config_dirs": [portable_path(d) for d in config_dirs],
-            "units": int(w.shape[0]), "embed_dim": int(w.shape[1]),
-            "evaluated_at": evaluated_at or "the dataset-mean grey image"} | computed
+    return w, {"arch": loaded.arch, "weights": str(loaded.weights),
+               "config_dirs": [portable_path(d) for d in config_dirs], "units": int(w.shape[0]),
+               "embed_dim": int(w.shape[1]), "evaluated_at": evaluated_at or "the dataset-mean grey image"} | computed
+
+
+def write_readout(store: Store, model_name: str, layer_name: str, w: np.ndarray, meta: dict) -> Artifact:
+    """Keep W as a cache .npy with an `artifacts` row (name "readout") of the penultimate layer `layer_name`."""
     with store.sessions.begin() as session:
         model = session.scalar(select(Model).where(Model.name == model_name))
-        layer = model and session.scalar(select(Layer).where(Layer.model_id == model.id, Layer.name == spec.name))
+        layer = model and session.scalar(select(Layer).where(Layer.model_id == model.id, Layer.name == layer_name))
         if layer is None or layer.n_units != w.shape[0]:
-            raise ValueError(f"the store has no model {model_name} with a layer {spec.name} of {w.shape[0]} units "
-                             f"(the penultimate layer of {loaded.arch}); register the model first")
-        run = start_run(session, "attribution", model, meta, layer=spec.name)
-        path = write_npy(store, f"artifacts/{model_name}/{spec.name}", w)
-        art = session.scalar(select(Artifact).where(Artifact.model_id == model.id, Artifact.layer == spec.name,
+            raise ValueError(f"the store has no model {model_name} with a layer {layer_name} of {w.shape[0]} units "
+                             f"(the penultimate layer of {meta['arch']}); register the model first")
+        run = start_run(session, "attribution", model, meta, layer=layer_name)
+        path = write_npy(store, f"artifacts/{model_name}/{layer_name}", w)
+        art = session.scalar(select(Artifact).where(Artifact.model_id == model.id, Artifact.layer == layer_name,
                                                     Artifact.name == ARTIFACT_NAME))
         if art is None:
-            art = Artifact(model_id=model.id, layer=spec.name, name=ARTIFACT_NAME, path=path)
+            art = Artifact(model_id=model.id, layer=layer_name, name=ARTIFACT_NAME, path=path)
             session.add(art)
         art.path, art.meta, art.run_id = path, meta, run.id
-        finish_run(session, run, {"units": int(w.shape[0]), "path": path, "agreement": computed["agreement"]})
+        finish_run(session, run, {"units": int(w.shape[0]), "path": path, "agreement": meta["agreement"]})
         session.flush()
         session.expunge(art)
     refresh_readout_norms(store, model_name, spec.name, w, art.run_id)  # the direction query's divisor

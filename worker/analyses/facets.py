@@ -202,3 +202,63 @@ def ensure_probes(store: Store, loaded: LoadedModel, model_name: str, layer: str
         report[facet] = {"accuracy": probe.accuracy, "trained": True, "n_facet": probe.n_facet,
                          "n_generic": probe.n_generic, "skipped": dict(skipped[facet])}
     return have, report
+
+
+# -- facets as `microscope worker featurevis --facets` names them ---------------------------------------
+
+def parse_facet_specs(specs: list[str], generic: Path | None = None) -> tuple[dict[str, Path], list[str]]:
+    """(folders by facet, names of stored probes) for specs DIR (each sub-folder of images is a facet),
+    NAME=DIR, or the NAME of a stored probe; every folder, `generic` too, must exist."""
+    folders: dict[str, Path] = {}
+    named: list[str] = []
+    for spec in specs:
+        facet, sep, folder = spec.partition("=")
+        if sep:
+            folders[check_facet_name(facet)] = Path(folder).expanduser()
+        elif Path(spec).expanduser().is_dir():
+            found = facet_folders(Path(spec).expanduser())
+            if not found:
+                raise ValueError(f"--facets {spec}: no sub-folders with images in it (each sub-folder is a facet)")
+            folders.update(found)
+        else:
+            named.append(check_facet_name(spec))
+    for folder in [*folders.values(), *([generic] if generic else [])]:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"facet folder {folder} does not exist")
+    return folders, named
+
+
+def stored_probes(store: Store, model_name: str, layer: str, named: list[str]) -> dict[str, StoredProbe]:
+    """The stored probes of `named` facets; a ValueError naming those that are not stored."""
+    stored = load_probes(store, model_name, layer)
+    missing = [n for n in named if n not in stored]
+    if missing:
+        raise ValueError(f"no stored probe for facets {missing} on {model_name}/{layer}; stored: "
+                         f"{', '.join(stored) or 'none'}. Pass NAME=DIR to train one.")
+    return {n: stored[n] for n in named}
+
+
+def resolve_facets(store: Store, loaded: LoadedModel, model_name: str, layer: str, specs: list[str],
+                   generic: Path | None, retrain: bool, run_id: int | None) -> tuple[dict[str, StoredProbe], dict]:
+    """Probes for `specs` (`parse_facet_specs`): folders are (trained if need be and) stored, names must be
+    stored. Returns the probes and a report per facet."""
+    folders, named = parse_facet_specs(specs, generic)
+    probes, report = ensure_probes(store, loaded, model_name, layer, folders, generic, retrain, run_id=run_id)
+    for n, probe in stored_probes(store, model_name, layer, named).items():
+        probes[n], report[n] = probe, {"accuracy": probe.accuracy, "trained": False}
+    return probes, report
+
+
+def facet_layer_for(loaded: LoadedModel, target: str, asked: str | None) -> str:
+    """The layer facet probes read: the one asked for (it must lie below `target`), else the one below."""
+    from worker.compute.layers import catalogue, layer_spec
+
+    names = [s.name for s in catalogue(loaded)]
+    if asked is not None:
+        layer_spec(loaded, asked)
+        if names.index(asked) >= names.index(target):
+            raise ValueError(f"--facet-layer {asked} must lie below --layer {target}")
+        return asked
+    if names.index(target) == 0:
+        raise ValueError(f"{target} is the lowest layer; facets need a layer below it")
+    return names[names.index(target) - 1]

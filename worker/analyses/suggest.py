@@ -125,38 +125,59 @@ def write_unit(session: Session, unit_id: int, families: dict[str, float], label
     return changed
 
 
+Suggestion = tuple[dict[str, float], str | None]  # (family -> score, short label)
+
+
 def run_suggest(store: Store, model_name: str, layer_name: str | None = None,
                 opts: SuggestOptions | None = None) -> dict:
     """Suggest a family and a label for every neuron of a layer (default: the model's default layer)."""
+    opts = opts or SuggestOptions()
+    return write_suggestions(store, model_name, compute_suggestions(store, model_name, layer_name, opts), opts)
+
+
+def compute_suggestions(store: Store, model_name: str, layer_name: str | None, opts: SuggestOptions) -> dict:
+    """Every unit's suggestion (None: it has neither words nor captions), from the stored top words and
+    captions; writes nothing. {"layer", "families": the families suggested from, "units": {unit id: …}}."""
     from worker.data.lexicons import family_lexicons
 
-    opts = opts or SuggestOptions()
     opts.check()
     with store.sessions() as session:
         layer = pick_layer(session, model_name, layer_name)
         known = set(session.scalars(select(Family.name)))
+        units, layer_name = read_inputs(session, layer, opts), layer.name
     lexicons = {f: words for f, words in family_lexicons().items() if f in known}
-    settings = {"stage": STAGE, **asdict(opts), "families": sorted(lexicons)}
-    with recorded_run(store, STAGE, model_name, settings, layer=layer.name) as report:
-        with store.sessions() as session:
-            units = read_inputs(session, session.get(Layer, layer.id), opts)
+    return {"layer": layer_name, "families": sorted(lexicons),
+            "units": {uid: suggest_one(inputs, lexicons, known, opts) for uid, inputs in units.items()}}
+
+
+def suggest_one(inputs: UnitInputs, lexicons: dict[str, frozenset[str]], known: set[str],
+                opts: SuggestOptions) -> Suggestion | None:
+    if not inputs.words and not inputs.captions:
+        return None
+    families = {f: score for f, score in guess_families(inputs.words, lexicons, opts.threshold).items()
+                if f in known}  # a family an editor renamed away is not recreated
+    return families, short_label(inputs.words, inputs.captions, opts.label_terms)
+
+
+def write_suggestions(store: Store, model_name: str, computed: dict, opts: SuggestOptions) -> dict:
+    """Store `compute_suggestions`' result, `BATCH` units per transaction; the run's report."""
+    settings = {"stage": STAGE, **asdict(opts), "families": computed["families"]}
+    units = computed["units"]
+    with recorded_run(store, STAGE, model_name, settings, layer=computed["layer"]) as report:
         report.update(units=len(units), no_data=0, labels_changed=0, families={})
         ids = list(units)
         for start in range(0, len(ids), BATCH):
             with store.sessions.begin() as session:
                 for uid in ids[start:start + BATCH]:
-                    suggest_one(session, uid, units[uid], lexicons, known, opts, report)
+                    write_one(session, uid, units[uid], report)
     return report
 
 
-def suggest_one(session: Session, uid: int, inputs: UnitInputs, lexicons: dict[str, frozenset[str]],
-                known: set[str], opts: SuggestOptions, report: dict) -> None:
-    if not inputs.words and not inputs.captions:
+def write_one(session: Session, uid: int, suggestion: Suggestion | None, report: dict) -> None:
+    if suggestion is None:
         report["no_data"] += 1
         return
-    families = {f: score for f, score in guess_families(inputs.words, lexicons, opts.threshold).items()
-                if f in known}  # a family an editor renamed away is not recreated
-    label = short_label(inputs.words, inputs.captions, opts.label_terms)
+    families, label = suggestion
     report["labels_changed"] += write_unit(session, uid, families, label)
     for f in families:
         report["families"][f] = report["families"].get(f, 0) + 1

@@ -1,9 +1,10 @@
-"""`microscope worker featurevis`: render a layer's neurons into the store. Imports torch only when run."""
+"""`microscope worker featurevis`: render a layer's neurons into the store, the featurevis stage run alone
+through the pipeline (worker/stages/featurevis.py). Imports torch only when run."""
 from pathlib import Path
 
 import typer
 
-from worker.cli.options import Device, ModelName, ModelSource, Precision, model_options
+from worker.cli.options import Device, Force, ModelName, ModelSource, Precision, model_options
 
 
 def parse_units(text: str | None) -> list[int] | None:
@@ -43,100 +44,42 @@ def featurevis_cmd(
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
                                        help="channels-last weights for convolutional towers (faster at full size)"),
     precision: Precision = "auto",
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"), force: bool = Force,
 ):
-    """Feature visualizations of a layer's neurons: plain, a diversity strip, one per facet. Resumable."""
-    from store.settings import Settings
+    """Feature visualizations of a layer's neurons: plain, a diversity strip, one per facet. Resumable; skipped
+    while up to date (--force reruns it, --retrain-probes too)."""
+    import torch
+
+    from worker.analyses.facets import parse_facet_specs
     from worker.analyses.featurevis import FeatureVisSettings
-    from worker.cli.options import clean_errors, model_name_for, precision_for, resolve_device
+    from worker.cli.options import clean_errors, precision_for, resolve_device, run_stage
     from worker.compute.featurevis.render import RenderSettings
 
     device = resolve_device(device)
     with clean_errors(ValueError):
         wanted = parse_units(units)
-        render = RenderSettings(steps=steps, size=size, lr=lr, precision=precision_for(precision, device))
-        settings = FeatureVisSettings(render, seed=seed, batch=batch,
-                                      diversity=diversity, objective=objective)
-    model_name = name or model_name_for(source.arch, source.weights)
-    report = run_command(Settings(), source, device, model_name, layer, wanted, settings,
-                         facets, generic, facet_layer, retrain_probes, channels_last, progress)
-    for facet, info in report.get("probes", {}).items():
-        typer.echo(f"facet {facet}: probe accuracy {info['accuracy']:.3f}" + (" (trained)" if info["trained"] else ""))
-    per = report["seconds_per_neuron"]
-    typer.echo(f"{model_name}/{report['layer']}: rendered {report['rendered']} neurons ({report['images']} images), "
-               f"skipped {report['skipped']} already done" + (f"; {per:.2f} s per neuron" if per else ""))
-
-
-def run_command(app_settings, source, device, model_name, layer, units, settings, facets, generic,
-                facet_layer, retrain, channels_last, progress) -> dict:
-    import torch
-
-    from store.writes import open_store, recorded_run, register_model
-    from worker.analyses.featurevis import run_layer
-    from worker.cli.options import clean_errors, open_model
-    from worker.compute.layers import catalogue, layer_spec
-
+        render = {"steps": steps, "size": size, "lr": lr, "precision": precision_for(precision, device)}
+        settings = {"seed": seed, "batch": batch, "diversity": diversity, "objective": objective}
+        FeatureVisSettings(RenderSettings(**render), **settings)  # checked before the model loads
+        parse_facet_specs(facets, generic)
+    options = {**render, **settings, "units": wanted, "channels_last": channels_last, "facet_specs": facets,
+               "generic": generic, "facet_layer": facet_layer, "retrain_probes": retrain_probes}
     torch.manual_seed(0)  # a random-init model is then the same model in every run
-    loaded = open_model(source, device)
-    with clean_errors(ValueError):
-        spec = layer_spec(loaded, layer)
-        lower = facet_layer_for(loaded, spec.name, facet_layer) if facets else None
-        store = open_store(app_settings)
-        with store.sessions.begin() as session:
-            register_model(session, model_name, loaded.arch, source.weights, loaded.image_size, catalogue(loaded),
-                           load=loaded.record())
-        with recorded_run(store, "featurevis", model_name, {**settings.as_dict(), "facets": facets},
-                          layer=spec.name) as report:
-            probes, probe_report = resolve_facets(store, loaded, model_name, lower, facets, generic, retrain,
-                                                  report["run_id"]) if facets else ({}, {})
-            report.update(run_layer(store, loaded, model_name, spec.name, units, settings, probes,
-                                    run_id=report["run_id"], progress=progress, channels_last=channels_last),
-                          layer=spec.name, probes=probe_report)
-    return report
+    model_name, report = run_stage("featurevis", source, name, device, options, force or retrain_probes, [layer],
+                                   progress=progress)
+    for facet, info in report.get("facets", {}).get("probes", {}).items():
+        typer.echo(f"facet {facet}: probe accuracy {info['accuracy']:.3f}" + (" (trained)" if info["trained"] else ""))
+    for layer_name, got in report["layers"].items():
+        typer.echo(layer_line(model_name, layer_name, got, report.get("facets")))
 
 
-def facet_layer_for(loaded, target: str, asked: str | None) -> str:
-    """The layer facet probes read: the one asked for (it must lie below `target`), else the one below."""
-    from worker.compute.layers import catalogue, layer_spec
-
-    names = [s.name for s in catalogue(loaded)]
-    if asked is not None:
-        layer_spec(loaded, asked)
-        if names.index(asked) >= names.index(target):
-            raise ValueError(f"--facet-layer {asked} must lie below --layer {target}")
-        return asked
-    if names.index(target) == 0:
-        raise ValueError(f"{target} is the lowest layer; facets need a layer below it")
-    return names[names.index(target) - 1]
-
-
-def resolve_facets(store, loaded, model_name: str, layer: str, specs: list[str], generic: Path | None,
-                   retrain: bool, run_id: int | None):
-    """Probes for the --facets specs: folders are (trained if need be and) stored, names must be stored."""
-    from worker.analyses.facets import check_facet_name, ensure_probes, facet_folders, load_probes
-
-    folders: dict[str, Path] = {}
-    named: list[str] = []
-    for spec in specs:
-        facet, sep, folder = spec.partition("=")
-        if sep:
-            folders[check_facet_name(facet)] = Path(folder).expanduser()
-        elif Path(spec).expanduser().is_dir():
-            found = facet_folders(spec)
-            if not found:
-                raise ValueError(f"--facets {spec}: no sub-folders with images in it (each sub-folder is a facet)")
-            folders.update(found)
-        else:
-            named.append(check_facet_name(spec))
-    for folder in [*folders.values(), *([generic] if generic else [])]:
-        if not folder.is_dir():
-            raise FileNotFoundError(f"facet folder {folder} does not exist")
-    probes, report = ensure_probes(store, loaded, model_name, layer, folders, generic, retrain, run_id=run_id)
-    stored = load_probes(store, model_name, layer)
-    missing = [n for n in named if n not in stored]
-    if missing:
-        raise ValueError(f"no stored probe for facets {missing} on {model_name}/{layer}; stored: "
-                         f"{', '.join(stored) or 'none'}. Pass NAME=DIR to train one.")
-    for n in named:
-        probes[n], report[n] = stored[n], {"accuracy": stored[n].accuracy, "trained": False}
-    return probes, report
+def layer_line(model_name: str, layer: str, plain: dict, faceted: dict | None) -> str:
+    """What a layer's renders came to: a unit counts once whether its plain or its faceted images were new."""
+    got = dict(plain)
+    if faceted is not None and faceted["layer"] == layer:
+        got["rendered"] = max(plain["rendered"], faceted["rendered"])
+        got["images"] += faceted["images"]
+        got["seconds"] += faceted["seconds"]
+    per = got["seconds"] / got["rendered"] if got["rendered"] else None
+    return (f"{model_name}/{layer}: rendered {got['rendered']} neurons ({got['images']} images), "
+            f"skipped {got['units'] - got['rendered']} already done" + (f"; {per:.2f} s per neuron" if per else ""))

@@ -221,12 +221,39 @@ def run_stage(stage: str, source: ModelSource, name: str | None, device: str, op
     from store.settings import Settings
     from store.writes import open_store
     from worker.pipeline.contract import BuildContext
-    from worker.pipeline.runner import last_done, run_pipeline
 
     loaded = open_model(source, device, precision, executor)
     ctx = BuildContext(open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights), corpus,
                        tuple(x for x in layers if x), {stage: options(loaded) if callable(options) else options},
                        tuple(source.config_dirs), progress)
+    return ctx.model_name, run_alone(ctx, stage, force, executor)
+
+
+def run_stored_stage(stage: str, model_name: str, options: dict, force: bool,
+                     layers: Sequence[str | None] = ()) -> dict:
+    """`run_stage` for a stage that reads only the store (regions, suggest): on the model stored under
+    `model_name`, loading none; the report of its last finished run."""
+    from sqlalchemy import select
+
+    from store.schema import Model
+    from store.settings import Settings
+    from store.writes import open_store
+    from worker.pipeline.contract import BuildContext
+
+    store = open_store(Settings())
+    with store.sessions() as session:
+        models = list(session.scalars(select(Model.name).order_by(Model.name)))
+    if model_name not in models:
+        fail(f"no model {model_name!r} in the store (models: {', '.join(models) or 'none'}); "
+             f"`microscope build` or `microscope worker words ARCH --name {model_name}` makes one")
+    ctx = BuildContext(store, None, model_name, None, tuple(x for x in layers if x), {stage: options},
+                       progress=False)
+    return run_alone(ctx, stage, force)
+
+
+def run_alone(ctx, stage: str, force: bool, executor=None) -> dict:
+    from worker.pipeline.runner import last_done, run_pipeline
+
     with clean_errors():
         ctx.layer_names()
     (got,) = run_pipeline(ctx, only=[stage], force=[stage] if force else [], executor=executor, echo=lambda _: None)
@@ -234,4 +261,4 @@ def run_stage(stage: str, source: ModelSource, name: str | None, device: str, op
         fail(got.reason)
     if got.status == "skipped":
         typer.echo(f"{ctx.model_name}: {stage} is up to date, its last run's results (--force reruns it):")
-    return ctx.model_name, last_done(ctx, stage).report
+    return last_done(ctx, stage).report

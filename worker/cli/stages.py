@@ -9,20 +9,6 @@ from worker.cli.words import maps_cmd, regions_cmd, words_cmd
 
 
 # -- the text side: emotion composition, typographic attacks, Stroop (worker/analyses/: emotions, typographic, stroop)
-def _store_with(loaded, name: str | None):
-    """The store, with the model registered (or updated) under its name; returns (store, name)."""
-    from store.settings import Settings
-    from store.writes import open_store, register_model
-    from worker.cli.options import model_name_for
-    from worker.compute.layers import catalogue
-
-    store, model_name = open_store(Settings()), name or model_name_for(loaded.arch, loaded.weights)
-    with store.sessions.begin() as session:
-        register_model(session, model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded),
-                       load=loaded.record())
-    return store, model_name
-
-
 @model_options
 def emotions_cmd(source: ModelSource, name: ModelName = None, device: Device = "auto",
                  feelings: str = typer.Option("", help="feeling-wheel file (default: worker/data/wordlists/"
@@ -207,18 +193,12 @@ def suggest_cmd(model: str = typer.Argument(..., help="model name in the store")
                 top_words: int = typer.Option(5, min=1, help="top rendered words that vote on the family"),
                 threshold: float = typer.Option(0.6, min=0.01, max=1.0, help="share of them that must agree"),
                 captions: int = typer.Option(10, min=0, help="top dataset-example captions used for the label"),
-                label_terms: int = typer.Option(3, min=1, help="terms in the short label")):
+                label_terms: int = typer.Option(3, min=1, help="terms in the short label"), force: bool = Force):
     """Automatic family guesses and short labels (source "auto"), from top words and example captions."""
-    from store.settings import Settings
-    from store.writes import open_store
-    from worker.analyses.suggest import SuggestOptions, run_suggest
+    from worker.cli.options import run_stored_stage
 
-    opts = SuggestOptions(top_words, threshold, captions, label_terms)
-    try:
-        report = run_suggest(open_store(Settings()), model, layer, opts)
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    options = {"top_words": top_words, "threshold": threshold, "captions": captions, "label_terms": label_terms}
+    (report,) = run_stored_stage("suggest", model, options, force, [layer])["layers"].values()
     families = ", ".join(f"{f} {n}" for f, n in sorted(report["families"].items())) or "none"
     typer.echo(f"{model}: {report['units']} units, {report['no_data']} without words or captions, "
                f"{report['labels_changed']} new labels; families: {families}")
@@ -230,22 +210,26 @@ def attribution_cmd(source: ModelSource, name: ModelName = None, device: Device 
                                                           "evaluated at [default: the dataset-mean grey image]"),
                     sample: int = typer.Option(64, min=1, help="at most this many corpus images"),
                     readout: str = typer.Option("auto", help="read-out kept: auto (linear where it exists) | linear "
-                                                             "| autograd")):
+                                                             "| autograd"), force: bool = Force):
     """Text → neuron read-out (worker/analyses/attribution.py): a .npy in the cache that the text probe and search use.
     Prints how the linear read-out agrees with the autograd one (per-unit cosines) and stores that too."""
-    from worker.analyses.attribution import agreement_lines, sample_images, store_readout
-    from worker.cli.options import clean_errors, fail, open_model
+    from pathlib import Path
+
+    from worker.analyses.attribution import agreement_lines
+    from worker.cli.options import fail
+    from worker.compute.readout import READOUT_KINDS
 
     if not source.weights:
         fail("attribution needs --weights: the server re-creates the text tower from them (random init can't be)")
-    loaded = open_model(source, device)
-    store, model_name = _store_with(loaded, name)
-    with clean_errors(ValueError, FileNotFoundError):
-        images, where = sample_images(loaded, corpus, sample)
-        art = store_readout(store, model_name, loaded, source.config_dirs, images, readout, where)
-    typer.echo(f"{model_name}: read-out {art.meta['units']} units × {art.meta['embed_dim']} dims "
-               f"of {art.layer} at {art.path}")
-    for line in agreement_lines(art.meta):
+    if readout not in READOUT_KINDS:
+        fail(f"--readout must be one of {', '.join(READOUT_KINDS)}, got {readout!r}")
+    if corpus is not None and not Path(corpus).expanduser().exists():
+        fail(f"--corpus {corpus}: no such file or folder")
+    options = {"corpus": corpus, "sample": sample, "readout": readout}
+    model_name, report = run_stage("attribution", source, name, device, options, force)
+    typer.echo(f"{model_name}: read-out {report['units']} units × {report['embed_dim']} dims "
+               f"of {report['layer']} at {report['path']}")
+    for line in agreement_lines(report):
         typer.echo(f"  {line}")
 
 

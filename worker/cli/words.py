@@ -2,13 +2,12 @@
 Importing this module does not import torch (the commands do, when they run)."""
 import typer
 
-from worker.cli.options import Device, ModelName, ModelSource, Precision, model_options
+from worker.cli.options import Device, Force, ModelName, ModelSource, Precision, model_options
 
 Layer = typer.Option(None, "--layer", help="layer name (default: the penultimate layer)")
 Fonts = typer.Option("dejavu-sans,liberation-serif", help="comma-separated fonts (worker/compute/render_text.py FONTS)")
 Scales = typer.Option("0.22,0.36", help="comma-separated font sizes as fractions of the image side")
 BatchSize = typer.Option(256, min=1, help="images per forward pass")
-Force = typer.Option(False, "--force", help="recompute even when the store is up to date")
 
 
 def _style(fonts: str, scales: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
@@ -81,24 +80,10 @@ def maps_cmd(source: ModelSource, name: ModelName = None,
 
 
 def regions_cmd(model: str = typer.Argument(..., help="the model's name in the store"),
-                layer: str = typer.Option(None, "--layer", help="layer name (default: the model's default layer)")):
+                layer: str = typer.Option(None, "--layer", help="layer name (default: the model's default layer)"),
+                force: bool = Force):
     """Region report: the share of each unit's top-5 rendered words that are geographic."""
-    from sqlalchemy import select
+    from worker.cli.options import run_stored_stage
 
-    from store.schema import Layer as LayerRow
-    from store.schema import Model
-    from store.settings import Settings
-    from store.writes import open_store
-    from worker.analyses.regions import run_regions
-    from worker.cli.options import clean_errors, fail
-
-    store = open_store(Settings())
-    with store.sessions() as session:
-        names = session.execute(select(LayerRow.name, LayerRow.is_default).join(Model)
-                                .where(Model.name == model)).all()
-    if not names:
-        fail(f"no model {model!r} in the store (run `microscope worker words ARCH --name {model}` first)")
-    layer = layer or next((n for n, d in names if d), names[-1][0])
-    with clean_errors(ValueError):
-        report = run_regions(store, model, layer)
+    ((layer, report),) = run_stored_stage("regions", model, {}, force, [layer])["layers"].items()
     typer.echo(f"{model} {layer}: {report}")

@@ -4,7 +4,8 @@ A stage is a `Stage` subclass registered in `worker.stages.STAGES`. It declares
 
 - `name`, `needs` (stages whose results it reads; it runs after them, and not at all when one failed),
   `after` (stages whose results it uses when they exist: order and fingerprint only), `produces` (for the
-  docs and `--help`), `code` (the modules whose source is its code version) and `reads_corpus`;
+  docs and `--help`), `code` (the modules whose source is its code version), `reads_corpus` and
+  `reads_model` (False for a stage that reads only the store: it runs without a loaded model);
 
 and implements
 
@@ -16,9 +17,10 @@ and implements
 - `write(ctx, merged, run_id)`: the store writes (by unit range, one transaction per batch of units),
   returning the run's report (with "units": how many neurons it covered).
 
-The fingerprint (`fingerprint`) hashes the settings, the inputs (the model's weights, the corpus when the
-stage reads it, the fingerprints of the stages it reads) and the code version. `worker.pipeline.runner` records it
-in the stage's `runs` row and skips the stage while a finished run carries the same one. An executor runs
+The fingerprint (`fingerprint`) hashes the settings, the inputs (the model's weights when the stage reads
+the model, the corpus when it reads that, the fingerprints of the stages it reads) and the code version.
+`worker.pipeline.runner` records it in the stage's `runs` row and skips the stage while a finished run
+carries the same one. An executor runs
 items -> merge -> write; `worker.pipeline.runner.SerialExecutor` does it in this process. A distributed one can run
 `compute` on workers unchanged: items and partial results are plain (picklable) data, and compute only reads
 (the model, the cache, the store) and writes nothing but its cache checkpoints; merge and write run where
@@ -47,10 +49,12 @@ class Item:
 @dataclass
 class BuildContext:
     """What every stage is given: the store, the loaded model and its name, the corpus, the layers asked
-    for, and per-stage options (`options[stage][key]`, e.g. the words stage's word list)."""
+    for, and per-stage options (`options[stage][key]`, e.g. the words stage's word list). `loaded` is None
+    when only stages that read just the store run (`microscope worker regions MODEL`): the model is then
+    the one stored under `model_name`, its layers the stored ones."""
 
     store: Any  # store.writes.Store
-    loaded: Any  # worker.compute.models.LoadedModel
+    loaded: Any  # worker.compute.models.LoadedModel, or None (see above)
     model_name: str
     corpus: Path | None = None
     layers: tuple[str, ...] = ()  # empty: the model's default layer
@@ -69,7 +73,28 @@ class BuildContext:
         """The layers asked for, checked against the model (UnknownLayer names the ones it has)."""
         from worker.compute.layers import layer_spec
 
+        if self.loaded is None:
+            return stored_layer_names(self.store, self.model_name, self.layers)
         return list(dict.fromkeys(layer_spec(self.loaded, n).name for n in (self.layers or (None,))))
+
+
+def stored_layer_names(store, model_name: str, asked: tuple[str, ...]) -> list[str]:
+    """The layers asked for, checked against the model's stored layers (none asked: its default layer)."""
+    from sqlalchemy import select
+
+    from store.schema import Layer, Model
+    from worker.compute.layers import UnknownLayer
+
+    with store.sessions() as session:
+        rows = session.execute(select(Layer.name, Layer.is_default).join(Model).where(Model.name == model_name)
+                               .order_by(Layer.id)).all()
+    names = [n for n, _ in rows]
+    default = next((n for n, d in rows if d), names[-1] if names else None)
+    unknown = [n for n in asked if n not in names]
+    if unknown or default is None:
+        raise UnknownLayer(f"{model_name} has no layer {(unknown or [None])[0]!r} in the store; layers: "
+                           f"{', '.join(names) or 'none'}")
+    return list(dict.fromkeys(asked or (default,)))
 
 
 class Stage:
@@ -81,6 +106,7 @@ class Stage:
     produces: ClassVar[str] = ""
     code: ClassVar[tuple[str, ...]] = ()
     reads_corpus: ClassVar[bool] = False
+    reads_model: ClassVar[bool] = True
 
     def applies(self, ctx: BuildContext) -> str | None:
         return None
@@ -157,7 +183,9 @@ def code_digest(stage: Stage) -> str:
 
 def fingerprint(stage: Stage, ctx: BuildContext, upstream: dict[str, str]) -> tuple[str, dict]:
     """(fingerprint, what it was made of): the record kept in the run's settings under "build"."""
-    inputs = {"model": model_digest(ctx.loaded), "needs": upstream}
+    inputs: dict = {"needs": upstream}
+    if stage.reads_model:  # a store-only stage's model is in the fingerprints of the stages it reads
+        inputs["model"] = model_digest(ctx.loaded)
     if stage.reads_corpus:
         inputs["corpus"] = corpus_digest(ctx.corpus)
     record = {"settings": stage.settings(ctx), "inputs": inputs, "code": code_digest(stage)}

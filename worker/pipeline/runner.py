@@ -134,6 +134,11 @@ def blocked(stage: Stage, outcomes: dict[str, Outcome]) -> str | None:
     return None
 
 
+def unloaded(stage: Stage, ctx: BuildContext) -> str | None:
+    """Why a stage that reads the model cannot run in a context without one."""
+    return "needs the model loaded" if stage.reads_model and ctx.loaded is None else None
+
+
 def upstream(ctx: BuildContext, stage: Stage, outcomes: dict[str, Outcome]) -> dict[str, str]:
     """The fingerprints of the stages it reads: from this build, else from the store."""
     out = {}
@@ -148,7 +153,7 @@ def upstream(ctx: BuildContext, stage: Stage, outcomes: dict[str, Outcome]) -> d
 def run_stage(ctx: BuildContext, stage: Stage, outcomes: dict[str, Outcome], executor, force: bool) -> Outcome:
     t0 = time.perf_counter()
     try:
-        reason = blocked(stage, outcomes) or stage.applies(ctx)
+        reason = blocked(stage, outcomes) or unloaded(stage, ctx) or stage.applies(ctx)
         if reason:
             return Outcome(stage.name, "skipped", reason)
         fp, record = fingerprint(stage, ctx, upstream(ctx, stage, outcomes))
@@ -201,6 +206,8 @@ def register(ctx: BuildContext) -> None:
     from worker.compute.layers import catalogue
 
     loaded = ctx.loaded
+    if loaded is None:  # a store-only run: the model is the stored one
+        return
     with ctx.store.sessions.begin() as session:
         register_model(session, ctx.model_name, loaded.arch, loaded.weights, loaded.image_size, catalogue(loaded),
                        load=loaded.record())

@@ -1,8 +1,20 @@
-"""The featurevis stage: plain feature visualizations of every unit of the layers; faceted ones (probes
-trained on the corpus's top-level folders) for the first `facet_units` units of the default layer."""
+"""The featurevis stage: plain feature visualizations (and diversity strips) of the units of the layers,
+then faceted ones: in a build, probes trained on the corpus's top-level folders (`facets`) for the first
+`facet_units` units of the default layer; from `microscope worker featurevis --facets`, the facets it names
+(`facet_specs`) for the units asked (`units`, default all).
+
+Options (all optional): steps, size, lr, precision (the render), seed, batch, diversity, objective,
+units, unit_range, channels_last; facets, facet_units; facet_specs, generic, facet_layer, retrain_probes."""
 from pathlib import Path
 
 from worker.pipeline.contract import BuildContext, Item, Stage
+
+RENDER_KEYS = ("steps", "size", "lr", "precision")
+SETTINGS_KEYS = ("seed", "batch", "diversity", "objective")
+
+
+def option(ctx: BuildContext, key: str, default=None):
+    return ctx.option("featurevis", key, default)
 
 
 def fv_settings(ctx: BuildContext):
@@ -10,16 +22,42 @@ def fv_settings(ctx: BuildContext):
     from worker.compute.featurevis.render import RenderSettings
 
     o = ctx.options.get("featurevis", {})
-    return FeatureVisSettings(RenderSettings(steps=o.get("steps", 512)), batch=o.get("batch", 8))
+    return FeatureVisSettings(RenderSettings(**{k: o[k] for k in RENDER_KEYS if k in o}),
+                              **{k: o[k] for k in SETTINGS_KEYS if k in o})
 
 
 def facets(ctx: BuildContext) -> dict[str, Path]:
     """The facet folders of the corpus that the stage renders (option `facets`; none without a corpus)."""
     from worker.analyses.facets import facet_folders
 
-    wanted = ctx.option("featurevis", "facets", ())
+    wanted = option(ctx, "facets", ())
     folders = facet_folders(ctx.corpus) if ctx.corpus is not None and Path(ctx.corpus).is_dir() else {}
     return {f: folders[f] for f in wanted if f in folders}
+
+
+def units_of(ctx: BuildContext, layer: str) -> list[int]:
+    """The units asked for (option `units`, checked against the layer), else all of them."""
+    from worker.analyses.featurevis import check_units
+    from worker.compute.layers import layer_spec
+
+    return check_units(option(ctx, "units"), layer_spec(ctx.loaded, layer).n_units, layer)
+
+
+def asked_facets(ctx: BuildContext) -> dict | None:
+    """What the `facet_specs` stand for, for the fingerprint: the probes' layer, each folder's contents,
+    each stored probe's digest (an unknown name is a ValueError before anything runs)."""
+    from worker.analyses.facets import facet_layer_for, parse_facet_specs, stored_probes
+    from worker.pipeline.contract import corpus_digest
+
+    specs = option(ctx, "facet_specs", ())
+    if not specs:
+        return None
+    lower = facet_layer_for(ctx.loaded, ctx.layer_names()[0], option(ctx, "facet_layer"))
+    generic = option(ctx, "generic")
+    folders, named = parse_facet_specs(specs, generic)
+    return {"layer": lower, "folders": {f: corpus_digest(p) for f, p in folders.items()},
+            "stored": {n: p.digest for n, p in stored_probes(ctx.store, ctx.model_name, lower, named).items()},
+            "generic": corpus_digest(generic)}
 
 
 class FeatureVis(Stage):
@@ -33,27 +71,35 @@ class FeatureVis(Stage):
         from worker.pipeline.contract import corpus_digest
 
         chosen = facets(ctx)
-        return {**fv_settings(ctx).as_dict(), "layers": ctx.layer_names(), "facets": sorted(chosen),
-                "facet_units": ctx.option("featurevis", "facet_units", 16),
-                "facet_corpus": corpus_digest(ctx.corpus) if chosen else None}
+        out = {**fv_settings(ctx).as_dict(), "layers": ctx.layer_names(), "facets": sorted(chosen),
+               "facet_units": option(ctx, "facet_units", 16),
+               "facet_corpus": corpus_digest(ctx.corpus) if chosen else None}
+        if option(ctx, "units") is not None:  # only when asked: a build's fingerprint stays as it was
+            out["units"] = {layer: units_of(ctx, layer) for layer in ctx.layer_names()}
+        if option(ctx, "facet_specs"):
+            out["asked_facets"] = asked_facets(ctx)
+        return out
 
     def items(self, ctx: BuildContext) -> list[Item]:
-        """Unit ranges per layer (`unit_range` units, a multiple of the render batch): rendering is per
-        unit, so the ranges run on any workers; each unit is written as it finishes (resumable)."""
-        from worker.compute.layers import layer_spec
-
-        size = max(1, ctx.option("featurevis", "unit_range", 64))
-        return [Item(f"{layer}:{a}", (layer, a, min(units, a + size)))
-                for layer in ctx.layer_names() for units in [layer_spec(ctx.loaded, layer).n_units]
-                for a in range(0, units, size)]
+        """Ranges of the units asked per layer (`unit_range` units, rounded up to a multiple of the render
+        batch): rendering is per unit, so the ranges run on any workers; each unit is written as it
+        finishes (resumable)."""
+        batch = fv_settings(ctx).batch
+        size = -(-max(1, option(ctx, "unit_range", 64)) // batch) * batch
+        return [Item(f"{layer}:{units[a]}", (layer, units[a:a + size]))
+                for layer in ctx.layer_names() for units in [units_of(ctx, layer)]
+                for a in range(0, len(units), size)]
 
     def compute(self, ctx: BuildContext, item: Item) -> tuple[str, dict]:
+        """One unit range rendered; each unit's images are written as it finishes, which is what lets a
+        killed run resume (a unit with its images under the same settings hash is skipped)."""
         from store.writes import active_run
         from worker.analyses.featurevis import run_layer
 
-        layer, start, stop = item.payload
-        return layer, run_layer(ctx.store, ctx.loaded, ctx.model_name, layer, range(start, stop), fv_settings(ctx),
-                                run_id=active_run(self.name), progress=ctx.progress)
+        layer, units = item.payload
+        return layer, run_layer(ctx.store, ctx.loaded, ctx.model_name, layer, units, fv_settings(ctx),
+                                run_id=active_run(self.name), progress=ctx.progress,
+                                channels_last=option(ctx, "channels_last", True))
 
     def merge(self, ctx: BuildContext, parts: list) -> dict[str, dict]:
         """Per layer, the unit ranges' reports summed (seconds per neuron over the rendered ones)."""
@@ -69,23 +115,39 @@ class FeatureVis(Stage):
         return out
 
     def write(self, ctx: BuildContext, merged: dict, run_id: int) -> dict:
+        """The faceted renders: they need their probes, which are trained (and stored) here first."""
         report = {"layers": merged}
-        chosen = facets(ctx)
-        if chosen:
-            report["facets"] = self.render_facets(ctx, chosen, run_id)
+        plan = self.facet_plan(ctx, run_id)
+        if plan is not None:
+            report["facets"] = self.render_facets(ctx, *plan, run_id)
         report["units"] = sum(r["units"] for r in report["layers"].values())
         return report
 
-    def render_facets(self, ctx: BuildContext, chosen: dict[str, Path], run_id: int) -> dict:
-        from worker.analyses.facets import ensure_probes, facet_folders
-        from worker.analyses.featurevis import run_layer
-        from worker.compute.layers import catalogue, layer_spec
+    def facet_plan(self, ctx: BuildContext, run_id: int) -> tuple | None:
+        """(layer, units, probes, probe report) of the faceted renders, or None when none are asked."""
+        from worker.analyses.facets import ensure_probes, facet_folders, facet_layer_for, resolve_facets
+        from worker.compute.layers import layer_spec
 
+        if option(ctx, "facet_specs"):
+            layer = ctx.layer_names()[0]
+            lower = facet_layer_for(ctx.loaded, layer, option(ctx, "facet_layer"))
+            generic = option(ctx, "generic")
+            return (layer, option(ctx, "units"), *resolve_facets(ctx.store, ctx.loaded, ctx.model_name, lower,
+                                                                 option(ctx, "facet_specs"), generic,
+                                                                 option(ctx, "retrain_probes", False), run_id))
+        chosen = facets(ctx)
+        if not chosen:
+            return None
         layer = layer_spec(ctx.loaded).name
-        names = [s.name for s in catalogue(ctx.loaded)]
-        probes, probe_report = ensure_probes(ctx.store, ctx.loaded, ctx.model_name, names[names.index(layer) - 1],
-                                             facet_folders(ctx.corpus), run_id=run_id)
-        rendered = run_layer(ctx.store, ctx.loaded, ctx.model_name, layer,
-                             range(ctx.option("featurevis", "facet_units", 16)), fv_settings(ctx),
-                             {f: probes[f] for f in chosen}, run_id=run_id, progress=ctx.progress)
-        return {"probes": probe_report, **rendered}
+        probes, probe_report = ensure_probes(ctx.store, ctx.loaded, ctx.model_name,
+                                             facet_layer_for(ctx.loaded, layer, None), facet_folders(ctx.corpus),
+                                             run_id=run_id)
+        return layer, range(option(ctx, "facet_units", 16)), {f: probes[f] for f in chosen}, probe_report
+
+    def render_facets(self, ctx: BuildContext, layer: str, units, probes: dict, probe_report: dict,
+                      run_id: int) -> dict:
+        from worker.analyses.featurevis import run_layer
+
+        rendered = run_layer(ctx.store, ctx.loaded, ctx.model_name, layer, units, fv_settings(ctx), probes,
+                             run_id=run_id, progress=ctx.progress, channels_last=option(ctx, "channels_last", True))
+        return {"layer": layer, "probes": probe_report, **rendered}

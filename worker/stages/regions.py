@@ -7,6 +7,7 @@ class Regions(Stage):
     needs = ("words",)
     produces = "the region report: units whose top-5 words are geographic (reads the words stage's scores)"
     code = ("worker.analyses.regions", "worker.data.places")
+    reads_model = False  # only the stored word scores: `worker regions MODEL` loads no model
 
     def settings(self, ctx: BuildContext) -> dict:
         from worker.analyses.regions import regions_settings
