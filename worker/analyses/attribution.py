@@ -66,7 +66,7 @@ def write_readout(store: Store, model_name: str, layer_name: str, w: np.ndarray,
         finish_run(session, run, {"units": int(w.shape[0]), "path": path, "agreement": meta["agreement"]})
         session.flush()
         session.expunge(art)
-    refresh_readout_norms(store, model_name, spec.name, w, art.run_id)  # the direction query's divisor
+    refresh_readout_norms(store, model_name, layer_name, w, art.run_id)  # the direction query's divisor
     return art
 
 
