@@ -353,3 +353,29 @@ def test_a_worker_command_skips_its_stage_like_the_build(settings, checkpoint):
     (A random-init model is another model at every load, so its stages always rerun: weights here.)"""
     skips_then_reruns(settings, ["stroop", "tiny-rn", "--weights", checkpoint.weights, "--config-dir",
                                  str(CONFIG_DIR), "--name", "tiny", "--device", "cpu"], "stroop", "tiny")
+
+
+def test_the_concept_commands_skip_their_stages_like_the_build(settings, checkpoint, tmp_path):
+    """`microscope worker modality` and `selflabels` run their stages through the pipeline: after the
+    examples (the activation matrix), each is up to date the second time, reruns after a setting changes and
+    with --force."""
+    from app.liveserver import settings_env
+    from worker.cli.stages import worker_cli
+
+    model = ["tiny-rn", "--weights", checkpoint.weights, "--config-dir", str(CONFIG_DIR), "--name", "tiny",
+             "--device", "cpu"]
+    corpus = tiny_corpus(tmp_path / "corpus")
+    examples = CliRunner().invoke(worker_cli, ["examples", *model, "--corpus", str(corpus), "--layer", "layer4",
+                                               "--k", "4", "--samples", "0", "--workers", "0", "--no-progress"],
+                                  env=settings_env(settings))
+    assert examples.exit_code == 0, examples.output
+    modality = ["modality", *model, "--concepts", "folders", "--min-images", "2", "--permutations", "3"]
+    first = skips_then_reruns(settings, modality, "modality", "tiny",
+                              lambda: [*modality[:-1], "4"])  # another permutation count
+    assert "over 2 concepts" in first
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("cat\ndog\nbird\n")
+    selflabels = ["selflabels", *model, "--vocabulary", str(vocab)]
+    first = skips_then_reruns(settings, selflabels, "selflabels", "tiny",
+                              lambda: [*selflabels, "--template", "a photo of a {}"])
+    assert "512 units labelled" in first

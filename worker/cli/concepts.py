@@ -2,7 +2,7 @@
 matrix the examples stage wrote (worker/analyses/modality.py, selflabels.py, directions.py)."""
 import typer
 
-from worker.cli.options import Device, ModelName, ModelSource, model_options
+from worker.cli.options import Device, Force, ModelName, ModelSource, model_options
 
 Layer = typer.Option(None, help="layer name (default: the penultimate layer)")
 
@@ -22,17 +22,15 @@ def modality_cmd(source: ModelSource, name: ModelName = None,
                  concepts: str = typer.Option("auto", help="auto | captions | folders | words | imagenet"),
                  min_images: int = typer.Option(3, min=1, help="pictures a concept needs"),
                  most: int = typer.Option(1000, min=2, help="at most this many concepts (the most frequent)"),
-                 permutations: int = typer.Option(20, min=1, help="permutations of the null")):
+                 permutations: int = typer.Option(20, min=1, help="permutations of the null"), force: bool = Force):
     """Modality profiles and multimodality scores of a layer's units (pictures, rendered names, read-out)."""
-    from worker.analyses.modality import run_modality
-    from worker.cli.options import clean_errors
+    from worker.cli.options import run_stage
 
-    store, loaded, model_name = _open(source, device, name)
-    with clean_errors(ValueError):
-        r = run_modality(store, loaded, model_name, layer, concepts, min_images, most, permutations,
-                         str(loaded.device))
-    typer.echo(f"{model_name}: {r['above']} of {r['units']} units above the null's 99th percentile "
-               f"({r['p99']:.3f}) over {r['concepts']} concepts")
+    options = {"concept_set": concepts, "min_images": min_images, "most": most, "permutations": permutations}
+    model_name, report = run_stage("modality", source, name, device, options, force, [layer])
+    for r in report["layers"].values():
+        typer.echo(f"{model_name}: {r['above']} of {r['units']} units above the null's 99th percentile "
+                   f"({r['p99']:.3f}) over {r['concepts']} concepts")
 
 
 @model_options
@@ -40,19 +38,19 @@ def selflabels_cmd(source: ModelSource, name: ModelName = None,
                    device: Device = "cpu", layer: str = Layer,
                    vocabulary: str = typer.Option("default", help="default (ImageNet classes + common words) | "
                                                                   "imagenet | words | a file with one concept a line"),
-                   template: str = typer.Option("{}", help="text prompt with one {} for a concept")):
+                   template: str = typer.Option("{}", help="text prompt with one {} for a concept"),
+                   force: bool = Force):
     """Labels without captions (CLIP-Dissect soft-WPMI over a vocabulary), each with a held-out AUC."""
-    from worker.analyses.selflabels import run_selflabels
-    from worker.cli.options import clean_errors, fail
+    from worker.cli.options import fail, run_stage
 
     if template.count("{}") != 1:
         fail(f"--template must hold exactly one {{}}, got {template!r}")
-    store, loaded, model_name = _open(source, device, name)
-    with clean_errors(ValueError):
-        r = run_selflabels(store, loaded, model_name, layer, vocabulary, template)
-    auc = "none (no held-out image of any label)" if r["median_auc"] is None else f"{r['median_auc']:.3f}"
-    typer.echo(f"{model_name}: {r['units']} units labelled ({r['labels_changed']} new), median held-out AUC "
-               f"{auc}; {r['human_scored']} human labels scored")
+    options = {"vocab": vocabulary, "template": template}
+    model_name, report = run_stage("selflabels", source, name, device, options, force, [layer])
+    for r in report["layers"].values():
+        auc = "none (no held-out image of any label)" if r["median_auc"] is None else f"{r['median_auc']:.3f}"
+        typer.echo(f"{model_name}: {r['units']} units labelled ({r['labels_changed']} new), median held-out AUC "
+                   f"{auc}; {r['human_scored']} human labels scored")
 
 
 @model_options

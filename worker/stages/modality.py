@@ -4,6 +4,14 @@ layer: compute profiles and scores it (one scan of the matrix), write stores the
 from worker.pipeline.contract import BuildContext, Item, Stage
 
 
+def opt(ctx: BuildContext, key: str) -> int:
+    """A count option of the stage (`microscope worker modality --min-images/--most/--permutations`)."""
+    from worker.analyses.modality import MAX_CONCEPTS, MIN_IMAGES, PERMUTATIONS
+
+    default = {"min_images": MIN_IMAGES, "most": MAX_CONCEPTS, "permutations": PERMUTATIONS}[key]
+    return ctx.option("modality", key, default)
+
+
 class Modality(Stage):
     name = "modality"
     needs = ("examples",)
@@ -16,7 +24,8 @@ class Modality(Stage):
 
         return {"layers": ctx.layer_names(), "concept_set": ctx.option("modality", "concept_set", "auto"),
                 "exclude": settings_hash({"paths": sorted(ctx.option("modality", "exclude", frozenset()))}),
-                "captions": settings_hash({"captions": ctx.option("modality", "captions")})}
+                "captions": settings_hash({"captions": ctx.option("modality", "captions")}),
+                **{key: opt(ctx, key) for key in ("min_images", "most", "permutations")}}
 
     def items(self, ctx: BuildContext) -> list[Item]:
         return [Item(layer, layer) for layer in ctx.layer_names()]
@@ -28,7 +37,8 @@ class Modality(Stage):
         return compute_modality(ctx.store, ctx.loaded, ctx.model_name, item.payload,
                                 concept_set=ctx.option("modality", "concept_set", "auto"),
                                 exclude=frozenset(ctx.option("modality", "exclude", frozenset())),
-                                captions=ctx.option("modality", "captions"))
+                                captions=ctx.option("modality", "captions"), device=str(ctx.loaded.device),
+                                **{key: opt(ctx, key) for key in ("min_images", "most", "permutations")})
 
     def merge(self, ctx: BuildContext, parts: list) -> list:
         return parts

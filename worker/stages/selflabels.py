@@ -12,7 +12,8 @@ class SelfLabels(Stage):
     reads_corpus = True
 
     def settings(self, ctx: BuildContext) -> dict:
-        return {"layers": ctx.layer_names(), "vocab": ctx.option("selflabels", "vocab", "default")}
+        return {"layers": ctx.layer_names(), "vocab": ctx.option("selflabels", "vocab", "default"),
+                "template": ctx.option("selflabels", "template", "{}")}
 
     def items(self, ctx: BuildContext) -> list[Item]:
         return [Item(layer, layer) for layer in ctx.layer_names()]
@@ -22,7 +23,8 @@ class SelfLabels(Stage):
         from worker.analyses.selflabels import compute_selflabels
 
         return compute_selflabels(ctx.store, ctx.loaded, ctx.model_name, item.payload,
-                                  vocab=ctx.option("selflabels", "vocab", "default"))
+                                  vocab=ctx.option("selflabels", "vocab", "default"),
+                                  template=ctx.option("selflabels", "template", "{}"))
 
     def merge(self, ctx: BuildContext, parts: list) -> list:
         return parts
