@@ -69,19 +69,37 @@ def test_bad_directions_say_why(direction_store, client):
     assert client.get("/models/tiny/layer4/direction").status_code == 200  # the empty form
 
 
-def test_a_saved_direction_gets_a_feature_visualization(direction_store, probe_model, client):
-    from worker.analyses.directions import run_directions
+def test_a_saved_direction_gets_a_feature_visualization_from_the_pipeline(direction_store, probe_model, client):
+    """The directions stage: nothing to render while none is saved; saving one reruns it and renders it; up
+    to date after; saving another reruns it and renders only the new one."""
+    from worker.pipeline.contract import BuildContext
+    from worker.pipeline.runner import last_done, run_pipeline
 
+    ctx = BuildContext(direction_store, probe_model, "tiny", None, ("layer4",), {"directions": {"steps": 4}}, (),
+                       progress=False)
+
+    def build() -> tuple[str, str]:
+        (got,) = run_pipeline(ctx, only=["directions"], echo=lambda _: None)
+        return got.status, got.reason
+
+    assert build() == ("done", "") and last_done(ctx, "directions").report["directions"] == 0
+    assert build() == ("skipped", "up to date")
     assert client.post("/models/tiny/layer4/directions", json={"q": "dog"}).status_code == 401
     r = client.post("/models/tiny/layer4/directions", json={"q": " dog ", "name": "Dog"}, headers=AUTH)
     assert r.status_code == 201 and r.json()["q"] == "dog"
-    report = run_directions(direction_store, probe_model, "tiny", steps=4)
+    assert build() == ("done", "")
+    report = last_done(ctx, "directions").report
     assert report["rendered"] == 1 and report["images"] > 0
-    assert run_directions(direction_store, probe_model, "tiny", steps=4)["skipped"] == 1
+    assert build() == ("skipped", "up to date")
+    assert client.post("/models/tiny/layer4/directions", json={"q": "cat", "name": "Cat"},
+                       headers=AUTH).status_code == 201
+    assert build() == ("done", "")
+    report = last_done(ctx, "directions").report
+    assert report["rendered"] == 1 and report["skipped"] == 1
     data = client.get("/models/tiny/layer4/direction.json", params={"q": "dog"}).json()
     assert data["this_saved"]["name"] == "Dog" and data["featurevis"].startswith("/cache/")
     assert client.get(data["featurevis"]).status_code == 200
-    assert data["saved"] == [{"name": "Dog", "q": "dog", "url": "/models/tiny/layer4/direction?q=dog"}]
+    assert {"name": "Dog", "q": "dog", "url": "/models/tiny/layer4/direction?q=dog"} in data["saved"]
 
 
 def test_the_query_divides_by_the_norms_the_worker_wrote_and_falls_back_without_them(direction_store, probe_model,

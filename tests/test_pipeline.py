@@ -321,7 +321,7 @@ def test_help_lists_the_commands_in_pipeline_order():
                 if line.startswith("│ ") and line[2].isalpha()]  # a wrapped description line starts with spaces
 
     assert listed() == ["build", "demo", "serve", "export", "worker", "db"]  # export: after serve (app/cli.py)
-    assert listed("worker") == ["layers", "register", *STAGE_NAMES, "directions"]
+    assert listed("worker") == ["layers", "register", *STAGE_NAMES]
     assert listed("demo") == ["build", "train", "evaluate", "corpus"]
 
 def skips_then_reruns(settings, args: list[str], stage: str, model: str, change=None) -> str:

@@ -5,7 +5,7 @@ the image store so its page shows them as pictures.
 The direction is computed here as the page computes it (the same parser, the model's own text tower and
 read-out), and rendered with the feature-visualization objective `direction` (spatial mean of the
 activations, dotted with d). Each result is an Artifact row `direction-featurevis:<id>`; a direction
-whose query and model are unchanged is skipped.
+whose query and model are unchanged is skipped. The directions stage (worker/stages/directions.py) runs it.
 """
 import hashlib
 
@@ -16,7 +16,6 @@ from app.directions import canonical, combine, extremes, parse
 from store.schema import Artifact, Direction, Model
 from store.writes import Store
 
-STAGE = "directions"
 EXAMPLES = 12
 
 
@@ -70,30 +69,43 @@ def store_examples(store: Store, model_name: str, layer: str, d: np.ndarray, rea
     return len(store_images(store, matrix.corpus, {int(entries[r]) for r in top + bottom}))
 
 
-def run_directions(store: Store, loaded, model_name: str, steps: int = 512, force: bool = False) -> dict:
-    """Render every saved direction of the model that has none yet (or whose query changed)."""
-    from store.writes import recorded_run
+def direction_digest(row: Direction, weights, steps: int) -> str:
+    """What a render depends on: the direction's canonical query, the weights and the steps."""
+    return hashlib.sha256(f"{canonical(parse(row.query))}|{weights}|{steps}".encode()).hexdigest()[:16]
+
+
+def compute_directions(store: Store, loaded, model_name: str, steps: int = 512, force: bool = False) -> dict:
+    """Render every saved direction of the model that has no render of its current digest (all with `force`);
+    writes nothing: {"renders": [(row, d, image, meta)], "skipped": n, "directions": n}."""
+    todo, renders, skipped = saved_directions(store, model_name), [], 0
+    for row in todo:
+        digest = direction_digest(row, loaded.weights, steps)
+        if not force and current_digest(store, row) == digest:
+            skipped += 1
+            continue
+        d = direction_in_layer(loaded, row.query)
+        image, value = render_direction(loaded, row.layer, d, steps)
+        renders.append((row, d, image, {"digest": digest, "objective": value, "steps": steps, "query": row.query}))
+    return {"renders": renders, "skipped": skipped, "directions": len(todo)}
+
+
+def write_directions(store: Store, loaded, model_name: str, computed: dict, run_id: int) -> dict:
+    """Store `compute_directions`' renders and each direction's top and bottom images; the report."""
     from worker.compute.readout import readout_matrix
 
-    report = {"directions": 0, "rendered": 0, "skipped": 0, "images": 0}
-    todo = saved_directions(store, model_name)
-    if not todo:
-        return report
-    with recorded_run(store, STAGE, model_name, {"steps": steps}) as run:
-        for row in todo:
-            report["directions"] += 1
-            digest = hashlib.sha256(f"{canonical(parse(row.query))}|{loaded.weights}|{steps}".encode()).hexdigest()[:16]
-            if not force and current_digest(store, row) == digest:
-                report["skipped"] += 1
-                continue
-            d = direction_in_layer(loaded, row.query)
-            image, value = render_direction(loaded, row.layer, d, steps)
-            report["images"] += store_examples(store, model_name, row.layer, d, readout_matrix(loaded))
-            put_render(store, row, store.cache.put_image(image, fmt="png"),
-                       {"digest": digest, "objective": value, "steps": steps, "query": row.query}, run["run_id"])
-            report["rendered"] += 1
-        run.update(report)
+    report = {"directions": computed["directions"], "rendered": 0, "skipped": computed["skipped"], "images": 0}
+    readout = readout_matrix(loaded) if computed["renders"] else None
+    for row, d, image, meta in computed["renders"]:
+        report["images"] += store_examples(store, model_name, row.layer, d, readout)
+        put_render(store, row, store.cache.put_image(image, fmt="png"), meta, run_id)
+        report["rendered"] += 1
     return report
+
+
+def saved_digest(store: Store, model_name: str) -> str:
+    """The saved directions (id, layer, canonical query), as one digest: a stage setting, so saving one reruns."""
+    rows = [f"{r.id}|{r.layer}|{canonical(parse(r.query))}" for r in saved_directions(store, model_name)]
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
 def artifact_name(row: Direction) -> str:

@@ -7,15 +7,6 @@ from worker.cli.options import Device, Force, ModelName, ModelSource, model_opti
 Layer = typer.Option(None, help="layer name (default: the penultimate layer)")
 
 
-def _open(source: ModelSource, device: str, name: str | None):
-    from store.settings import Settings
-    from store.writes import open_store
-    from worker.cli.options import model_name_for, open_model
-
-    loaded = open_model(source, device)
-    return open_store(Settings()), loaded, name or model_name_for(source.arch, source.weights)
-
-
 @model_options
 def modality_cmd(source: ModelSource, name: ModelName = None,
                  device: Device = "cpu", layer: str = Layer,
@@ -56,13 +47,10 @@ def selflabels_cmd(source: ModelSource, name: ModelName = None,
 @model_options
 def directions_cmd(source: ModelSource, name: ModelName = None,
                    device: Device = "cpu", steps: int = typer.Option(512, min=1, help="optimisation steps"),
-                   force: bool = typer.Option(False, help="render again even if done")):
+                   force: bool = typer.Option(False, "--force", help="render every saved direction again")):
     """Feature visualizations (and stored top images) of the saved concept directions."""
-    from worker.analyses.directions import run_directions
-    from worker.cli.options import clean_errors
+    from worker.cli.options import run_stage
 
-    store, loaded, model_name = _open(source, device, name)
-    with clean_errors(ValueError):
-        r = run_directions(store, loaded, model_name, steps, force)
+    model_name, r = run_stage("directions", source, name, device, {"steps": steps, "force": force}, force)
     typer.echo(f"{model_name}: {r['directions']} saved directions, {r['rendered']} rendered, {r['skipped']} "
                f"up to date, {r['images']} images stored")

@@ -2,6 +2,7 @@
 `microscope build`, `microscope demo` and `--only/--skip` use. Each module holds one
 `worker.pipeline.contract.Stage`."""
 from worker.stages.attribution import Attribution
+from worker.stages.directions import Directions
 from worker.stages.emotions import Emotions
 from worker.stages.examples import Examples
 from worker.stages.featurevis import FeatureVis
@@ -15,5 +16,5 @@ from worker.stages.typographic import Typographic
 from worker.stages.words import Words
 
 STAGES = (Examples(), FeatureVis(), Words(), Maps(), Regions(), Attribution(), Emotions(), Typographic(),
-          Stroop(), Suggest(), Modality(), SelfLabels())
+          Stroop(), Suggest(), Modality(), SelfLabels(), Directions())
 STAGE_NAMES = tuple(s.name for s in STAGES)
