@@ -127,6 +127,24 @@ class Stage:
         raise NotImplementedError
 
 
+class LayerStage(Stage):
+    """A stage with one item per layer: `compute` returns the layer's result (a dict with its "layer"),
+    `write_layer` stores one and returns its report; the stage's report holds them by layer."""
+
+    def items(self, ctx: BuildContext) -> list[Item]:
+        return [Item(layer, layer) for layer in ctx.layer_names()]
+
+    def merge(self, ctx: BuildContext, parts: list) -> list:
+        return parts
+
+    def write(self, ctx: BuildContext, merged: list, run_id: int) -> dict:
+        layers = {part["layer"]: self.write_layer(ctx, part, run_id) for part in merged}
+        return {"layers": layers, "units": sum(r["units"] for r in layers.values())}
+
+    def write_layer(self, ctx: BuildContext, part: dict, run_id: int) -> dict:
+        raise NotImplementedError
+
+
 # -- fingerprints ---------------------------------------------------------------------------------------
 
 def settings_hash(settings: dict) -> str:

@@ -1,7 +1,7 @@
 """The modality stage: per unit, its response over a concept set to pictures (the examples stage's activation
 matrix), rendered names and the text read-out; multimodality against a permuted-labels null. One item per
 layer: compute profiles and scores it (one scan of the matrix), write stores them."""
-from worker.pipeline.contract import BuildContext, Item, Stage
+from worker.pipeline.contract import BuildContext, Item, LayerStage
 
 
 def opt(ctx: BuildContext, key: str) -> int:
@@ -12,7 +12,7 @@ def opt(ctx: BuildContext, key: str) -> int:
     return ctx.option("modality", key, default)
 
 
-class Modality(Stage):
+class Modality(LayerStage):
     name = "modality"
     needs = ("examples",)
     produces = "modality profiles and multimodality scores per unit (reads the examples stage's activation matrix)"
@@ -27,9 +27,6 @@ class Modality(Stage):
                 "captions": settings_hash({"captions": ctx.option("modality", "captions")}),
                 **{key: opt(ctx, key) for key in ("min_images", "most", "permutations")}}
 
-    def items(self, ctx: BuildContext) -> list[Item]:
-        return [Item(layer, layer) for layer in ctx.layer_names()]
-
     def compute(self, ctx: BuildContext, item: Item) -> dict:
         """The layer's profile (pictures, rendered names, read-out) and scores (`compute_modality`)."""
         from worker.analyses.modality import compute_modality
@@ -40,11 +37,7 @@ class Modality(Stage):
                                 captions=ctx.option("modality", "captions"), device=str(ctx.loaded.device),
                                 **{key: opt(ctx, key) for key in ("min_images", "most", "permutations")})
 
-    def merge(self, ctx: BuildContext, parts: list) -> list:
-        return parts
-
-    def write(self, ctx: BuildContext, merged: list, run_id: int) -> dict:
+    def write_layer(self, ctx: BuildContext, part: dict, run_id: int) -> dict:
         from worker.analyses.modality import write_modality
 
-        layers = {part["layer"]: write_modality(ctx.store, ctx.model_name, part, run_id) for part in merged}
-        return {"layers": layers, "units": sum(r["units"] for r in layers.values())}
+        return write_modality(ctx.store, ctx.model_name, part, run_id)

@@ -1,10 +1,10 @@
 """The selflabels stage: caption-free labels from the model's own text tower against the activation matrix,
 each scored by its held-out AUC. One item per layer: compute labels and scores it (reading the matrix in
 blocks), write stores them."""
-from worker.pipeline.contract import BuildContext, Item, Stage
+from worker.pipeline.contract import BuildContext, Item, LayerStage
 
 
-class SelfLabels(Stage):
+class SelfLabels(LayerStage):
     name = "selflabels"
     needs = ("examples",)
     produces = 'self-labels per unit (source "auto", with a held-out AUC), from the activation matrix'
@@ -15,9 +15,6 @@ class SelfLabels(Stage):
         return {"layers": ctx.layer_names(), "vocab": ctx.option("selflabels", "vocab", "default"),
                 "template": ctx.option("selflabels", "template", "{}")}
 
-    def items(self, ctx: BuildContext) -> list[Item]:
-        return [Item(layer, layer) for layer in ctx.layer_names()]
-
     def compute(self, ctx: BuildContext, item: Item) -> dict:
         """The layer's labels, their soft-WPMI and AUCs, and the human labels' AUCs (`compute_selflabels`)."""
         from worker.analyses.selflabels import compute_selflabels
@@ -26,11 +23,7 @@ class SelfLabels(Stage):
                                   vocab=ctx.option("selflabels", "vocab", "default"),
                                   template=ctx.option("selflabels", "template", "{}"))
 
-    def merge(self, ctx: BuildContext, parts: list) -> list:
-        return parts
-
-    def write(self, ctx: BuildContext, merged: list, run_id: int) -> dict:
+    def write_layer(self, ctx: BuildContext, part: dict, run_id: int) -> dict:
         from worker.analyses.selflabels import write_selflabels
 
-        layers = {part["layer"]: write_selflabels(ctx.store, ctx.model_name, part, run_id) for part in merged}
-        return {"layers": layers, "units": sum(r["units"] for r in layers.values())}
+        return write_selflabels(ctx.store, ctx.model_name, part, run_id)
