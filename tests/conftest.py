@@ -127,3 +127,15 @@ def probe_model(store, tiny_rn, tmp_path):
         register_model(s, "tiny", loaded.arch, str(path), loaded.image_size, catalogue(loaded))
     store_readout(store, "tiny", loaded, [CONFIG_DIR])
     return loaded
+
+
+def stage_report(store, loaded, stage: str, model: str = "tiny", **options) -> dict:
+    """Run one stage through the pipeline (forced) on `loaded`'s default layer; that layer's report."""
+    from worker.pipeline.contract import BuildContext
+    from worker.pipeline.runner import last_done, run_pipeline
+
+    ctx = BuildContext(store, loaded, model, None, (), {stage: options}, (), progress=False)
+    (got,) = run_pipeline(ctx, only=[stage], force=[stage], echo=lambda _: None)
+    assert got.status == "done", got.reason
+    (report,) = last_done(ctx, stage).report["layers"].values()
+    return report

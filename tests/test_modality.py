@@ -98,13 +98,13 @@ def test_the_stage_finds_words_drawn_as_pictures_multimodal_and_shuffled_caption
         store, probe_model, word_corpus, tmp_path, client):
     import shutil
 
+    from tests.conftest import stage_report
     from worker.analyses.examples import ExampleOptions, run_examples
-    from worker.analyses.modality import run_modality
 
     root, names = word_corpus
     run_examples(store, probe_model, "tiny", root, ["layer4"], ExampleOptions(k=4, workers=0, progress=False,
                                                                               samples=0))
-    report = run_modality(store, probe_model, "tiny", concept_set="captions", permutations=10)
+    report = stage_report(store, probe_model, "modality", concept_set="captions", permutations=10)
     assert report["concepts"] == len(names) and report["units"] == 512
     assert report["above"] > 0.2 * 512  # far above the 1 % the null lets through
     shuffled = tmp_path / "shuffled"
@@ -114,7 +114,7 @@ def test_the_stage_finds_words_drawn_as_pictures_multimodal_and_shuffled_caption
         txt.write_text(f"a picture of the {names[rng.integers(len(names))]}")
     run_examples(store, probe_model, "tiny", shuffled, ["layer4"], ExampleOptions(k=4, workers=0, progress=False,
                                                                                   samples=0))
-    control = run_modality(store, probe_model, "tiny", concept_set="captions", permutations=10)
+    control = stage_report(store, probe_model, "modality", concept_set="captions", permutations=10)
     assert control["above"] < 0.05 * 512
 
     page = client.get("/models/tiny/layer4/0.json").json()["sections"]["modality"]
@@ -150,7 +150,7 @@ def test_demo_evaluate_counts_with_the_same_score(probe_model, word_corpus):
 def test_the_stage_reads_the_matrix_a_ranged_examples_build_leaves(store, probe_model, word_corpus):
     """The examples stage of `microscope build` (listing ranges, one matrix part per range: what --ray runs)
     registers a complete matrix, and modality finds the same multimodal units from it."""
-    from worker.analyses.modality import run_modality
+    from tests.conftest import stage_report
     from worker.pipeline.contract import BuildContext
     from worker.pipeline.runner import run_pipeline
     from worker.stages.examples import Examples
@@ -160,7 +160,7 @@ def test_the_stage_reads_the_matrix_a_ranged_examples_build_leaves(store, probe_
     ctx = BuildContext(store, probe_model, "tiny", root, ("layer4",), options, (), progress=False)
     outcomes = run_pipeline(ctx, stages=[Examples()], echo=lambda _: None)
     assert [o.status for o in outcomes] == ["done"]
-    report = run_modality(store, probe_model, "tiny", concept_set="captions", permutations=10)
+    report = stage_report(store, probe_model, "modality", concept_set="captions", permutations=10)
     assert report["concepts"] == len(names) and report["units"] == 512
     assert report["above"] > 0.2 * 512
 

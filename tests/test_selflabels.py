@@ -60,12 +60,12 @@ def labelled(store, probe_model, tmp_path):
 
 
 def test_the_stage_stores_scored_auto_labels_and_scores_human_ones(store, probe_model, labelled, client):
-    from worker.analyses.selflabels import run_selflabels
+    from tests.conftest import stage_report
 
     r = client.post("/models/tiny/layer4/3/labels", json={"text": "blue things", "based_on": None},
                     headers={"Authorization": "Bearer test-token"})
     assert r.status_code == 201
-    report = run_selflabels(store, probe_model, "tiny", vocab=str(labelled))
+    report = stage_report(store, probe_model, "selflabels", vocab=str(labelled))
     assert report["units"] == 512 and report["human_scored"] == 1 and report["labels_changed"] == 512
     assert report["median_auc"] is None or 0 <= report["median_auc"] <= 1  # never NaN: Postgres JSON refuses it
     with store.sessions() as s:
@@ -74,7 +74,7 @@ def test_the_stage_stores_scored_auto_labels_and_scores_human_ones(store, probe_
     assert {a.text for a in autos} <= {"red", "green", "blue", "yellow", "stripes", "square"}
     assert len(scores) == 513 and {x.method for x in scores.values()} == {"soft-wpmi", "heldout-auc"}
     assert all(x.score is None or 0 <= x.score <= 1 for x in scores.values())
-    assert run_selflabels(store, probe_model, "tiny", vocab=str(labelled))["labels_changed"] == 0  # same texts
+    assert stage_report(store, probe_model, "selflabels", vocab=str(labelled))["labels_changed"] == 0  # same texts
 
     unit3 = client.get("/models/tiny/layer4/3.json").json()["sections"]["labels"]
     assert unit3["human"]["faithfulness"]["method"] == "heldout-auc"

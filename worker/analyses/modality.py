@@ -23,7 +23,8 @@ the same correlation after permuting the concept labels of the word modality (th
 against the name of another), over every unit and `permutations` permutations; a unit counts as
 multimodal above the null's 99th percentile (about 1 % of units pass by chance).
 
-Pure compute at the top (numpy, tested on planted units), the stage (`run_modality`) at the bottom.
+Pure compute at the top (numpy, tested on planted units); `compute_modality` and `write_modality`, which the stage
+(worker/stages/modality.py) calls, at the bottom.
 """
 import hashlib
 import io
@@ -281,17 +282,3 @@ def write_modality(store, model_name: str, computed: dict, run_id: int | None) -
     meta = write_profile(store, model_name, computed["layer"], computed["profile"], computed["scored"],
                          {"concept_set": settings["concepts"], **settings}, run_id)
     return {"concepts": len(computed["profile"].concepts), **{k: meta["summary"][k] for k in ("p99", "above", "units")}}
-
-
-def run_modality(store, loaded, model_name: str, layer: str | None = None, concept_set: str = "auto",
-                 min_images: int = MIN_IMAGES, most: int = MAX_CONCEPTS, permutations: int = PERMUTATIONS,
-                 device: str = "cpu", exclude: frozenset[str] = frozenset()) -> dict:
-    """The modality stage outside the pipeline, for one layer: compute and write in one recorded run."""
-    from store.writes import recorded_run
-
-    matrix, groups, settings = plan_modality(store, loaded, model_name, layer, concept_set, min_images, most,
-                                             permutations, exclude)
-    with recorded_run(store, ARTIFACT, model_name, settings, layer=settings["layer"]) as report:
-        computed = profile_and_scores(loaded, matrix, groups, settings, device)
-        report.update(write_modality(store, model_name, computed, report["run_id"]))
-    return report

@@ -285,23 +285,6 @@ def write_selflabels(store, model_name: str, computed: dict, run_id: int) -> dic
             "median_auc": round(float(np.median(finite)), 4) if len(finite) else None}  # JSON: no NaN
 
 
-def run_selflabels(store, loaded, model_name: str, layer: str | None = None, vocab: str = "default",
-                   template: str = "{}") -> dict:
-    """Label every unit of `layer` from the matrix and the text tower, score the labels, write them."""
-    from store.writes import recorded_run
-    from worker.analyses.activations import stored_matrix
-    from worker.compute.layers import layer_spec
-
-    spec = layer_spec(loaded, layer)
-    rows = stored_matrix(store, model_name, spec.name).rows
-    settings = selflabels_settings(spec.name, vocab, len(vocabulary(vocab)), template, rows)
-    with recorded_run(store, STAGE, model_name, settings, layer=spec.name) as report:
-        report.update(write_selflabels(store, model_name,
-                                       compute_selflabels(store, loaded, model_name, spec.name, vocab, template),
-                                       report["run_id"]))
-    return report
-
-
 def write_labels(store, model_name: str, layer: str, names: list[str], result: dict, run_id: int) -> int:
     """Each unit's best concept as an "auto" label version (when it changed) with its score; new versions."""
     from app.labelling import append_auto_label, current_label
