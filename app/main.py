@@ -2,6 +2,7 @@
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 
@@ -90,6 +91,16 @@ def add_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError):
         reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return error_page(request, 422, "Invalid request: " + "; ".join(reasons), details=reasons)
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError):
+        if not exc.connection_invalidated:
+            raise exc
+        # the pool has dropped its connections (ping_when_idle covers idle ones; this was in recent use)
+        response = error_page(request, 503, "The connection to the database was lost and has been reset: "
+                                            "reload the page.")
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

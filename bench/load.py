@@ -11,6 +11,7 @@ neuron JSON twin read is checked to show one whole write (tests.synthetic.neuron
     .venv/bin/python bench/load.py --backend postgres --writer
     .venv/bin/python bench/load.py --requests 1000 --low-requests 300   # quick
     .venv/bin/python bench/load.py --page-cache-mb 0 --phases neuron,static,low --compare main   # before/after
+    .venv/bin/python bench/load.py --page-cache-mb 0 --phases neuron,static,low --rounds 6   # ratios on a noisy machine
 """
 import asyncio
 import multiprocessing
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,17 @@ class Result:
         if len(self.samples) < 5:
             self.samples.append(f"{what} {detail}".strip())
 
+    def add(self, other: "Result") -> None:
+        """Fold in another round of the same phase."""
+        self.latencies += other.latencies
+        for what, n in other.errors.items():
+            self.errors[what] = self.errors.get(what, 0) + n
+        self.torn += other.torn
+        self.samples = (self.samples + other.samples)[:5]
+        self.generations |= other.generations
+        self.seconds += other.seconds
+        self.cpu += other.cpu
+
     @property
     def n_errors(self) -> int:
         return sum(self.errors.values()) + len(self.torn)
@@ -102,21 +114,37 @@ async def fetch(client: httpx.AsyncClient, url: str, result: Result) -> None:
                 result.generations.add(gen)
 
 
-async def drive(base: str, paths: list[str], clients: int, name: str) -> Result:
+async def drive(base: str, paths: list[str], clients: int, name: str,
+                pool: list[httpx.AsyncClient] | None = None) -> Result:
     """Fetch every path once with `clients` independent clients (one keep-alive connection each), each
-    sending its next request when its previous one is answered."""
+    sending its next request when its previous one is answered. `pool`: clients already connected (kept
+    between rounds, so no round pays for connecting), else `clients` new ones."""
+    if pool is None:
+        async with open_clients(base, clients) as pool:
+            return await drive(base, paths, clients, name, pool)
     result = Result(name)
     queue = iter(paths)
 
-    async def one_client():
-        async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=1), timeout=30) as client:
-            for path in queue:
-                await fetch(client, path, result)
+    async def one_client(client):
+        for path in queue:
+            await fetch(client, path, result)
 
     start = time.perf_counter()
-    await asyncio.gather(*(one_client() for _ in range(clients)))
+    await asyncio.gather(*(one_client(client) for client in pool))
     result.seconds = time.perf_counter() - start
     return result
+
+
+@asynccontextmanager
+async def open_clients(base: str, n: int, warm: str | None = None):
+    """`n` clients of one connection each; with `warm`, each has fetched that path once (connected)."""
+    pool = [httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=1), timeout=30) for _ in range(n)]
+    try:
+        if warm:
+            await asyncio.gather(*(client.get(warm) for client in pool))
+        yield pool
+    finally:
+        await asyncio.gather(*(client.aclose() for client in pool))
 
 
 def proc_stats() -> dict[int, tuple[int, str, float]]:
@@ -153,13 +181,27 @@ def server_cpu(root: int, database: str | None) -> float:
     return total
 
 
-def timed(server: LiveServer, paths: list[str], clients: int, name: str) -> Result:
+async def run_groups(server: LiveServer, groups: list[dict], rounds: int, warm: str) -> dict[str, Result]:
+    """Each group's phases in `rounds` alternating rounds (one connected pool of clients per client count, kept
+    for the whole run), with the server's CPU (and its Postgres backends') counted per phase."""
     url = server.settings.db_url
     database = url.rsplit("/", 1)[1] if url.startswith("postgresql") else None
-    start = server_cpu(server.proc.pid, database)
-    result = asyncio.run(drive(server.url, paths, clients, name))
-    result.cpu = server_cpu(server.proc.pid, database) - start
-    return result
+    results: dict[str, Result] = {}
+    async with AsyncExitStack() as stack:
+        pools = {}
+        for group in groups:
+            for name, (_paths, c) in group.items():
+                if c not in pools:
+                    pools[c] = await stack.enter_async_context(open_clients(server.url, c, warm))
+                results[name] = Result(name)
+            for r in range(rounds):
+                for name, (paths, c) in group.items():
+                    share = paths[r * len(paths) // rounds:(r + 1) * len(paths) // rounds]
+                    start = server_cpu(server.proc.pid, database)
+                    result = await drive(server.url, share, c, name, pools[c])
+                    result.cpu = server_cpu(server.proc.pid, database) - start
+                    results[name].add(result)
+    return results
 
 
 def neuron_paths(layers: dict[str, int], n: int, rng: random.Random, json: bool = False) -> list[str]:
@@ -245,10 +287,11 @@ class Writer:
 def run_load(settings: Settings, layers: dict[str, int], requests: int, clients: int, low_requests: int,
              workers: int, writer: bool = False, writer_pause: float = 0.0,
              phases: tuple[str, ...] = ("mixed", "neuron", "static", "low"), seed: int = 0,
-             source: Path | None = None, populated: bool = False) -> dict:
+             source: Path | None = None, populated: bool = False, rounds: int = 1) -> dict:
     """Populate the store (unless `populated`), start the server (of checkout `source`, default this one), run
     the phases (with a writer process when `writer`); returns results by phase, the writer's report and
-    problems found in the server's log."""
+    problems found in the server's log. With `rounds` > 1 the neuron and static phases (and the two at 4
+    clients) take turns in that many rounds, so a drift in the machine's speed touches both alike."""
     if not populated:
         upgrade(settings.db_url)
         populate(open_store(settings), MODEL, layers)
@@ -265,14 +308,17 @@ def run_load(settings: Settings, layers: dict[str, int], requests: int, clients:
             "static": ([static] * requests, clients),
             "low": None,
         }
+        groups = []  # phases run in turns, a round of each at a time (neuron and static: side by side)
         for phase in phases:
             if phase == "low":
-                low = {"neuron": neuron_paths(layers, low_requests, rng), "static": [static] * low_requests}
-                for name, paths in low.items():
-                    out["results"][f"{name} @4"] = timed(server, paths, 4, f"{name} @4")
-                continue
-            paths, c = plan[phase]
-            out["results"][f"{phase} @{c}"] = timed(server, paths, c, f"{phase} @{c}")
+                groups.append({"neuron @4": (neuron_paths(layers, low_requests, rng), 4),
+                               "static @4": ([static] * low_requests, 4)})
+            elif phase == "static" and groups and "neuron @" + str(clients) in groups[-1]:
+                groups[-1][f"static @{clients}"] = plan[phase]
+            else:
+                paths, c = plan[phase]
+                groups.append({f"{phase} @{c}": (paths, c)})
+        out["results"] = asyncio.run(run_groups(server, groups, rounds, static))
         if writing:
             out["writer"] = writing.stop()
         out["log"] = log_problems(server.log())
@@ -374,21 +420,23 @@ def main(requests: int = typer.Option(10_000, help="requests per phase at --clie
          phases: str = typer.Option("mixed,neuron,static,low", help="which phases to run, comma-separated"),
          page_cache_mb: int = typer.Option(64, help="the server's page cache (0: every page rendered afresh)"),
          compare: str = typer.Option("", help="a git revision to serve first ('before') on the same store; "
-                                              "prints both side by side")):
+                                              "prints both side by side"),
+         rounds: int = typer.Option(1, help="run neuron and static phases in this many alternating rounds")):
     """Run the load phases against the real server and print req/s, p50/p99, ratios and errors."""
     layers = {"layer4": units, "layer3": units // 2}
     args = (requests, clients, low_requests, workers, writer, writer_pause, tuple(phases.split(",")))
+    kw = {"populated": True, "rounds": rounds}
     with temp_store(backend, page_cache_mb=page_cache_mb) as settings:
         upgrade(settings.db_url)
         populate(open_store(settings), MODEL, layers)
         before = None
         if compare:
             with checkout(compare) as tree:
-                before = run_load(settings, layers, *args, source=tree, populated=True)
+                before = run_load(settings, layers, *args, source=tree, **kw)
             print(f"--- before ({compare}) ---")
             print_report(before, backend, workers, page_cache_mb)
             print("--- after (this tree) ---")
-        after = run_load(settings, layers, *args, populated=True)
+        after = run_load(settings, layers, *args, **kw)
     failures = print_report(after, backend, workers, page_cache_mb)
     if before is not None:
         print_side_by_side(before, after, compare)

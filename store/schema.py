@@ -3,8 +3,11 @@
 Only the worker writes the compute tables; the web app writes only the curated ones
 (labels, families, studies). A neuron is identified by (model.name, layer.name, unit.index).
 """
+import json
+import time
 from datetime import UTC, datetime
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -393,7 +396,8 @@ def _bump_on_commit(conn) -> None:
 
 
 def _forget_write(conn) -> None:
-    conn.info.pop("store_wrote", None)
+    if not conn.invalidated:  # a lost connection: its info goes with it (reading it would try to reconnect)
+        conn.info.pop("store_wrote", None)
 
 
 def track_writes(engine: Engine) -> None:
@@ -424,18 +428,54 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def make_engine(url: str, **kw) -> Engine:
-    """An engine for the store: SQLite gets WAL and a busy timeout, Postgres a connection pool."""
+PING_AFTER_IDLE_S = 10.0
+
+
+def make_engine(url: str, ping_after_idle_s: float = PING_AFTER_IDLE_S, **kw) -> Engine:
+    """An engine for the store: SQLite gets WAL and a busy timeout, Postgres a connection pool whose connections
+    are checked after `ping_after_idle_s` idle (ping_when_idle)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kw)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               json_deserializer=json_loads, **kw)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     kw.setdefault("pool_size", 10)
     kw.setdefault("max_overflow", 20)
-    kw.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kw)
+    engine = create_engine(url, json_deserializer=json_loads, **kw)
+    ping_when_idle(engine, ping_after_idle_s)
+    return engine
+
+
+def json_loads(text: str | bytes):
+    """JSON columns as Python values: orjson (several times the standard library's speed on a neuron page's
+    aggregated rows), and the standard library for what orjson refuses (NaN, Infinity)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+def ping_when_idle(engine: Engine, after_s: float) -> None:
+    """Check a pooled connection before use only when it has sat idle for `after_s` seconds, the case in which
+    Postgres restarts, idle timeouts and proxies drop them. SQLAlchemy's `pool_pre_ping` pings at every
+    checkout: a round trip (and a backend's work) for every page under load, where connections are seconds
+    old at most. A failed ping makes the pool connect afresh (DisconnectionError), as pre-ping does."""
+
+    @event.listens_for(engine, "checkin")
+    def checked_in(_dbapi_conn, record):
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def checked_out(dbapi_conn, record, _proxy):
+        checked_in_at = record.info.get("checked_in")
+        if checked_in_at is None or time.monotonic() - checked_in_at < after_s:
+            return  # a new connection, or one in recent use
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as e:  # any failure: the pool discards it and connects anew (or raises the connect error)
+            raise exc.DisconnectionError(f"idle connection failed its ping: {e}") from e
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from app import urls
 from app.deps import SessionDep, SettingsDep
@@ -144,12 +145,23 @@ def render_neuron(request: Request, model: str, layer: str, unit: str):
         index = None
     found = None
     if index is not None and index < 2**31:  # beyond INTEGER: get_unit's 404
-        with one_statement(app.state.engine) as conn:
-            found = read_page(conn, UnitKey(model, layer, index), app.state.cache, twin=wants_json(request))
+        found = read_unit_page(app, UnitKey(model, layer, index), twin=wants_json(request))
     if found is None:
         with app.state.sessions() as session:
             get_unit(session, model, layer, unit)  # raises, naming what exists
     return neuron_response(request, app.state.settings, *found)
+
+
+def read_unit_page(app, key: UnitKey, twin: bool):
+    """read_page on a connection of its own, tried once more on a new connection if the database dropped the
+    first (a Postgres restart while the site is busy: the pool then replaces all its connections)."""
+    for attempt in (1, 2):
+        try:
+            with one_statement(app.state.engine) as conn:
+                return read_page(conn, key, app.state.cache, twin=twin)
+        except DBAPIError as e:
+            if not e.connection_invalidated or attempt == 2:
+                raise
 
 
 def one_statement(engine) -> Connection:

@@ -56,6 +56,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option
     sock = listening_socket(host, port)
     typer.echo(f"serving on http://{host}:{port}")
     uvicorn.run("app.asgi:app", fd=sock.fileno(), workers=workers, reload=reload,
+                reload_includes=["*.py", "*.html"] if reload else None,  # the app never rereads a template itself
                 log_level="warning", proxy_headers=True,
                 # longer than proxies' and clients' idle timeouts, so the server is not the side that closes a
                 # connection just as a request arrives on it (the client then sees a reset, not a response)
