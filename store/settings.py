@@ -18,6 +18,10 @@ class Settings(BaseSettings):
     page_size: int = 64
     site_name: str = "CLIP Microscope"
     page_cache_mb: int = 64  # rendered pages kept per server process, valid while the store is unchanged; 0 = off
+    # neuron pages rendered at once in the thread pool, per server process (capped at its connection pool);
+    # 0 = on the event loop, the fastest with a database on the same machine (docs/store.md, "Fresh pages").
+    # With the database across a network, 2-4 keep a process busy while a page waits for its round trip.
+    page_threads: int = 0
     public_url: str = ""  # absolute base for share links / OpenGraph; empty = from the request
 
     @cached_property

@@ -1,5 +1,6 @@
 """A neuron page rendered afresh (no page cache) reads the store in at most four statements, and its JSON twin
 carries the full data behind every picture; checked on a neuron with every section filled, on both backends."""
+import asyncio
 import re
 
 import pytest
@@ -25,6 +26,37 @@ def fresh(store, tmp_path, db_url):
     with TestClient(app) as client:
         client.statements = statements
         yield client
+    app.state.engine.dispose()
+
+
+def on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("threads", [0, 2, 50])
+def test_page_threads_says_where_a_neuron_page_is_rendered(store, tmp_path, db_url, threads):
+    """0 (the default): on the event loop, no thread handoff. N: in the thread pool, at most N pages at once and
+    never more than the connection pool keeps (SQLite's 5, Postgres's 10), so no overflow connections."""
+    rich_store(store)
+    app = create_app(Settings(data_dir=tmp_path / "data", database_url=db_url, cache_dir=tmp_path / "cache",
+                              page_cache_mb=0, page_threads=threads))
+    where: list[bool] = []
+    event.listen(app.state.engine, "before_cursor_execute", lambda *args: where.append(on_event_loop()))
+    with TestClient(app) as client:
+        for suffix in ("", ".json"):
+            where.clear()
+            r = client.get("/models/synth/layer4/0" + suffix)
+            assert r.status_code == 200 and "maps and places 0" in r.text
+            assert where == [threads == 0]
+    limiter = getattr(app.state, "page_limiter", None)
+    if threads == 0:
+        assert limiter is None
+    else:
+        assert limiter.total_tokens == min(threads, app.state.engine.pool.size())
     app.state.engine.dispose()
 
 
