@@ -1,5 +1,8 @@
 """Production serving: ETags and 304s on pages and JSON twins, Cache-Control rules, gzip, several server
-processes (`microscope serve --workers 2`) and pooled Postgres connections."""
+processes (`microscope serve --workers 2`) sharing the connections out, and pooled Postgres connections."""
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -101,6 +104,60 @@ def test_serve_with_several_worker_processes(settings, store):
         with httpx.Client(base_url=server.url) as c:
             assert all(c.get(f"/models/synth/layer4/{i % 8}").status_code == 200 for i in range(20))
         assert "Traceback" not in server.log()
+
+
+def established_connections(pid: int, port: int) -> int:
+    """Connections to the server's `port` that process `pid` holds open (from /proc, Linux)."""
+    inodes = {link.readlink().name.removeprefix("socket:[").removesuffix("]")
+              for link in Path(f"/proc/{pid}/fd").iterdir() if link.readlink().name.startswith("socket:")}
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            count += local_port == port and state == "01" and inode in inodes
+    return count
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT balancing is Linux's")
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_worker_processes_share_connections_that_arrive_at_once(settings, store):
+    """On one shared socket the worker that woke first accepted every pending connection (30 of 32 before); each
+    worker now listens on its own socket of a SO_REUSEPORT group, and the kernel spreads them."""
+    populate(store, "synth", {"layer4": 8})
+    with LiveServer(settings, workers=2) as server:
+        workers = [pid for pid in children_of(server.proc.pid)  # not multiprocessing's resource tracker
+                   if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 2
+        conns = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(32)]
+        try:
+            request = b"GET /static/style.css HTTP/1.1\r\nHost: x\r\n\r\n"
+            with ThreadPoolExecutor(8) as pool:  # every connection answered: accepted and kept alive
+                assert all(pool.map(lambda c: c.sendall(request) or c.recv(65536).startswith(b"HTTP/1.1 200"),
+                                    conns))
+            held = sorted(established_connections(pid, server.port) for pid in workers)
+        finally:
+            for c in conns:
+                c.close()
+        assert sum(held) == 32 and held[0] >= 6, held  # 32 coin flips: fewer than 6 on one side, p ≈ 1e-4
+        assert "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])  # a shared socket, and one per worker
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_serve_on_a_port_in_use_says_so_in_one_line(settings, monkeypatch, workers):
+    from typer.testing import CliRunner
+
+    from worker.cli.root import cli
+
+    monkeypatch.setenv("MICROSCOPE_DATABASE_URL", settings.db_url)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--port", str(port), "--workers", workers])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 @pytest.mark.postgres

@@ -1,7 +1,6 @@
 """The `microscope` command tree (the CLI's root; the web app never imports it): build, demo, serve, export,
 worker, db. Every command is a plain function listed
 in a `command_group` table below, in pipeline order; the worker's commands import torch only when they run."""
-import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -30,37 +29,35 @@ def db_downgrade(revision: str = typer.Argument(..., help="target revision, e.g.
     downgrade(Settings().db_url, revision)
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The server's socket, with TCP_NODELAY set where connections inherit it (Linux): uvicorn's worker
-    processes do not set it on the connections they accept, so with --workers > 1 each response waited
-    for the client's delayed ACK (about 44 ms per request on loopback)."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(address)
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option(1, min=1),
           reload: bool = False,
           keep_alive: Annotated[int, typer.Option(help="seconds an idle keep-alive connection stays open")] = 75):
     """Serve the store over HTTP (several worker processes with --workers)."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
+    from app.sockets import OwnSocket, check_free, listening_socket, spreads_connections
     from store.migrate import upgrade
 
     upgrade(Settings().db_url)
-    sock = listening_socket(host, port)
+    options = dict(log_level="warning", proxy_headers=True,
+                   # longer than proxies' and clients' idle timeouts, so the server is not the side that closes a
+                   # connection just as a request arrives on it (the client then sees a reset, not a response)
+                   timeout_keep_alive=keep_alive)
+    balanced = workers > 1 and not reload and spreads_connections(port)
+    try:
+        sock = check_free(host, port) if balanced else listening_socket(host, port)
+    except OSError as e:
+        typer.echo(f"error: cannot listen on {host}:{port}: {e.strerror or e}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"serving on http://{host}:{port}")
+    if balanced:
+        config = uvicorn.Config("app.asgi:app", host=host, port=port, workers=workers, **options)
+        Multiprocess(config, sockets=[OwnSocket(host, port)]).run()  # each worker its own socket (app.sockets)
+        return
     uvicorn.run("app.asgi:app", fd=sock.fileno(), workers=workers, reload=reload,
                 reload_includes=["*.py", "*.html"] if reload else None,  # the app never rereads a template itself
-                log_level="warning", proxy_headers=True,
-                # longer than proxies' and clients' idle timeouts, so the server is not the side that closes a
-                # connection just as a request arrives on it (the client then sees a reset, not a response)
-                timeout_keep_alive=keep_alive)
+                **options)
 
 
 def export_cmd(model: str = typer.Argument(..., help="model name, as in its URL"),
