@@ -10,17 +10,27 @@ import socket
 import sys
 
 
+def bound_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to the address (OSError if it is in use); `reuse_port`: one of a SO_REUSEPORT group."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # sockets in TIME_WAIT do not count
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def listening_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A listening socket, with TCP_NODELAY set where connections inherit it (Linux): uvicorn's worker processes
     do not set it on the connections they accept, so with --workers > 1 each response waited for the client's
-    delayed ACK (about 44 ms per request on loopback). `reuse_port`: one of a SO_REUSEPORT group."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    delayed ACK (about 44 ms per request on loopback)."""
+    sock = bound_socket(host, port, reuse_port)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(address)
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -35,10 +45,7 @@ def spreads_connections(port: int) -> bool:
 def check_free(host: str, port: int) -> None:
     """Raise OSError (address in use) if anything listens on the port already: a SO_REUSEPORT bind would
     otherwise join another server of the same user silently and share its connections."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # sockets in TIME_WAIT do not count
-        probe.bind(address)
+    bound_socket(host, port).close()
 
 
 class OwnSocket:

@@ -121,8 +121,8 @@ def page_units(session, cache, la, sort: str, page: int, size: int):
 @router.get("/models/{model}/{layer}/{unit}", name="neuron")
 async def neuron_page(request: Request, model: str, layer: str, unit: str):
     """The neuron card, afresh: its one statement and the rendering, by default right on the event loop. A page
-    is ~2 ms of Python around one short SELECT; handing it to a worker thread and back cost ~0.8 ms more CPU a
-    page under load (thread wake-ups and GIL handoffs with the loop), about a fifth of its price. With
+    is ~2 ms of Python around one short SELECT; handing it to a worker thread and back cost 0.6–1.0 ms more CPU
+    a page under load (thread wake-ups and GIL handoffs with the loop), a fifth or more of its price. With
     `page_threads` > 0 it runs in the thread pool instead, for a database whose round trips are long."""
     render = partial(render_neuron, request, model, layer, unit)
     if request.app.state.settings.page_threads <= 0:

@@ -46,14 +46,17 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option
                    timeout_keep_alive=keep_alive)
     balanced = workers > 1 and not reload and spreads_connections(port)
     try:
-        sock = check_free(host, port) if balanced else listening_socket(host, port)
+        if balanced:
+            check_free(host, port)
+        else:
+            sock = listening_socket(host, port)
     except OSError as e:
         typer.echo(f"error: cannot listen on {host}:{port}: {e.strerror or e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"serving on http://{host}:{port}")
-    if balanced:
+    if balanced:  # each worker on a socket of its own (app.sockets)
         config = uvicorn.Config("app.asgi:app", host=host, port=port, workers=workers, **options)
-        Multiprocess(config, sockets=[OwnSocket(host, port)]).run()  # each worker its own socket (app.sockets)
+        Multiprocess(config, sockets=[OwnSocket(host, port)]).run()
         return
     uvicorn.run("app.asgi:app", fd=sock.fileno(), workers=workers, reload=reload,
                 reload_includes=["*.py", "*.html"] if reload else None,  # the app never rereads a template itself
