@@ -106,6 +106,12 @@ def test_keyboard_only_navigation(tab):
     assert page.evaluate("document.activeElement.className") == "skip-link"
 
 
+LOADED = """e => e.complete ? e.naturalWidth > 0 : new Promise(done => {
+    e.addEventListener("load", () => done(e.naturalWidth > 0));
+    e.addEventListener("error", () => done(false));
+})"""
+
+
 def test_every_image_has_alt_text_and_loads(tab):
     page = tab.page
     for url in ("/", "/models/synth", "/models/synth/layer4", "/models/synth/layer4/5", "/models/synth/layer3/2"):
@@ -116,8 +122,8 @@ def test_every_image_has_alt_text_and_loads(tab):
         for i in range(imgs.count()):
             img = imgs.nth(i)
             assert img.get_attribute("alt") is not None, (url, img.get_attribute("src"))
-            img.scroll_into_view_if_needed()
-            assert img.evaluate("e => e.complete && e.naturalWidth > 0"), (url, img.get_attribute("src"))
+            img.scroll_into_view_if_needed()  # a lazy image starts loading only now: wait for its load or error
+            assert img.evaluate(LOADED), (url, img.get_attribute("src"))
 
 
 def test_search(tab, page_exists):
