@@ -471,3 +471,17 @@ def test_loader_workers_leave_the_cores_to_the_forward(monkeypatch):
     monkeypatch.setattr(examples.os, "cpu_count", lambda: 16)
     assert examples.loader_workers(None, torch.device("cpu")) == 1
     assert examples.loader_workers(None, torch.device("cuda")) == 15
+
+
+def test_a_partial_file_is_the_same_bytes_whichever_process_wrote_it(tmp_path, monkeypatch):
+    """The resumed run's report compares partial bytes with an unbroken run's; a pid in the file made them differ."""
+    from worker.compute import partials
+
+    state = {"counts": {"images": 3}, "top": torch.arange(12.0).reshape(3, 4)}
+    written = []
+    for pid in (7, 4_194_301):
+        monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)
+        path = tmp_path / f"{pid}" / "range-000000000.pt"
+        written.append((partials.save(path, state), path.read_bytes()))
+    assert written[0] == written[1]
+    assert torch.equal(partials.load(path)["top"], state["top"])

@@ -29,7 +29,8 @@ def save(path: Path, state: dict) -> int:
     """Write `state` atomically; returns the file's size in bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:  # a file object: torch names the archive's records "archive/…", not after the
+        torch.save(state, f)    # temp name (with the pid in it), so equal states make files of equal size
     os.replace(tmp, path)
     return path.stat().st_size
 
