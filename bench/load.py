@@ -38,6 +38,7 @@ from store.settings import Settings
 from store.writes import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test fixtures (tests/synthetic.py)
+from bench.lean_client import LeanConnection
 from tests.synthetic import TornNeuron, keep_writing, neuron_generation, populate
 
 PG_ADMIN_URL = os.environ.get("MICROSCOPE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -54,6 +55,7 @@ class Result:
     generations: set[int] = field(default_factory=set)
     seconds: float = 0.0
     cpu: float = 0.0  # CPU seconds the server processes (and Postgres) spent on this phase
+    client_cpu: float = 0.0  # CPU seconds the load client (this process) spent on it
 
     @property
     def cpu_ms(self) -> float:
@@ -75,6 +77,7 @@ class Result:
         self.generations |= other.generations
         self.seconds += other.seconds
         self.cpu += other.cpu
+        self.client_cpu += other.client_cpu
 
     @property
     def n_errors(self) -> int:
@@ -91,14 +94,19 @@ class Result:
 
     def line(self) -> str:
         return (f"{self.name:<14} {len(self.latencies):>7} req {self.rps:>8.0f} req/s  p50 {self.pct(50):>7.1f} ms"
-                f"  p99 {self.pct(99):>7.1f} ms  cpu {self.cpu_ms:>5.2f} ms/req  errors {self.n_errors}")
+                f"  p99 {self.pct(99):>7.1f} ms  cpu {self.cpu_ms:>5.2f} ms/req  client cpu {self.client_cpu_ms:>5.2f}"
+                f" ms/req  errors {self.n_errors}")
+
+    @property
+    def client_cpu_ms(self) -> float:
+        return 1000 * self.client_cpu / len(self.latencies) if self.latencies else float("nan")
 
 
-async def fetch(client: httpx.AsyncClient, url: str, result: Result) -> None:
+async def fetch(client: "httpx.AsyncClient | LeanConnection", url: str, result: Result) -> None:
     start = time.perf_counter()
     try:
         response = await client.get(url)
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, ConnectionError) as e:
         result.error(type(e).__name__, f"{url} after {time.perf_counter() - start:.2f}s: {e!r}")
         return
     result.latencies.append(time.perf_counter() - start)
@@ -114,8 +122,7 @@ async def fetch(client: httpx.AsyncClient, url: str, result: Result) -> None:
                 result.generations.add(gen)
 
 
-async def drive(base: str, paths: list[str], clients: int, name: str,
-                pool: list[httpx.AsyncClient] | None = None) -> Result:
+async def drive(base: str, paths: list[str], clients: int, name: str, pool: list | None = None) -> Result:
     """Fetch every path once with `clients` independent clients (one keep-alive connection each), each
     sending its next request when its previous one is answered. `pool`: clients already connected (kept
     between rounds, so no round pays for connecting), else `clients` new ones."""
@@ -129,16 +136,21 @@ async def drive(base: str, paths: list[str], clients: int, name: str,
         for path in queue:
             await fetch(client, path, result)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(one_client(client) for client in pool))
-    result.seconds = time.perf_counter() - start
+    result.seconds, result.client_cpu = time.perf_counter() - start, time.process_time() - cpu
     return result
 
 
 @asynccontextmanager
-async def open_clients(base: str, n: int, warm: str | None = None):
-    """`n` clients of one connection each; with `warm`, each has fetched that path once (connected)."""
-    pool = [httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=1), timeout=30) for _ in range(n)]
+async def open_clients(base: str, n: int, warm: str | None = None, kind: str = "lean"):
+    """`n` clients of one connection each (`kind`: lean, bench.lean_client; or httpx); with `warm`, each has
+    fetched that path once (connected)."""
+    if kind == "lean":
+        pool = await asyncio.gather(*(LeanConnection.open(base) for _ in range(n)))
+    else:
+        pool = [httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=1), timeout=30)
+                for _ in range(n)]
     try:
         if warm:
             await asyncio.gather(*(client.get(warm) for client in pool))
@@ -181,7 +193,8 @@ def server_cpu(root: int, database: str | None) -> float:
     return total
 
 
-async def run_groups(server: LiveServer, groups: list[dict], rounds: int, warm: str) -> dict[str, Result]:
+async def run_groups(server: LiveServer, groups: list[dict], rounds: int, warm: str,
+                     client: str = "lean") -> dict[str, Result]:
     """Each group's phases in `rounds` alternating rounds (one connected pool of clients per client count, kept
     for the whole run), with the server's CPU (and its Postgres backends') counted per phase."""
     url = server.settings.db_url
@@ -192,7 +205,7 @@ async def run_groups(server: LiveServer, groups: list[dict], rounds: int, warm: 
         for group in groups:
             for name, (_paths, c) in group.items():
                 if c not in pools:
-                    pools[c] = await stack.enter_async_context(open_clients(server.url, c, warm))
+                    pools[c] = await stack.enter_async_context(open_clients(server.url, c, warm, client))
                 results[name] = Result(name)
             for r in range(rounds):
                 for name, (paths, c) in group.items():
@@ -287,7 +300,8 @@ class Writer:
 def run_load(settings: Settings, layers: dict[str, int], requests: int, clients: int, low_requests: int,
              workers: int, writer: bool = False, writer_pause: float = 0.0,
              phases: tuple[str, ...] = ("mixed", "neuron", "static", "low"), seed: int = 0,
-             source: Path | None = None, populated: bool = False, rounds: int = 1) -> dict:
+             source: Path | None = None, populated: bool = False, rounds: int = 1,
+             client: str = "lean") -> dict:
     """Populate the store (unless `populated`), start the server (of checkout `source`, default this one), run
     the phases (with a writer process when `writer`); returns results by phase, the writer's report and
     problems found in the server's log. With `rounds` > 1 the neuron and static phases (and the two at 4
@@ -318,7 +332,7 @@ def run_load(settings: Settings, layers: dict[str, int], requests: int, clients:
             else:
                 paths, c = plan[phase]
                 groups.append({f"{phase} @{c}": (paths, c)})
-        out["results"] = asyncio.run(run_groups(server, groups, rounds, static))
+        out["results"] = asyncio.run(run_groups(server, groups, rounds, static, client))
         if writing:
             out["writer"] = writing.stop()
         out["log"] = log_problems(server.log())
@@ -378,8 +392,8 @@ def failures_of(out: dict) -> int:
     return failures + sum(out.get("writer", {}).get("errors", {}).values())
 
 
-def print_report(out: dict, backend: str, workers: int, page_cache_mb: int) -> int:
-    print(f"backend {backend}, {workers} server process(es), page cache {page_cache_mb} MB, "
+def print_report(out: dict, backend: str, workers: int, page_cache_mb: int, client: str = "lean") -> int:
+    print(f"backend {backend}, {workers} server process(es), page cache {page_cache_mb} MB, {client} client, "
           f"search {'on' if out['search'] else 'absent (no /search)'}")
     res = out["results"]
     for r in res.values():
@@ -421,11 +435,12 @@ def main(requests: int = typer.Option(10_000, help="requests per phase at --clie
          page_cache_mb: int = typer.Option(64, help="the server's page cache (0: every page rendered afresh)"),
          compare: str = typer.Option("", help="a git revision to serve first ('before') on the same store; "
                                               "prints both side by side"),
-         rounds: int = typer.Option(1, help="run neuron and static phases in this many alternating rounds")):
+         rounds: int = typer.Option(1, help="run neuron and static phases in this many alternating rounds"),
+         client: str = typer.Option("lean", help="lean (bench.lean_client) | httpx: the load client")):
     """Run the load phases against the real server and print req/s, p50/p99, ratios and errors."""
     layers = {"layer4": units, "layer3": units // 2}
     args = (requests, clients, low_requests, workers, writer, writer_pause, tuple(phases.split(",")))
-    kw = {"populated": True, "rounds": rounds}
+    kw = {"populated": True, "rounds": rounds, "client": client}
     with temp_store(backend, page_cache_mb=page_cache_mb) as settings:
         upgrade(settings.db_url)
         populate(open_store(settings), MODEL, layers)
@@ -434,10 +449,10 @@ def main(requests: int = typer.Option(10_000, help="requests per phase at --clie
             with checkout(compare) as tree:
                 before = run_load(settings, layers, *args, source=tree, **kw)
             print(f"--- before ({compare}) ---")
-            print_report(before, backend, workers, page_cache_mb)
+            print_report(before, backend, workers, page_cache_mb, client)
             print("--- after (this tree) ---")
         after = run_load(settings, layers, *args, **kw)
-    failures = print_report(after, backend, workers, page_cache_mb)
+    failures = print_report(after, backend, workers, page_cache_mb, client)
     if before is not None:
         print_side_by_side(before, after, compare)
     sys.exit(1 if failures else 0)
