@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from app.sections.rows import PAGE_UNIT, UNIT_ID, fetch
+from app.sections.rows import PAGE_UNIT, fetch
 from store.keys import UnitKey
 from store.schema import UnitStats
 
@@ -75,6 +74,7 @@ class Section:
     columns: Callable[[str], dict[str, Any]]  # by dialect, over rows.UNIT_ID, MODEL_ID, LAYER (the page's unit)
     build: Callable[[dict[str, Any], UnitContext], dict[str, Any] | None]
     empty: str  # what to say (and which command fills it) when there is no data yet
+    joins: tuple = ()  # (table, on clause): one-row tables of the unit whose columns `columns` reads directly
 
     @property
     def template(self) -> str:
@@ -99,13 +99,11 @@ def all_sections() -> tuple[Section, ...]:
 
 def context_columns(_dialect: str) -> dict:
     """The unit's ids and names (all None when the URL names no unit) and its statistics (None without)."""
-    unit = {c.key: select(c).scalar_subquery() for c in PAGE_UNIT.c}
-    stats = {f"stats_{f}": select(getattr(UnitStats, f)).where(UnitStats.unit_id == UNIT_ID).scalar_subquery()
-             for f in Stats._fields}
-    return {**unit, **stats}
+    return {**{c.key: c for c in PAGE_UNIT.c}, **{f"stats_{f}": getattr(UnitStats, f) for f in Stats._fields}}
 
 
-CONTEXT = Section("unit", "", context_columns, lambda values, _ctx: values, "")  # read, never shown
+CONTEXT = Section("unit", "", context_columns, lambda values, _ctx: values, "",  # read, never shown
+                  joins=((UnitStats.__table__, UnitStats.unit_id == PAGE_UNIT.c.unit_id),))
 
 
 def read_page(db: Session | Connection, key: UnitKey, cache: Any = None, twin: bool = True,

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from app import urls
 from app.heatmaps import Heatmaps, unpack
 from app.sections import Section, UnitContext
-from app.sections.rows import UNIT_ID, json_rows
+from app.sections.rows import PAGE_UNIT, UNIT_ID, json_rows
 from store.schema import DatasetExample, Image, Run, UnitHeatmaps
 
 HEAT_COLUMNS = ("n_top", "height", "width", "maps", "lo", "hi")
@@ -23,8 +23,7 @@ def columns(dialect: str) -> dict:
             .join(Image, DatasetExample.image_id == Image.id).where(DatasetExample.unit_id == uid))
     runs = select(Run.id, Run.settings, Run.report).where(
         Run.id.in_(select(DatasetExample.run_id).where(DatasetExample.unit_id == uid)))
-    heat = {f"heat_{c}": select(getattr(UnitHeatmaps, c)).where(UnitHeatmaps.unit_id == uid).scalar_subquery()
-            for c in HEAT_COLUMNS}
+    heat = {f"heat_{c}": getattr(UnitHeatmaps, c) for c in HEAT_COLUMNS}  # a join of the page's statement
     return {"rows": json_rows(rows, dialect), "runs": json_rows(runs, dialect), **heat}
 
 
@@ -62,4 +61,5 @@ def build(values: dict, ctx: UnitContext):
 
 
 SECTION = Section("examples", "Dataset examples", columns, build,
-                  "No dataset examples yet: run `microscope worker examples MODEL --corpus DIR`.")
+                  "No dataset examples yet: run `microscope worker examples MODEL --corpus DIR`.",
+                  joins=((UnitHeatmaps.__table__, UnitHeatmaps.unit_id == PAGE_UNIT.c.unit_id),))

@@ -9,8 +9,11 @@ built once per dialect and set of sections (`statement`) and takes the unit as b
 
 The unit itself is found inside the statement: the CTE `page_unit` joins model, layer and unit by name and
 index, and UNIT_ID, MODEL_ID, LAYER (what the sections' subqueries compare with) are scalar subqueries of it,
-each evaluated once. `app.sections.CONTEXT` adds the unit's ids, names and statistics as columns, so the
-neuron page is a single statement, and one statement reads one snapshot of the store on either backend
+each evaluated once. The SELECT reads FROM `page_unit` (no row: no such unit), outer-joined with the one-row
+tables that sections name in `joins` (the unit's statistics, its heatmaps), whose columns are then plain
+columns: on Postgres one join where each column was an init plan of its own (and one more to find the unit).
+`app.sections.CONTEXT` adds the unit's ids, names and statistics as columns, so the neuron page is a single
+statement, and one statement reads one snapshot of the store on either backend
 without a transaction around it (on Postgres it runs in autocommit: no BEGIN and ROLLBACK round trips).
 """
 from datetime import datetime
@@ -68,18 +71,23 @@ def json_rows(stmt: Select, dialect: str) -> ColumnElement:
 
 @lru_cache(maxsize=64)
 def statement(dialect: str, sections: tuple) -> tuple[Select, dict[str, tuple[str, ...]]]:
-    """The one SELECT of these sections' columns, and each section's column names."""
+    """The one SELECT of these sections' columns from the page's unit and their joins, and each section's
+    column names."""
     columns = {sec.name: sec.columns(dialect) for sec in sections}
     labeled = [col.label(f"{sec}__{name}") for sec, cols in columns.items() for name, col in cols.items()]
-    return select(*labeled), {sec: tuple(cols) for sec, cols in columns.items()}
+    source = PAGE_UNIT
+    for table, on in dict(join for sec in sections for join in sec.joins).items():  # each table once
+        source = source.outerjoin(table, on)
+    return select(*labeled).select_from(source), {sec: tuple(cols) for sec, cols in columns.items()}
 
 
 def fetch(db: Session | Connection, sections: tuple, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Run the sections' subqueries as one SELECT with the unit's `params` (model, layer, index); the values by
     section. `db`: a Session (ORM execution, autoflush) or a Connection (Core only: the neuron page)."""
     stmt, names = statement(dialect_of(db), sections)
-    row = db.execute(stmt, params).one()._mapping if any(names.values()) else {}
-    return {sec: {name: row[f"{sec}__{name}"] for name in cols} for sec, cols in names.items()}
+    row = db.execute(stmt, params).one_or_none() if any(names.values()) else None
+    values = row._mapping if row is not None else {}  # no row: the URL names no unit
+    return {sec: {name: values.get(f"{sec}__{name}") for name in cols} for sec, cols in names.items()}
 
 
 def when(value: str | datetime | None) -> datetime | None:
