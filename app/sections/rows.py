@@ -65,10 +65,10 @@ def _value(column, dialect: str):
 def json_rows(stmt: Select, dialect: str) -> ColumnElement:
     """A scalar subquery whose value is the list of `stmt`'s rows, each a dict by column label."""
     sub = stmt.subquery()
-    pairs = [arg for c in sub.c for arg in (literal_column(f"'{c.key}'"), _value(c, dialect))]
-    if dialect == "postgresql":
-        agg = func.coalesce(func.json_agg(func.json_build_object(*pairs)), literal_column("'[]'::json"))
+    if dialect == "postgresql":  # json_agg of the row itself: keys are its column names, made in C
+        agg = func.coalesce(func.json_agg(sub.table_valued()), literal_column("'[]'::json"))
     else:
+        pairs = [arg for c in sub.c for arg in (literal_column(f"'{c.key}'"), _value(c, dialect))]
         agg = func.json_group_array(func.json_object(*pairs))
     return type_coerce(select(agg).select_from(sub).scalar_subquery(), JSON)
 
