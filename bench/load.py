@@ -56,6 +56,7 @@ class Result:
     seconds: float = 0.0
     cpu: float = 0.0  # CPU seconds the server processes (and Postgres) spent on this phase
     client_cpu: float = 0.0  # CPU seconds the load client (this process) spent on it
+    db_cpu: float = 0.0  # the Postgres backends' part of `cpu`
 
     @property
     def cpu_ms(self) -> float:
@@ -78,6 +79,7 @@ class Result:
         self.seconds += other.seconds
         self.cpu += other.cpu
         self.client_cpu += other.client_cpu
+        self.db_cpu += other.db_cpu
 
     @property
     def n_errors(self) -> int:
@@ -94,8 +96,12 @@ class Result:
 
     def line(self) -> str:
         return (f"{self.name:<14} {len(self.latencies):>7} req {self.rps:>8.0f} req/s  p50 {self.pct(50):>7.1f} ms"
-                f"  p99 {self.pct(99):>7.1f} ms  cpu {self.cpu_ms:>5.2f} ms/req  client cpu {self.client_cpu_ms:>5.2f}"
-                f" ms/req  errors {self.n_errors}")
+                f"  p99 {self.pct(99):>7.1f} ms  cpu {self.cpu_ms:>5.2f} ms/req{self.db_part}  client cpu"
+                f" {self.client_cpu_ms:>5.2f} ms/req  errors {self.n_errors}")
+
+    @property
+    def db_part(self) -> str:
+        return f" (db {1000 * self.db_cpu / len(self.latencies):.2f})" if self.db_cpu and self.latencies else ""
 
     @property
     def client_cpu_ms(self) -> float:
@@ -181,16 +187,18 @@ def serves_database(pid: int, database: str) -> bool:
         return False
 
 
-def server_cpu(root: int, database: str | None) -> float:
-    """CPU seconds so far of the server process `root` with its descendants, plus the Postgres backends of
-    `database` (not those of other programs sharing the Postgres server)."""
-    stats, tree, total = proc_stats(), {root}, 0.0
+def server_cpu(root: int, database: str | None) -> tuple[float, float]:
+    """CPU seconds so far of the server process `root` with its descendants plus the Postgres backends of
+    `database` (not those of other programs sharing the Postgres server), and the backends' part."""
+    stats, tree, total, db = proc_stats(), {root}, 0.0, 0.0
     for _ in range(4):  # serve -> uvicorn workers (and their helpers)
         tree |= {pid for pid, (ppid, _, _) in stats.items() if ppid in tree}
     for pid, (_, comm, cpu) in stats.items():
-        if pid in tree or (database and comm == "postgres" and serves_database(pid, database)):
+        if pid in tree:
             total += cpu
-    return total
+        elif database and comm == "postgres" and serves_database(pid, database):
+            total, db = total + cpu, db + cpu
+    return total, db
 
 
 async def run_groups(server: LiveServer, groups: list[dict], rounds: int, warm: str,
@@ -210,9 +218,10 @@ async def run_groups(server: LiveServer, groups: list[dict], rounds: int, warm: 
             for r in range(rounds):
                 for name, (paths, c) in group.items():
                     share = paths[r * len(paths) // rounds:(r + 1) * len(paths) // rounds]
-                    start = server_cpu(server.proc.pid, database)
+                    start, db_start = server_cpu(server.proc.pid, database)
                     result = await drive(server.url, share, c, name, pools[c])
-                    result.cpu = server_cpu(server.proc.pid, database) - start
+                    end, db_end = server_cpu(server.proc.pid, database)
+                    result.cpu, result.db_cpu = end - start, db_end - db_start
                     results[name].add(result)
     return results
 
