@@ -6,6 +6,9 @@ Phases, all against the same server in one run:
   neuron @4 / static @4   latency at low concurrency
 With --writer a separate process rewrites neurons (one transaction each) during the whole run, and every
 neuron JSON twin read is checked to show one whole write (tests.synthetic.neuron_generation).
+The client is bench.lean_client (~0.1 ms CPU a request, so on a small machine the figures are the server's);
+--client httpx runs httpx.AsyncClient instead (~1.1 ms a request). CPU per request is the server's processes
+plus, on Postgres, the store's backends (their part shown as "db").
 
     .venv/bin/python bench/load.py                          # 10,000 requests per phase, SQLite
     .venv/bin/python bench/load.py --backend postgres --writer
