@@ -7,7 +7,7 @@ small result row. Row order is not guaranteed by either aggregate, so sections s
 built once per dialect and set of sections (`statement`) and takes the unit as bound parameters (`model`,
 `layer`, `index`: its URL), so SQLAlchemy compiles it once too. It runs as a lambda statement (`page_lambda`),
 whose cache key is the lambda's code and the sections' names: a plain SELECT's key is recomputed from its ~600
-elements at every execution, 0.04-0.05 ms a page of ~0.13 ms in SQLAlchemy (`bench/profile_page.py`).
+elements at every execution, 0.04-0.05 ms a page of ~0.13 ms in SQLAlchemy (timed in one process).
 
 The unit itself is found inside the statement: the CTE `page_unit` joins model, layer and unit by name and
 index, and UNIT_ID, MODEL_ID, LAYER (what the sections' subqueries compare with) are scalar subqueries of it,
@@ -73,7 +73,6 @@ def json_rows(stmt: Select, dialect: str) -> ColumnElement:
     return type_coerce(select(agg).select_from(sub).scalar_subquery(), JSON)
 
 
-@lru_cache(maxsize=64)
 def statement(dialect: str, sections: tuple) -> tuple[Select, dict[str, tuple[str, ...]]]:
     """The one SELECT of these sections' columns from the page's unit and their joins, and each section's
     column names."""
@@ -87,7 +86,8 @@ def statement(dialect: str, sections: tuple) -> tuple[Select, dict[str, tuple[st
 
 @lru_cache(maxsize=64)
 def page_lambda(dialect: str, sections: tuple) -> tuple[StatementLambdaElement, dict[str, tuple[str, ...]]]:
-    """`statement` as a lambda statement, cached under its dialect and sections' names."""
+    """`statement` as a lambda statement, built once per dialect and set of sections and cached under their
+    names."""
     stmt, names = statement(dialect, sections)
     return lambda_stmt(lambda: stmt, track_closure_variables=False,
                        track_on=[f"{dialect}:{','.join(sec.name for sec in sections)}"]), names
