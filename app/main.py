@@ -40,7 +40,7 @@ def add_serving_middleware(app: FastAPI) -> None:
     """Outermost first: security headers, the page cache, compression, then ETag / conditional GET."""
     add_input_guards(app)
     app.add_middleware(ConditionalGetMiddleware)
-    app.add_middleware(GZipMiddleware, minimum_size=500, compresslevel=6)
+    app.add_middleware(GZipMiddleware, minimum_size=500, compresslevel=app.state.settings.gzip_level)
     app.add_middleware(PageCacheMiddleware, max_bytes=app.state.settings.page_cache_mb * 2**20)
     app.add_middleware(SecurityHeadersMiddleware)
 

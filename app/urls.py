@@ -1,10 +1,15 @@
 """The one place that builds every link, so URLs stay stable and consistent."""
 import hashlib
+import urllib.parse
 from functools import cache as cache_fn
-from urllib.parse import quote, urlencode
+from functools import lru_cache
+from urllib.parse import urlencode
 
 from store.keys import UnitKey
 from store.paths import ROOT
+
+# a neuron page quotes its model's and layer's names ~50 times (every example's overlay, every edit form)
+quote = lru_cache(maxsize=4096)(urllib.parse.quote)
 
 
 def _q(**params) -> str:

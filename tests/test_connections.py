@@ -98,3 +98,20 @@ def test_pages_survive_the_database_dropping_busy_connections(pg_app, own_db):
     assert lost.status_code == 503 and lost.headers["retry-after"] == "1"
     assert "connection to the database was lost" in lost.json()["error"]
     assert pg_app.get("/models/synth").status_code == 200
+
+
+def test_a_neuron_page_after_a_restart_finds_no_dead_connection_left_in_the_pool(pg_app, own_db):
+    """The pool holds several connections when the database drops them all. The first neuron page that meets a
+    dead one has the whole pool's old connections dropped (SQLAlchemy's handling of a lost connection, which
+    the page's driver-cursor statement hands its errors to), so its one retry and every page after it get a
+    fresh connection: none answers 500."""
+    engine = pg_app.app.state.engine
+    held = [engine.connect() for _ in range(4)]
+    for conn in held:
+        conn.execute(text("SELECT 1"))
+    for conn in held:
+        conn.close()
+    assert terminate_backends(own_db.rsplit("/", 1)[1]) >= 4
+    for unit in (0, 1, 2, 3, 0, 1):
+        page = pg_app.get(f"/models/synth/layer4/{unit}")
+        assert page.status_code == 200 and f"unit {unit}" in page.text

@@ -9,6 +9,9 @@ from neuron_fill import N_CITIES, N_COUNTRIES, rich_store
 from sqlalchemy import event, select
 
 from app.main import create_app
+from app.sections import CONTEXT, all_sections
+from app.sections.rows import cursor_row, page_lambda
+from app.views import browse
 from store.schema import Family, PlaceScore, Unit
 from store.settings import Settings
 
@@ -122,3 +125,25 @@ def test_the_json_twin_carries_every_place_score_and_the_page_shows_the_top_ten(
     assert [c["name"] for c in places["countries"]] == [name for name, _ in countries[:10]]
     html = fresh.get("/models/synth/layer4/0").text
     assert set(re.findall(r"Country \d{3}", html)) == {name for name, _ in countries[:10]}
+
+
+def test_the_page_statement_on_the_driver_cursor_reads_what_sqlalchemy_reads(fresh):
+    """The neuron page runs its statement on the DBAPI cursor (app.sections.rows.cursor_row) and applies the
+    result processors SQLAlchemy would: the same values, JSON decoded on SQLite too, for units with every
+    section filled, a bare one, one past the layer's end and an unknown layer."""
+    engine = fresh.app.state.engine
+    sections = (CONTEXT, *all_sections())
+    stmt, _ = page_lambda(engine.dialect.name, sections)
+    keys = [("layer4", 0), ("layer4", 3), ("layer3", 1), ("layer3", 99), ("nope", 0)]
+    with browse.one_statement(engine) as conn:
+        for layer, index in keys:
+            params = {"model": "synth", "layer": layer, "index": index}
+            want = conn.execute(stmt, params).one_or_none()
+            got = cursor_row(conn, sections, params)
+            assert (got is None) == (want is None), (layer, index)
+            if want is not None:
+                assert got == dict(want._mapping), (layer, index)
+    with browse.one_statement(engine) as conn:
+        row = cursor_row(conn, sections, {"model": "synth", "layer": "layer4", "index": 0})
+    assert isinstance(row["examples__rows"], list) and len(row["examples__rows"]) == 8
+    assert isinstance(row["unit__stats_histogram"], dict) and isinstance(row["examples__heat_maps"], bytes)

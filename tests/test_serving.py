@@ -1,5 +1,6 @@
 """Production serving: ETags and 304s on pages and JSON twins, Cache-Control rules, gzip, several server
 processes (`microscope serve --workers 2`) sharing the connections out, and pooled Postgres connections."""
+import gzip
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -83,6 +84,20 @@ def test_gzip_for_pages_not_for_images(site, store):
     png = site.get("/cache/units/synth/layer4/3/plain.png", headers={"Accept-Encoding": "gzip"})
     assert "content-encoding" not in png.headers
 
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("level, xfl", [(None, 4), (9, 2)])
+def test_pages_are_gzipped_at_the_configured_level(settings, material, level, xfl):
+    """gzip_level (default 1, nginx's) reaches the compressor: the gzip header's XFL byte is 4 for zlib's
+    fastest level and 2 for its best (RFC 1952)."""
+    app = create_app(settings if level is None else settings.model_copy(update={"gzip_level": level}))
+    with TestClient(app) as client, client.stream(
+            "GET", "/models/synth/layer4/3", headers={"Accept-Encoding": "gzip"}) as page:
+        raw = b"".join(page.iter_raw())
+    assert raw[:2] == b"\x1f\x8b" and raw[8] == xfl
+    assert b"<h1>" in gzip.decompress(raw)
+    app.state.engine.dispose()
 
 def children_of(pid: int) -> list[int]:
     kids = []
