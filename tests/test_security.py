@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from app.lookup import unit_by_key
 from store.keys import UnitKey
-from store.schema import Base, Label, Unit
+from store.schema import Base, Image, Label, Unit
 from tests.synthetic import populate
 
 HOSTILE = ["' OR '1'='1", "1; DROP TABLE units; --", '"><script>alert(1)</script>', "%", "_%_", "\\", "\x00",
@@ -99,6 +99,20 @@ def test_hostile_label_renders_as_text(site):
         assert SCRIPT not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html, url
     assert site.get("/models/synth/layer4/3.json").json()["sections"]["labels"]["human"]["text"] == SCRIPT
 
+
+
+def test_hostile_image_captions_and_sources_render_as_text_in_the_examples(site, store):
+    """The examples' list items are built in Python (app.sections.examples.item_html), not by Jinja's
+    autoescape: a caption or source that closes an attribute or opens a tag stays text."""
+    with store.sessions.begin() as s:
+        for image in s.scalars(select(Image)):
+            image.caption, image.source = SCRIPT, '"><img src=x onerror=alert(1)>'
+    html = site.get("/models/synth/layer4/3").text
+    assert SCRIPT not in html and "onerror=alert(1)>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and 'title="&quot;&gt;&lt;img src=x' in html
+    page = PageParser()
+    page.feed(html)
+    assert page.inline_scripts == 0 and page.handlers == []
 
 CURATION = re.compile(r"/(labels|families|studies|categories|members|label|logout)\b")
 
