@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,28 +204,33 @@ def server_cpu(root: int, database: str | None) -> tuple[float, float]:
     return total, db
 
 
-async def run_groups(server: LiveServer, groups: list[dict], rounds: int, warm: str,
-                     client: str = "lean") -> dict[str, Result]:
-    """Each group's phases in `rounds` alternating rounds (one connected pool of clients per client count, kept
-    for the whole run), with the server's CPU (and its Postgres backends') counted per phase."""
-    url = server.settings.db_url
+async def run_groups(servers: list[LiveServer], groups: list[dict], rounds: int, warm: str,
+                     client: str = "lean") -> list[dict[str, Result]]:
+    """Each group's phases in `rounds` alternating rounds on every server (one connected pool of clients per
+    server and client count, kept for the whole run), with each server's CPU (and its Postgres backends')
+    counted per phase. Within a round the servers take turns, first one then the other, so a drift in the
+    machine's speed touches before and after alike."""
+    url = servers[0].settings.db_url
     database = url.rsplit("/", 1)[1] if url.startswith("postgresql") else None
-    results: dict[str, Result] = {}
+    results: list[dict[str, Result]] = [{} for _ in servers]
     async with AsyncExitStack() as stack:
         pools = {}
         for group in groups:
-            for name, (_paths, c) in group.items():
-                if c not in pools:
-                    pools[c] = await stack.enter_async_context(open_clients(server.url, c, warm, client))
-                results[name] = Result(name)
+            for i, server in enumerate(servers):
+                for name, (_paths, c) in group.items():
+                    if (i, c) not in pools:
+                        pools[i, c] = await stack.enter_async_context(open_clients(server.url, c, warm, client))
+                    results[i][name] = Result(name)
             for r in range(rounds):
-                for name, (paths, c) in group.items():
-                    share = paths[r * len(paths) // rounds:(r + 1) * len(paths) // rounds]
-                    start, db_start = server_cpu(server.proc.pid, database)
-                    result = await drive(server.url, share, c, name, pools[c])
-                    end, db_end = server_cpu(server.proc.pid, database)
-                    result.cpu, result.db_cpu = end - start, db_end - db_start
-                    results[name].add(result)
+                turns = list(enumerate(servers))
+                for i, server in turns if r % 2 == 0 else turns[::-1]:
+                    for name, (paths, c) in group.items():
+                        share = paths[r * len(paths) // rounds:(r + 1) * len(paths) // rounds]
+                        start, db_start = server_cpu(server.proc.pid, database)
+                        result = await drive(server.url, share, c, name, pools[i, c])
+                        end, db_end = server_cpu(server.proc.pid, database)
+                        result.cpu, result.db_cpu = end - start, db_end - db_start
+                        results[i][name].add(result)
     return results
 
 
@@ -312,44 +317,54 @@ class Writer:
 def run_load(settings: Settings, layers: dict[str, int], requests: int, clients: int, low_requests: int,
              workers: int, writer: bool = False, writer_pause: float = 0.0,
              phases: tuple[str, ...] = ("mixed", "neuron", "static", "low"), seed: int = 0,
-             source: Path | None = None, populated: bool = False, rounds: int = 1,
-             client: str = "lean") -> dict:
-    """Populate the store (unless `populated`), start the server (of checkout `source`, default this one), run
-    the phases (with a writer process when `writer`); returns results by phase, the writer's report and
-    problems found in the server's log. With `rounds` > 1 the neuron and static phases (and the two at 4
-    clients) take turns in that many rounds, so a drift in the machine's speed touches both alike."""
+             sources: tuple[Path | None, ...] = (None,), populated: bool = False, rounds: int = 1,
+             client: str = "lean") -> list[dict]:
+    """Populate the store (unless `populated`), start a server of each checkout in `sources` (None: this one),
+    all at once on the same store, run the phases on each (with a writer process when `writer`); for each
+    server its results by phase, the problems found in its log, and the writer's report. With `rounds` > 1 the
+    neuron and static phases (and the two at 4 clients) take turns in that many rounds, on each server in
+    turn, so a drift in the machine's speed touches every phase and every server alike."""
     if not populated:
         upgrade(settings.db_url)
         populate(open_store(settings), MODEL, layers)
     rng = random.Random(seed)
-    out: dict = {"results": {}}
-    with LiveServer(settings, workers=workers, source=source) as server:
+    with ExitStack() as stack:
+        servers = [stack.enter_context(LiveServer(settings, workers=workers, source=src)) for src in sources]
         static = urls.static("style.css")
-        search = has_search(server.url)
-        out["search"] = search
+        search = all(has_search(server.url) for server in servers)
         writing = Writer(settings.db_url, writer_pause) if writer else None
-        plan = {
-            "mixed": (mixed_paths(layers, requests, rng, settings.page_size, search), clients),
-            "neuron": (neuron_paths(layers, requests, rng), clients),
-            "static": ([static] * requests, clients),
-            "low": None,
-        }
-        groups = []  # phases run in turns, a round of each at a time (neuron and static: side by side)
-        for phase in phases:
-            if phase == "low":
-                groups.append({"neuron @4": (neuron_paths(layers, low_requests, rng), 4),
-                               "static @4": ([static] * low_requests, 4)})
-            elif phase == "static" and groups and "neuron @" + str(clients) in groups[-1]:
-                groups[-1][f"static @{clients}"] = plan[phase]
-            else:
-                paths, c = plan[phase]
-                groups.append({f"{phase} @{c}": (paths, c)})
-        out["results"] = asyncio.run(run_groups(server, groups, rounds, static, client))
-        if writing:
-            out["writer"] = writing.stop()
-        out["log"] = log_problems(server.log())
-        out["log_tail"] = server.log().splitlines()[-40:]
-    return out
+        groups = phase_groups(phases, layers, requests, clients, low_requests, rng, settings.page_size, search,
+                              static)
+        results = asyncio.run(run_groups(servers, groups, rounds, static, client))
+        report = writing.stop() if writing else None
+        outs = []
+        for server, res in zip(servers, results, strict=True):
+            out = {"results": res, "search": search, "log": log_problems(server.log()),
+                   "log_tail": server.log().splitlines()[-40:]}
+            if report is not None:
+                out["writer"] = report
+            outs.append(out)
+    return outs
+
+
+def phase_groups(phases, layers, requests, clients, low_requests, rng, page_size, search, static) -> list[dict]:
+    """The phases as groups run in turns, a round of each at a time (neuron and static: side by side)."""
+    plan = {
+        "mixed": (mixed_paths(layers, requests, rng, page_size, search), clients),
+        "neuron": (neuron_paths(layers, requests, rng), clients),
+        "static": ([static] * requests, clients),
+    }
+    groups = []
+    for phase in phases:
+        if phase == "low":
+            groups.append({"neuron @4": (neuron_paths(layers, low_requests, rng), 4),
+                           "static @4": ([static] * low_requests, 4)})
+        elif phase == "static" and groups and "neuron @" + str(clients) in groups[-1]:
+            groups[-1][f"static @{clients}"] = plan[phase]
+        else:
+            paths, c = plan[phase]
+            groups.append({f"{phase} @{c}": (paths, c)})
+    return groups
 
 
 @contextmanager
@@ -383,7 +398,7 @@ def cpu_ratio(out: dict) -> float | None:
 
 def print_side_by_side(before: dict, after: dict, revision: str) -> None:
     """One line per phase: req/s, p50 and p99 of the older revision and of this tree."""
-    print(f"\nbefore = {revision}, after = this tree (same store, same run)")
+    print(f"\nbefore = {revision}, after = this tree (same store, served side by side, rounds in turn)")
     print(f"{'phase':<14} {'before req/s':>12} {'p50':>7} {'p99':>7} {'cpu ms':>7}   {'after req/s':>12} {'p50':>7}"
           f" {'p99':>7} {'cpu ms':>7}")
     for name, b in before["results"].items():
@@ -445,8 +460,8 @@ def main(requests: int = typer.Option(10_000, help="requests per phase at --clie
          writer_pause: float = typer.Option(0.0, help="seconds between the writer's commits"),
          phases: str = typer.Option("mixed,neuron,static,low", help="which phases to run, comma-separated"),
          page_cache_mb: int = typer.Option(64, help="the server's page cache (0: every page rendered afresh)"),
-         compare: str = typer.Option("", help="a git revision to serve first ('before') on the same store; "
-                                              "prints both side by side"),
+         compare: str = typer.Option("", help="a git revision to serve ('before') beside this tree on the same "
+                                              "store, rounds taking turns; prints both side by side"),
          rounds: int = typer.Option(1, help="run neuron and static phases in this many alternating rounds"),
          client: str = typer.Option("lean", help="lean (bench.lean_client) | httpx: the load client")):
     """Run the load phases against the real server and print req/s, p50/p99, ratios and errors."""
@@ -457,13 +472,14 @@ def main(requests: int = typer.Option(10_000, help="requests per phase at --clie
         upgrade(settings.db_url)
         populate(open_store(settings), MODEL, layers)
         before = None
-        if compare:
+        if compare:  # both served at once, the rounds taking turns between them
             with checkout(compare) as tree:
-                before = run_load(settings, layers, *args, source=tree, **kw)
+                before, after = run_load(settings, layers, *args, sources=(tree, None), **kw)
             print(f"--- before ({compare}) ---")
             print_report(before, backend, workers, page_cache_mb, client)
             print("--- after (this tree) ---")
-        after = run_load(settings, layers, *args, **kw)
+        else:
+            [after] = run_load(settings, layers, *args, **kw)
     failures = print_report(after, backend, workers, page_cache_mb, client)
     if before is not None:
         print_side_by_side(before, after, compare)
