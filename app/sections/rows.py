@@ -118,9 +118,12 @@ class PageSQL:
 
     def __init__(self, dialect: Dialect, sections: tuple):
         stmt, _ = statement(dialect.name, sections)
-        compiled = stmt.compile(dialect=dialect)
+        # psycopg: $1 placeholders for its RawCursor, which sends the SQL as it is; its ordinary cursor rewrites
+        # %(name)s on every execution, uncached for a statement over 4 KB (this one is ~7 KB): ~0.03 ms a page
+        self.raw_cursor = getattr(dialect.loaded_dbapi, "RawCursor", None) if dialect.driver == "psycopg" else None
+        compiled = stmt.compile(dialect=type(dialect)(paramstyle="numeric_dollar") if self.raw_cursor else dialect)
         self.dialect, self.sql, self.fixed = dialect, str(compiled), dict(compiled.params)
-        self.order = compiled.positiontup if compiled.positional else None  # pysqlite: qmark placeholders
+        self.order = compiled.positiontup if compiled.positional else None  # pysqlite: qmark; psycopg: $n
         self.types = [dialect.type_descriptor(c.type) for c in stmt.selected_columns]
         self.keys = tuple(c.key for c in stmt.selected_columns)
         self.processors: list | None = None
@@ -152,7 +155,8 @@ def cursor_row(conn: Connection, sections: tuple, params: dict[str, Any]) -> Map
     page = page_sql(conn.dialect, sections)
     parameters = page.parameters(params)
     try:
-        cursor = conn.connection.dbapi_connection.cursor()
+        dbapi_conn = conn.connection.dbapi_connection
+        cursor = page.raw_cursor(dbapi_conn) if page.raw_cursor else dbapi_conn.cursor()
         try:
             conn.dispatch.before_cursor_execute(conn, cursor, page.sql, parameters, None, False)
             cursor.execute(page.sql, parameters)
