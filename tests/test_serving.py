@@ -121,10 +121,20 @@ def test_serve_with_several_worker_processes(settings, store):
         assert "Traceback" not in server.log()
 
 
+def fd_targets(pid: int) -> list[str]:
+    """What process `pid`'s open file descriptors point at; one it closes while being listed is left out."""
+    targets = []
+    for link in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            targets.append(link.readlink().name)
+        except FileNotFoundError:  # closed since the listing (a static file read, a database file)
+            continue
+    return targets
+
+
 def established_connections(pid: int, port: int) -> int:
     """Connections to the server's `port` that process `pid` holds open (from /proc, Linux)."""
-    inodes = {link.readlink().name.removeprefix("socket:[").removesuffix("]")
-              for link in Path(f"/proc/{pid}/fd").iterdir() if link.readlink().name.startswith("socket:")}
+    inodes = {t.removeprefix("socket:[").removesuffix("]") for t in fd_targets(pid) if t.startswith("socket:")}
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
