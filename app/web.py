@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 
 from app import urls
-from app.sections.examples import items_html
+from app.sections import examples, stats, words
 from app.security import csrf_field, current_editor
 from store.paths import ROOT
 
@@ -34,7 +34,9 @@ class DictFirstEnvironment(jinja2.Environment):
 templates = Jinja2Templates(env=DictFirstEnvironment(loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
                                                      autoescape=jinja2.select_autoescape(), auto_reload=False))
 templates.env.globals["urls"] = urls
-templates.env.globals["example_items"] = items_html  # a neuron page's examples, rendered in Python
+# a neuron page's long lists, built in Python (128 examples, 70 words, 40 histogram bins)
+templates.env.globals.update(example_items=examples.items_html, word_items=words.items_html,
+                             histogram_bars=stats.histogram_bars)
 templates.env.globals.update(current_editor=current_editor, csrf_field=csrf_field)  # edit forms
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from app.lookup import unit_by_key
 from store.keys import UnitKey
-from store.schema import Base, Image, Label, Unit
+from store.schema import Base, Image, Label, Unit, Word, WordScore
 from tests.synthetic import populate
 
 HOSTILE = ["' OR '1'='1", "1; DROP TABLE units; --", '"><script>alert(1)</script>', "%", "_%_", "\\", "\x00",
@@ -101,15 +101,21 @@ def test_hostile_label_renders_as_text(site):
 
 
 
-def test_hostile_image_captions_and_sources_render_as_text_in_the_examples(site, store):
-    """The examples' list items are built in Python (app.sections.examples.item_html), not by Jinja's
-    autoescape: a caption or source that closes an attribute or opens a tag stays text."""
+def test_hostile_store_text_renders_as_text_in_the_lists_built_in_python(site, store):
+    """The examples' and words' list items are built in Python (app.sections.examples.item_html,
+    app.sections.words.items_html), not by Jinja's autoescape: a caption, source or word that closes an
+    attribute or opens a tag stays text."""
     with store.sessions.begin() as s:
         for image in s.scalars(select(Image)):
             image.caption, image.source = SCRIPT, '"><img src=x onerror=alert(1)>'
+        unit = unit_by_key(s, UnitKey("synth", "layer4", 3))
+        word = s.scalars(select(Word).join(WordScore, WordScore.word_id == Word.id)
+                         .where(WordScore.unit_id == unit.id)).first()
+        word.text = "<b onclick=alert(2)>w</b>"
     html = site.get("/models/synth/layer4/3").text
-    assert SCRIPT not in html and "onerror=alert(1)>" not in html
+    assert SCRIPT not in html and "onerror=alert(1)>" not in html and "<b onclick" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and 'title="&quot;&gt;&lt;img src=x' in html
+    assert "&lt;b onclick=alert(2)&gt;w&lt;/b&gt;" in html
     page = PageParser()
     page.feed(html)
     assert page.inline_scripts == 0 and page.handlers == []

@@ -1,4 +1,7 @@
 """The neuron card's rendered words: top and most negative words with bars (filled by `microscope worker words`)."""
+import html
+
+from markupsafe import Markup
 from sqlalchemy import select
 
 from app import urls
@@ -31,6 +34,15 @@ def build(values: dict, ctx: UnitContext):
             "typographic": shared_fragment([w["word"] for w in top[:TYPO_TOP]]) if len(top) >= TYPO_TOP else None,
             "embedding_url": urls.embeddings(ctx.key.model, ctx.key.layer),
             "regions_url": urls.regions(ctx.key.model, ctx.key.layer)}
+
+
+def items_html(words: list[dict], sign: str) -> Markup:
+    """One side's words as list items (the template's `word_items`), built in Python like the examples'
+    (app.sections.examples.item_html): a page lists 70."""
+    esc = html.escape
+    return Markup("".join(
+        f'<li><a href="{esc(w["url"])}">{esc(w["word"])}</a><span class="bar {sign}" style="width: {w["bar"]}%">'
+        f'</span><span class="num">{w["score"]:.3g}</span></li>' for w in words))
 
 
 SECTION = Section("words", "Rendered words", columns, build,
