@@ -35,6 +35,10 @@ async def get_cache(request: Request) -> Cache:
     return request.app.state.cache
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session, and its pooled connection, is closed when the view returns, not after the
+# response has been sent. Sending needs the event loop, and a neuron page on the loop that waits for a connection
+# (the pool exhausted under load) would wait for views whose connections only the loop could free: the server
+# stalled until the pool's 30 s timeout, then failed those requests (tests/test_fresh_pages.py).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CacheDep = Annotated[Cache, Depends(get_cache)]

@@ -2,6 +2,7 @@
 carries the full data behind every picture; checked on a neuron with every section filled, on both backends."""
 import asyncio
 import re
+import threading
 
 import pytest
 from fastapi.testclient import TestClient
@@ -62,6 +63,47 @@ def test_page_threads_says_where_a_neuron_page_is_rendered(store, tmp_path, db_u
         assert limiter.total_tokens == min(threads, app.state.engine.pool.size())
     app.state.engine.dispose()
 
+
+def test_a_neuron_page_waits_for_a_connection_in_a_thread_not_on_the_event_loop(store, tmp_path, db_url):
+    """With every pooled connection checked out (views in the thread pool under load), the page on the event
+    loop would block the loop until one came back; it goes to a thread instead, and is served once one does."""
+    rich_store(store)
+    app = create_app(Settings(data_dir=tmp_path / "data", database_url=db_url, cache_dir=tmp_path / "cache",
+                              page_cache_mb=0))
+    where: list[bool] = []
+    event.listen(app.state.engine, "before_cursor_execute", lambda *args: where.append(on_event_loop()))
+    with TestClient(app) as client:
+        assert client.get("/models/synth/layer4/0").status_code == 200 and where == [True]
+        pool = app.state.engine.pool
+        held = [app.state.engine.connect() for _ in range(pool.size() + pool._max_overflow)]
+        assert not browse.pool_has_room(pool)
+        threading.Timer(0.3, lambda: [c.close() for c in held]).start()
+        where.clear()
+        r = client.get("/models/synth/layer4/1")
+        assert r.status_code == 200 and "unit 1" in r.text
+        assert where == [False]
+    app.state.engine.dispose()
+
+def test_a_views_session_goes_back_to_the_pool_before_its_response_is_sent(store, tmp_path, db_url):
+    """app.deps.SessionDep closes its session when the view returns (scope="function"): sending a response
+    needs the event loop, so a connection held until then could only be freed by the loop."""
+    rich_store(store)
+    app = create_app(Settings(data_dir=tmp_path / "data", database_url=db_url, cache_dir=tmp_path / "cache",
+                              page_cache_mb=0))
+    held_at_start: list[int] = []
+
+    async def watching(scope, receive, send):
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                held_at_start.append(app.state.engine.pool.checkedout())
+            await send(message)
+        await app(scope, receive, sending)
+
+    with TestClient(watching) as client:
+        for url in ("/models/synth", "/models/synth/layer4", "/models/synth/layer4/0/labels.json"):
+            assert client.get(url).status_code == 200, url
+    assert held_at_start == [0, 0, 0]
+    app.state.engine.dispose()
 
 @pytest.mark.parametrize("suffix", ["", ".json"])
 def test_a_fresh_neuron_page_takes_at_most_four_statements(fresh, suffix):

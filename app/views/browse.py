@@ -125,9 +125,19 @@ async def neuron_page(request: Request, model: str, layer: str, unit: str):
     a page under load (thread wake-ups and GIL handoffs with the loop), a fifth or more of its price. With
     `page_threads` > 0 it runs in the thread pool instead, for a database whose round trips are long."""
     render = partial(render_neuron, request, model, layer, unit)
-    if request.app.state.settings.page_threads <= 0:
+    if request.app.state.settings.page_threads <= 0 and pool_has_room(request.app.state.engine.pool):
         return render()
     return await to_thread.run_sync(render, limiter=page_limiter(request.app))
+
+
+def pool_has_room(pool) -> bool:
+    """Whether a checkout now would not wait: an idle connection, or room to open one. When the pool is
+    exhausted (every connection in a view of the thread pool) the page waits in a thread, not on the event
+    loop: the loop waiting would hold up every response the server is sending, on a busy SQLite store for up
+    to the pool's 30 s timeout, then fail those requests."""
+    if not hasattr(pool, "checkedin") or not hasattr(pool, "_max_overflow"):
+        return True  # no queue to wait on (SingletonThreadPool, NullPool, StaticPool)
+    return pool.checkedin() > 0 or pool.overflow() < pool._max_overflow
 
 
 def page_limiter(app) -> CapacityLimiter:
