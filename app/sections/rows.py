@@ -147,7 +147,7 @@ def page_sql(dialect: Dialect, sections: tuple) -> PageSQL:
 def cursor_row(conn: Connection, sections: tuple, params: dict[str, Any]) -> Mapping[str, Any] | None:
     """The page statement's row by column key (None: no such unit), run on the connection's DBAPI cursor.
     SQLAlchemy's execution of the compiled, cached statement (its execution context, the result's metadata of
-    37 columns, row objects) cost ~0.1 ms more a page than the driver's own on Postgres, ~0.03 ms on SQLite
+    37 columns, row objects) cost ~0.15 ms more a page than the driver's own on Postgres, ~0.03 ms on SQLite
     (docs/store.md). The engine's before/after_cursor_execute events still fire (statement counters,
     tracing). On any driver error the statement runs again through SQLAlchemy, which handles it its way: a
     lost connection drops the pool's connections and raises a DBAPIError with `connection_invalidated`, on
